@@ -1,0 +1,3 @@
+"""adgen: streaming nearline ad retrieval with a generative language model."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,173 @@
+"""One settings object for the whole system (env `ADGEN_*`, optional `.env`/file), printed on start-up.
+
+Nested sections map to env vars with a double underscore, e.g. `ADGEN_KAFKA__BOOTSTRAP_SERVERS`,
+`ADGEN_REDIS__PASSWORD`, `ADGEN_BUDGET__GENERATIONS_PER_SECOND`.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    """Broker connection; SASL/SSL fields are passed to both confluent-kafka and Faust/aiokafka."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    topic_prefix: str = ""
+    default_partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    session_timeout_ms: int = Field(6000, ge=1000)
+    max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger events go to the dead-letter topic.")
+
+    def confluent_config(self) -> dict[str, Any]:
+        """Client config for confluent-kafka (librdkafka names)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            conf["ssl.certificate.location"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            conf["ssl.key.location"] = str(self.ssl_keyfile)
+        return conf
+
+
+class RedisSettings(BaseModel):
+    """Feature-store connection; `url` may be redis:// or rediss:// (TLS)."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretStr | None = None
+    ssl_ca_certs: Path | None = None
+    namespace: str = Field("adgen", description="First key segment: adgen:{env}:...")
+    env: str = "dev"
+    ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    max_retries: int = Field(8, ge=0)
+    retry_backoff_s: float = Field(0.2, gt=0)
+
+
+class PathSettings(BaseModel):
+    """Where data, indexes, models and runs live; relative paths are under `root`."""
+
+    root: Path = Path("var")
+    world: Path = Path("var/world")
+    index: Path = Path("var/index")
+    snapshots: Path = Path("var/snapshots")
+    models: Path = Path("var/models")
+    runs: Path = Path("var/runs")
+    embedding_cache: Path = Path("var/cache/embeddings")
+    state: Path = Path("var/state")
+
+
+class ModelSettings(BaseModel):
+    """Generative model and decoding."""
+
+    checkpoint: Path | None = Field(None, description="Local dir with safetensors + config (built-in or HF).")
+    encoder: str = Field("all-MiniLM-L6-v2", description="Package default or a local sentence-transformers path.")
+    backend: Literal["torch", "tensorrt_llm"] = "torch"
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    beams: int = Field(20, ge=1)
+    top_k: int = Field(20, ge=1)
+    max_prompt_tokens: int = Field(256, ge=16)
+    seed: int = 0
+
+
+class BudgetSettings(BaseModel):
+    """Nearline generation budget (LEADRE: priority users by ARPU group within a compute budget)."""
+
+    user_groups: int = Field(25, ge=1)
+    generations_per_second: float = Field(20.0, gt=0)
+    burst: int = Field(64, ge=1)
+    min_regen_interval_s: float = Field(300.0, ge=0)
+    batch_size: int = Field(16, ge=1)
+    batch_deadline_ms: int = Field(50, ge=1)
+    queue_capacity: int = Field(1024, ge=1)
+
+
+class WindowSettings(BaseModel):
+    """Per-user rolling behaviour window."""
+
+    days: int = Field(90, ge=1)
+    max_events: int = Field(50, ge=1)
+
+
+class WorkerSettings(BaseModel):
+    """Faust worker process."""
+
+    app_id: str = "adgen"
+    store: str = "rocksdb://"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    metrics_port: int = 9464
+    snapshot_interval_s: float = 3600.0
+    log_level: str = "WARNING"
+
+
+class Settings(BaseSettings):
+    """Effective configuration; see `adgen config`."""
+
+    model_config = SettingsConfigDict(env_prefix="ADGEN_", env_nested_delimiter="__", env_file=".env", extra="ignore")
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    paths: PathSettings = PathSettings()
+    model: ModelSettings = ModelSettings()
+    budget: BudgetSettings = BudgetSettings()
+    window: WindowSettings = WindowSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    def masked(self) -> dict[str, Any]:
+        """Values as JSON-safe dict with secrets shown as '**********' (never log secrets)."""
+        return json.loads(self.model_dump_json())
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from env, then an optional JSON/YAML file, then explicit overrides (last wins)."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        text = Path(config_file).read_text()
+        if config_file.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    base = Settings()
+    merged = _deep_merge(base.model_dump(), data)
+    merged = _deep_merge(merged, overrides)
+    return Settings.model_validate(merged)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (cached)."""
+    return Settings()

@@ -1,0 +1,4 @@
+"""Encoder, RQ-VAE, tokenizer, prompts, causal LM, training, DPO, constrained decoding, metrics.
+
+Knows nothing of Kafka, Faust or Redis.
+"""

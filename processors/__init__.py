@@ -1,0 +1,1 @@
+"""Faust agents: behaviour windows, generation, live ad indexing, query retrieval, snapshots."""

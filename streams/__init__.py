@@ -1,0 +1,1 @@
+"""Topics, versioned event contracts, codecs, the Faust app and the dead-letter topic."""
