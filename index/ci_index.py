@@ -1,0 +1,454 @@
+"""Commercial intentions (CIs): cleaning into a CI set, the CI token trie, and the CI <-> ads index.
+
+RARE retrieves ads through short commercial intentions rather than through ad ids: ads map to CIs offline,
+a query maps to CIs online, and the union of the CIs' ads is the answer. This module is the pure data side:
+it never talks to Kafka, Redis or a model. Embeddings (for near-duplicate merging) and tokenisation (for the
+trie) come in as plain callables so the index stays independent of which encoder or tokenizer is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from adgen.index.trie_arrays import TrieArrays
+
+_NON_WORD = re.compile(r"[^\w&+]+")
+_SPACES = re.compile(r"\s+")
+_UNDERSCORES = re.compile(r"_+")
+
+SNAPSHOT_PREFIX = "ci-"
+MANIFEST = "manifest.json"
+
+# Words that never carry a commercial intention on their own: a CI made only of these is dropped.
+STOPWORDS: frozenset[str] = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "or",
+        "the",
+        "of",
+        "for",
+        "with",
+        "in",
+        "on",
+        "to",
+        "by",
+        "from",
+        "at",
+        "as",
+        "is",
+        "are",
+        "be",
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "&",
+        "+",
+        "new",
+        "best",
+        "top",
+        "buy",
+        "cheap",
+        "sale",
+        "pack",
+        "count",
+        "set",
+        "pcs",
+        "piece",
+        "pieces",
+        "inch",
+        "inches",
+        "mm",
+        "cm",
+        "ft",
+    ]
+)
+
+
+class CIError(ValueError):
+    """An invalid CI set, index operation or snapshot."""
+
+
+def normalise_text(text: str) -> str:
+    """Canonical form shared by CIs and queries (so a head-cache key and a CI compare as equal strings).
+
+    NFKC, case-folded, punctuation other than `&` and `+` becomes a space, whitespace collapsed.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _UNDERSCORES.sub(" ", _NON_WORD.sub(" ", text))
+    return _SPACES.sub(" ", text).strip()
+
+
+class CleaningConfig(BaseModel):
+    """Rules that turn raw generated CIs into a usable CI set (RARE: normalise, dedup, drop rare/generic)."""
+
+    min_words: int = Field(1, ge=1)
+    max_words: int = Field(6, ge=1)
+    min_chars: int = Field(3, ge=1)
+    max_chars: int = Field(64, ge=4)
+    min_ads: int = Field(2, ge=1, description="Drop CIs proposed for fewer ads: too rare to be an intention.")
+    max_ad_share: float = Field(
+        0.2, gt=0, le=1, description="Drop CIs proposed for more than this share of ads: too generic to rank."
+    )
+    merge_threshold: float = Field(
+        0.93, gt=0, le=1, description="Cosine similarity at or above which two CIs are the same intention."
+    )
+
+
+class CISet(BaseModel):
+    """The cleaned, merged CI vocabulary. `texts[i]` is CI id i; `aliases` maps merged variants to ids."""
+
+    texts: list[str]
+    support: list[int] = Field(description="Number of ads that proposed each CI (after merging).")
+    aliases: dict[str, int] = {}
+
+    def id_of(self, text: str) -> int | None:
+        """CI id of a text (canonical or merged variant) after normalisation, else None."""
+        return self.aliases.get(normalise_text(text))
+
+
+class CleaningReport(BaseModel):
+    """How many raw CIs each cleaning rule removed, so a rebuild is explainable."""
+
+    raw_pairs: int
+    distinct_raw: int
+    dropped_shape: int
+    dropped_rare: int
+    dropped_generic: int
+    merged: int
+    kept: int
+
+
+def _shape_ok(text: str, cfg: CleaningConfig) -> bool:
+    words = text.split()
+    if not (cfg.min_words <= len(words) <= cfg.max_words and cfg.min_chars <= len(text) <= cfg.max_chars):
+        return False
+    return any(w not in STOPWORDS and not w.isdigit() for w in words)
+
+
+def build_ci_set(
+    proposals: Mapping[str, Iterable[str]],
+    embed: Callable[[Sequence[str]], np.ndarray] | None,
+    cfg: CleaningConfig | None = None,
+) -> tuple[CISet, dict[str, list[int]], CleaningReport]:
+    """Clean raw per-ad CI proposals into a CI set and the ad -> CI ids assignment it implies.
+
+    `proposals` maps ad id -> raw CI strings (any case/punctuation, duplicates allowed). `embed` returns one
+    row per text (any scale; rows are L2-normalised here); None skips near-duplicate merging.
+    """
+    cfg = cfg or CleaningConfig()
+    per_ad: dict[str, set[str]] = {}
+    raw_pairs = 0
+    for ad_id, raws in proposals.items():
+        norm = set()
+        for raw in raws:
+            raw_pairs += 1
+            text = normalise_text(raw)
+            if text:
+                norm.add(text)
+        per_ad[ad_id] = norm
+    support = Counter(t for texts in per_ad.values() for t in texts)
+    n_ads = max(len(per_ad), 1)
+    dropped_shape = dropped_rare = dropped_generic = 0
+    kept: list[str] = []
+    for text, count in support.items():
+        if not _shape_ok(text, cfg):
+            dropped_shape += 1
+        elif count < cfg.min_ads:
+            dropped_rare += 1
+        elif count / n_ads > cfg.max_ad_share:
+            dropped_generic += 1
+        else:
+            kept.append(text)
+    # Most supported first, so a merge keeps the commonest spelling as the canonical CI; ties by text.
+    kept.sort(key=lambda t: (-support[t], t))
+    canonical_of = _merge_near_duplicates(kept, embed, cfg.merge_threshold) if embed else list(range(len(kept)))
+    canon_texts = [kept[i] for i in sorted(set(canonical_of))]
+    canon_id = {t: i for i, t in enumerate(canon_texts)}
+    aliases = {text: canon_id[kept[canonical_of[i]]] for i, text in enumerate(kept)}
+    assignment: dict[str, list[int]] = {}
+    for ad_id, texts in per_ad.items():
+        assignment[ad_id] = sorted({aliases[t] for t in texts if t in aliases})
+    merged_support = Counter(ci for cis in assignment.values() for ci in cis)
+    ci_set = CISet(texts=canon_texts, support=[merged_support[i] for i in range(len(canon_texts))], aliases=aliases)
+    report = CleaningReport(
+        raw_pairs=raw_pairs,
+        distinct_raw=len(support),
+        dropped_shape=dropped_shape,
+        dropped_rare=dropped_rare,
+        dropped_generic=dropped_generic,
+        merged=len(kept) - len(canon_texts),
+        kept=len(canon_texts),
+    )
+    return ci_set, assignment, report
+
+
+def _merge_near_duplicates(
+    texts: Sequence[str], embed: Callable[[Sequence[str]], np.ndarray], threshold: float
+) -> list[int]:
+    """Greedy leader clustering: each text joins the first earlier leader with cosine >= threshold.
+
+    Returns, per text, the index of its leader (itself for leaders). Vectorised per text against the leader
+    matrix, which is enough for CI sets of tens of thousands.
+    """
+    if not texts:
+        return []
+    vecs = np.asarray(embed(texts), dtype=np.float32)
+    if vecs.shape[0] != len(texts):
+        raise CIError(f"embed returned {vecs.shape[0]} rows for {len(texts)} texts")
+    vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    leaders = np.empty_like(vecs)
+    leader_index: list[int] = []
+    out: list[int] = []
+    for i, v in enumerate(vecs):
+        n = len(leader_index)
+        if n:
+            sims = leaders[:n] @ v
+            best = int(np.argmax(sims))
+            if sims[best] >= threshold:
+                out.append(leader_index[best])
+                continue
+        leaders[n] = v
+        leader_index.append(i)
+        out.append(i)
+    return out
+
+
+class CIIndex:
+    """CI -> ads and ad -> CIs over a fixed CI set, with incremental add/remove of ads.
+
+    The two maps are kept exact inverses of each other (`check_consistency`). Weights are the strength of
+    an ad's association with a CI (e.g. the model's probability), used to rank the union of ads.
+    """
+
+    def __init__(self, ci_set: CISet, version: str | None = None) -> None:
+        self.ci_set = ci_set
+        self.version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        self.ci_ads: dict[int, dict[str, float]] = {}
+        self.ad_cis: dict[str, dict[int, float]] = {}
+
+    @property
+    def num_cis(self) -> int:
+        return len(self.ci_set.texts)
+
+    def set_ad(self, ad_id: str, ci_weights: Mapping[int, float]) -> None:
+        """Replace the CIs of one ad (idempotent: replaying the same update gives the same index)."""
+        for ci in ci_weights:
+            if not 0 <= ci < self.num_cis:
+                raise CIError(f"CI id {ci} for ad {ad_id!r} is outside the CI set of {self.num_cis}")
+        self.remove_ad(ad_id)
+        if not ci_weights:
+            return
+        self.ad_cis[ad_id] = {int(ci): float(w) for ci, w in ci_weights.items()}
+        for ci, w in self.ad_cis[ad_id].items():
+            self.ci_ads.setdefault(ci, {})[ad_id] = w
+
+    def remove_ad(self, ad_id: str) -> bool:
+        """Drop an ad from both maps; True if it was indexed."""
+        old = self.ad_cis.pop(ad_id, None)
+        if old is None:
+            return False
+        for ci in old:
+            ads = self.ci_ads.get(ci)
+            if ads is not None:
+                ads.pop(ad_id, None)
+                if not ads:
+                    del self.ci_ads[ci]
+        return True
+
+    def ads_of(self, ci: int) -> dict[str, float]:
+        return self.ci_ads.get(ci, {})
+
+    def check_consistency(self) -> None:
+        """Raise CIError unless ci_ads and ad_cis are exact inverses with ids inside the CI set."""
+        pairs_a = {(ci, ad, w) for ci, ads in self.ci_ads.items() for ad, w in ads.items()}
+        pairs_b = {(ci, ad, w) for ad, cis in self.ad_cis.items() for ci, w in cis.items()}
+        if pairs_a != pairs_b:
+            raise CIError(f"CI index out of sync: {len(pairs_a ^ pairs_b)} (ci, ad) pairs differ between maps")
+        if any(not ads for ads in self.ci_ads.values()) or any(not cis for cis in self.ad_cis.values()):
+            raise CIError("CI index holds an empty posting list")
+        bad = [ci for ci in self.ci_ads if not 0 <= ci < self.num_cis]
+        if bad:
+            raise CIError(f"CI ids outside the CI set: {bad[:5]}")
+
+    def rank(self, ci_scores: Mapping[int, float], top_n: int) -> list[tuple[str, float]]:
+        """Union of the CIs' ads, scored by sum over CIs of ci_score * association weight, best first."""
+        scores: dict[str, float] = {}
+        for ci, s in ci_scores.items():
+            for ad, w in self.ads_of(ci).items():
+                scores[ad] = scores.get(ad, 0.0) + s * w
+        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
+
+
+def ci_token_sequences(ci_set: CISet, encode: Callable[[str], list[int]], eos_id: int) -> list[list[int]]:
+    """Token ids of every CI followed by EOS, so a CI is a root-to-leaf path and no CI prefixes another."""
+    seqs = [[*encode(text), eos_id] for text in ci_set.texts]
+    seen: dict[tuple[int, ...], int] = {}
+    for i, seq in enumerate(seqs):
+        if eos_id in seq[:-1]:
+            raise CIError(f"tokenizer produced EOS inside CI {ci_set.texts[i]!r}")
+        prev = seen.setdefault(tuple(seq), i)
+        if prev != i:
+            raise CIError(
+                f"CIs {ci_set.texts[prev]!r} and {ci_set.texts[i]!r} tokenize identically; "
+                "extend the tokenizer vocabulary or rebuild the CI set"
+            )
+    return seqs
+
+
+def build_ci_trie(token_sequences: Sequence[Sequence[int]]) -> TrieArrays:
+    """The decoding constraint: a CSR trie whose leaf values are CI ids."""
+    return TrieArrays.from_sequences(token_sequences, list(range(len(token_sequences))))
+
+
+# --- snapshots -----------------------------------------------------------------------------------------
+
+
+class CISnapshotManifest(BaseModel):
+    """What a CI snapshot holds; checksums let a reader reject a torn or edited snapshot."""
+
+    version: str
+    created_at: float
+    num_cis: int
+    num_ads: int
+    tokenizer_fingerprint: str = ""
+    files: dict[str, str] = Field(description="file name -> sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_snapshot(
+    root: Path,
+    index: CIIndex,
+    token_sequences: Sequence[Sequence[int]] | None = None,
+    head_cache: Mapping[str, object] | None = None,
+    tokenizer_fingerprint: str = "",
+) -> Path:
+    """Write `root/ci-{version}/` atomically (temp dir, fsync, rename); returns its path.
+
+    JSON for the CI set and ad -> CIs (CI -> ads is derived on load, so the two can never disagree on disk),
+    npy for the CI token sequences (flat tokens + offsets).
+    """
+    index.check_consistency()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{SNAPSHOT_PREFIX}{index.version}"
+    if final.exists():
+        raise CIError(f"snapshot {final} already exists; versions are immutable")
+    tmp = root / f".tmp-{SNAPSHOT_PREFIX}{index.version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _write_file(tmp / "ci_set.json", index.ci_set.model_dump_json().encode())
+    ad_cis = {ad: {str(ci): w for ci, w in sorted(cis.items())} for ad, cis in sorted(index.ad_cis.items())}
+    _write_file(tmp / "ad_cis.json", json.dumps(ad_cis).encode())
+    if token_sequences is not None:
+        offsets = np.zeros(len(token_sequences) + 1, dtype=np.int64)
+        np.cumsum([len(s) for s in token_sequences], out=offsets[1:])
+        flat = np.fromiter((t for s in token_sequences for t in s), dtype=np.int64, count=int(offsets[-1]))
+        for name, arr in (("ci_tokens.npy", flat), ("ci_token_offsets.npy", offsets)):
+            with (tmp / name).open("wb") as f:
+                np.save(f, arr, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+    if head_cache is not None:
+        _write_file(tmp / "head_cache.json", json.dumps(head_cache).encode())
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    manifest = CISnapshotManifest(
+        version=index.version,
+        created_at=time.time(),
+        num_cis=index.num_cis,
+        num_ads=len(index.ad_cis),
+        tokenizer_fingerprint=tokenizer_fingerprint,
+        files=files,
+    )
+    _write_file(tmp / MANIFEST, manifest.model_dump_json(indent=2).encode())
+    os.rename(tmp, final)
+    dir_fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return final
+
+
+class CISnapshot(BaseModel):
+    """A loaded snapshot (the index is rebuilt from it by `to_index`)."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    path: Path
+    manifest: CISnapshotManifest
+    ci_set: CISet
+    ad_cis: dict[str, dict[int, float]]
+    token_sequences: list[list[int]] | None = None
+    head_cache: dict[str, object] | None = None
+
+    def to_index(self) -> CIIndex:
+        index = CIIndex(self.ci_set, version=self.manifest.version)
+        for ad, cis in self.ad_cis.items():
+            index.set_ad(ad, cis)
+        return index
+
+
+def load_snapshot(path: Path) -> CISnapshot:
+    """Load one snapshot directory, verifying every checksum in its manifest."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CIError(f"{path} has no {MANIFEST}: not a CI snapshot (or a torn write)")
+    manifest = CISnapshotManifest.model_validate_json(manifest_path.read_text())
+    for name, digest in manifest.files.items():
+        file = path / name
+        if not file.is_file() or _sha256(file) != digest:
+            raise CIError(f"snapshot {path}: {name} is missing or fails its checksum")
+    ci_set = CISet.model_validate_json((path / "ci_set.json").read_text())
+    raw = json.loads((path / "ad_cis.json").read_text())
+    ad_cis = {ad: {int(ci): float(w) for ci, w in cis.items()} for ad, cis in raw.items()}
+    seqs = None
+    if "ci_tokens.npy" in manifest.files:
+        flat = np.load(path / "ci_tokens.npy", allow_pickle=False)
+        offsets = np.load(path / "ci_token_offsets.npy", allow_pickle=False)
+        seqs = [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+    head = json.loads((path / "head_cache.json").read_text()) if "head_cache.json" in manifest.files else None
+    return CISnapshot(path=path, manifest=manifest, ci_set=ci_set, ad_cis=ad_cis, token_sequences=seqs, head_cache=head)
+
+
+def load_latest_snapshot(root: Path) -> CISnapshot:
+    """Newest valid snapshot under `root`; a corrupt newer one is skipped so readers keep the last good one."""
+    candidates = sorted((p for p in root.glob(f"{SNAPSHOT_PREFIX}*") if p.is_dir()), reverse=True)
+    errors: list[str] = []
+    for path in candidates:
+        try:
+            return load_snapshot(path)
+        except (CIError, ValueError, OSError) as exc:
+            errors.append(f"{path.name}: {exc}")
+    detail = "; ".join(errors) if errors else "none found"
+    raise CIError(f"no valid CI snapshot under {root} ({detail}); run `adgen ci build` first")
