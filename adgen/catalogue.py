@@ -89,6 +89,15 @@ class Dataset(BaseModel):
     items: dict[str, Item]
     users: dict[str, UserHistory]
     content: dict[str, ContentItem] = {}
+    deleted_at: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ad id -> time of its deletion. Deleted ads stay in `items` so histories still resolve; "
+        "retrieval and indexing should skip them.",
+    )
+
+    def active_items(self) -> dict[str, Item]:
+        """Items that were never deleted (what an index built at the end of the data should hold)."""
+        return {item_id: item for item_id, item in self.items.items() if item_id not in self.deleted_at}
 
 
 class SplitExample(BaseModel):
