@@ -1,0 +1,325 @@
+"""One causal-LM fine-tuning loop on (prompt_ids, response_ids) pairs, shared by LEADRE and RARE.
+
+Why response-only loss: the model must learn to *produce* S-IDs / CIs given a prompt; predicting the
+prompt itself wastes the small CPU budget. Only response positions go through the output projection,
+which also skips most of the vocabulary matmul.
+
+API:
+- `LMTrainConfig`: epochs, batch size, lr, accumulation, bf16 autocast, early stopping, output dir.
+- `train_causal_lm(model, tokenizer, examples, config, eval_fn=None) -> dict` trains in place with a tqdm
+  bar, writes `out_dir/metrics.json`, a resumable checkpoint in `out_dir/checkpoint/` (safetensors +
+  JSON, no pickle) and, with `eval_fn`, the best model (by `config.monitor`) in `out_dir/best/`.
+  `eval_fn(model) -> dict[str, float]` runs after each epoch; training stops after `patience` epochs
+  without improvement and the best weights are restored into `model`.
+- `response_logprobs(model, batch)` sums response-token log-probabilities (used by evaluation and DPO).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+class LMTrainConfig(BaseModel):
+    """Knobs of one training stage. `out_dir` receives metrics.json, checkpoint/ and best/."""
+
+    out_dir: Path
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_len: int = Field(256, ge=8, description="Prompts are cut from the left so prompt + response fits.")
+    bf16: bool = Field(False, description="bf16 autocast on CPU; only faster on CPUs with AVX512-BF16/AMX.")
+    seed: int = 0
+    monitor: str = Field("ndcg@10", description="eval_fn key used for early stopping and best/ (higher = better).")
+    patience: int = Field(2, ge=1)
+    resume: bool = Field(True, description="Continue from out_dir/checkpoint/ when it exists.")
+    checkpoint_every: int = Field(200, ge=1, description="Optimizer steps between mid-epoch checkpoints.")
+    stop_after_steps: int | None = Field(
+        None, ge=1, description="Checkpoint and return after this many optimizer steps in total (time-boxed runs)."
+    )
+    torch_threads: int = Field(2, ge=1)
+    desc: str = "train"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded token ids with response-only labels."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # -100 outside the response
+    num_response_tokens: int
+
+
+def collate(examples: Sequence[Example], pad_id: int, max_len: int) -> Batch:
+    """Right-padded batch with labels only on response tokens; prompts truncated from the left."""
+    rows: list[tuple[list[int], list[int]]] = []
+    for prompt, response in examples:
+        response = list(response)
+        if not response:
+            raise ValueError("an example has an empty response; nothing to learn from it")
+        if len(response) >= max_len:
+            raise ValueError(f"response of {len(response)} tokens does not fit max_len={max_len}")
+        keep = max_len - len(response)
+        prompt = list(prompt)[-keep:]
+        rows.append((prompt + response, [-100] * len(prompt) + response))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=mask,
+        labels=labels,
+        num_response_tokens=int((labels != -100).sum()),
+    )
+
+
+def _response_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the positions that predict response tokens, and those target tokens (flattened)."""
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    targets = batch.labels[:, 1:]
+    select = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][select])
+    return logits, targets[select]
+
+
+def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over response tokens."""
+    logits, targets = _response_logits(model, batch)
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
+
+
+def response_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Sum of response-token log-probabilities per row, shape [batch]."""
+    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[:, :-1]).float()
+    targets = batch.labels[:, 1:]
+    select = targets != -100
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * select).sum(dim=1)
+
+
+def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffled batches of similar length (less padding = less CPU), deterministic for a seed."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _lr_lambda(total_steps: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return fn
+
+
+def save_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], directory: Path
+) -> None:
+    """Model weights, optimizer tensors and loop state as safetensors + JSON (written then renamed)."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(weights, str(tmp / "model.safetensors"))
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in opt["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value.contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(
+        json.dumps({**state, "param_groups": opt["param_groups"], "optimizer_scalars": scalars}, indent=1)
+    )
+    if directory.exists():
+        for f in directory.iterdir():
+            f.unlink()
+        directory.rmdir()
+    tmp.rename(directory)
+
+
+def load_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, directory: Path) -> dict[str, Any]:
+    """Inverse of `save_state`; returns the loop state dict."""
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    state = json.loads((directory / "state.json").read_text())
+    if optimizer is not None:
+        tensors = load_file(str(directory / "optimizer.safetensors"))
+        opt_state: dict[int, dict[str, Any]] = {}
+        for name, value in tensors.items():
+            pid, key = name.split(".", 1)
+            opt_state.setdefault(int(pid), {})[key] = value
+        for pid, values in state["optimizer_scalars"].items():
+            opt_state.setdefault(int(pid), {}).update(values)
+        optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    return state
+
+
+def train_causal_lm(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    config: LMTrainConfig,
+    eval_fn: EvalFn | None = None,
+) -> dict[str, Any]:
+    """Train `model` in place on `examples`; returns (and writes) the metrics dict. See module doc."""
+    if not examples:
+        raise ValueError("no training examples: check the data split and the task configuration")
+    torch.set_num_threads(min(config.torch_threads, 2))
+    torch.manual_seed(config.seed)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    lengths = [min(len(p) + len(r), config.max_len) for p, r in examples]
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    warmup = int(config.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup, config.min_lr_ratio))
+
+    loop: dict[str, Any] = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best": None, "bad_epochs": 0}
+    history: list[dict[str, Any]] = []
+    ckpt = out / "checkpoint"
+    if config.resume and (ckpt / "state.json").exists():
+        loop = load_state(model, optimizer, ckpt)
+        history = loop.pop("history", [])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # replaying the schedule before the next optimizer.step() is intended
+            for _ in range(loop["global_step"]):
+                scheduler.step()
+        if loop.get("done"):
+            return _finish(model, out, history, loop, eval_fn is not None)
+
+    model.train()
+    started = time.perf_counter()
+    for epoch in range(loop["epoch"], config.epochs):
+        batches = length_bucketed_batches(lengths, config.batch_size, config.seed + epoch)
+        skip = loop["batch_in_epoch"] if epoch == loop["epoch"] else 0
+        sum_loss, sum_tokens, seen_tokens, t_epoch = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(total=len(batches), initial=skip, desc=f"{config.desc} ep{epoch + 1}/{config.epochs}", leave=False)
+        optimizer.zero_grad(set_to_none=True)
+        for b_index in range(skip, len(batches)):
+            batch = collate([examples[i] for i in batches[b_index]], pad_id, config.max_len)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                loss = response_loss(model, batch)
+            (loss / config.grad_accum).backward()
+            sum_loss += loss.item() * batch.num_response_tokens
+            sum_tokens += batch.num_response_tokens
+            seen_tokens += int(batch.attention_mask.sum())
+            last = b_index == len(batches) - 1
+            if (b_index + 1) % config.grad_accum == 0 or last:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loop["global_step"] += 1
+                interrupt = config.stop_after_steps is not None and loop["global_step"] >= config.stop_after_steps
+                if (loop["global_step"] % config.checkpoint_every == 0 or interrupt) and not last:
+                    loop.update(epoch=epoch, batch_in_epoch=b_index + 1)
+                    save_state(model, optimizer, {**loop, "history": history}, ckpt)
+                if interrupt and not last:
+                    bar.close()
+                    _write_metrics(out, history, loop, time.perf_counter() - started)
+                    return {**_finish(model, out, history, loop, False), "interrupted": True}
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum_loss / max(sum_tokens, 1):.3f}")
+        bar.close()
+        elapsed = time.perf_counter() - t_epoch
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": sum_loss / max(sum_tokens, 1),
+            "tokens_per_s": seen_tokens / max(elapsed, 1e-9),
+            "epoch_seconds": elapsed,
+            "lr": scheduler.get_last_lr()[0],
+        }
+        stop = False
+        if eval_fn is not None:
+            model.eval()
+            with torch.no_grad():
+                scores = eval_fn(model)
+            model.train()
+            record["valid"] = scores
+            if config.monitor not in scores:
+                raise KeyError(f"eval_fn returned {sorted(scores)} but config.monitor is {config.monitor!r}")
+            value = scores[config.monitor]
+            if loop["best"] is None or value > loop["best"]:
+                loop.update(best=value, best_epoch=epoch + 1, bad_epochs=0)
+                save_state(model, optimizer, {"epoch": epoch + 1}, out / "best")
+            else:
+                loop["bad_epochs"] += 1
+                stop = loop["bad_epochs"] >= config.patience
+        history.append(record)
+        tqdm.write(f"[{config.desc}] " + json.dumps(record))
+        loop.update(epoch=epoch + 1, batch_in_epoch=0)
+        _write_metrics(out, history, loop, time.perf_counter() - started)
+        if stop or epoch + 1 == config.epochs:
+            loop["done"] = True
+        save_state(model, optimizer, {**loop, "history": history}, ckpt)
+        if stop:
+            break
+    return _finish(model, out, history, loop, eval_fn is not None)
+
+
+def _write_metrics(out: Path, history: list[dict[str, Any]], loop: dict[str, Any], seconds: float) -> dict[str, Any]:
+    metrics = {
+        "epochs": history,
+        "global_step": loop["global_step"],
+        "best": loop.get("best"),
+        "best_epoch": loop.get("best_epoch"),
+        "train_seconds": seconds,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _finish(
+    model: torch.nn.Module, out: Path, history: list[dict[str, Any]], loop: dict[str, Any], restore_best: bool
+) -> dict[str, Any]:
+    if restore_best and (out / "best" / "model.safetensors").exists():
+        model.load_state_dict(load_file(str(out / "best" / "model.safetensors")))
+    model.eval()
+    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+    metrics.setdefault("epochs", history)
+    return metrics
