@@ -1,0 +1,164 @@
+"""The Faust app and the decode-or-dead-letter stream pattern every agent in processors/ uses.
+
+Topics are declared with raw serializers so bytes reach *our* codec: a bad event becomes a DeadLetter
+with its reason instead of an exception that kills the agent.
+
+    app = create_app(settings)
+    topics = declare_topics(app, settings)
+
+    @app.agent(topics.user_behavior)
+    async def behavior_windows(stream):
+        async for event in decoded_stream(stream, topics.dead_letter, settings):
+            ...  # only valid, correctly keyed events arrive here
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import StreamT, TopicT
+from pydantic import BaseModel
+
+from adgen.config import KafkaSettings, Settings
+from adgen.runtime.tansu_quirks import faust_overrides
+from adgen.streams.codec import EventDecodeError, decode_event
+from adgen.streams.dlq import DeadLetter, dead_letter_topic
+from adgen.streams.topics import AD_UPDATES, DEAD_LETTER, SEARCH_QUERIES, USER_BEHAVIOR, TopicSpec, topic_name
+
+log = logging.getLogger(__name__)
+
+
+def broker_urls(kafka: KafkaSettings) -> list[str]:
+    """Faust broker URLs from a comma-separated bootstrap list."""
+    return [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",") if server.strip()]
+
+
+def broker_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | ssl.SSLContext | None:
+    """Faust `broker_credentials` for the configured security protocol (None for PLAINTEXT)."""
+    protocol = kafka.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context: ssl.SSLContext | None = None
+    if protocol in {"SSL", "SASL_SSL"}:
+        context = ssl.create_default_context(
+            purpose=ssl.Purpose.SERVER_AUTH, cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
+        if kafka.ssl_certfile:
+            context.load_cert_chain(
+                str(kafka.ssl_certfile), keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None
+            )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if not kafka.sasl_mechanism or not kafka.sasl_username:
+        raise ValueError(f"security_protocol {protocol} needs kafka.sasl_mechanism and kafka.sasl_username")
+    return faust.SASLCredentials(
+        username=kafka.sasl_username,
+        password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        mechanism=kafka.sasl_mechanism,
+        ssl_context=context,
+    )
+
+
+def create_app(
+    settings: Settings, *, app_id: str | None = None, web_enabled: bool = False, **overrides: Any
+) -> faust.App:
+    """A Faust app configured from settings (broker + credentials, store, partitions, session timeout).
+
+    Tansu quirks are added only when `settings.kafka.embedded`; `overrides` win over everything.
+    """
+    kafka = settings.kafka
+    conf: dict[str, Any] = {
+        "broker": broker_urls(kafka),
+        "broker_credentials": broker_credentials(kafka),
+        "store": settings.worker.store,
+        "topic_partitions": kafka.default_partitions,
+        "topic_replication_factor": kafka.replication_factor,
+        "broker_session_timeout": kafka.session_timeout_ms / 1000,
+        "consumer_auto_offset_reset": "earliest",
+        "web_enabled": web_enabled,
+        "web_host": settings.worker.web_host,
+        "web_port": settings.worker.web_port,
+        "datadir": str(settings.paths.state / "faust"),
+        "producer_max_request_size": max(kafka.max_message_bytes * 2, 1_048_576),
+    }
+    conf.update(faust_overrides(settings))
+    conf.update(overrides)
+    return faust.App(app_id or settings.worker.app_id, **conf)
+
+
+@dataclass(frozen=True)
+class AppTopics:
+    """The input topics and the dead-letter topic, declared on one app with raw serializers."""
+
+    user_behavior: TopicT
+    ad_updates: TopicT
+    search_queries: TopicT
+    dead_letter: TopicT
+
+
+def raw_topic(app: faust.App, spec: TopicSpec, settings: Settings) -> TopicT:
+    """A topic of `spec` whose keys and values stay bytes (decoding is the codec's job)."""
+    return app.topic(
+        topic_name(spec, settings.kafka.topic_prefix),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=spec.partitions,
+    )
+
+
+def declare_topics(app: faust.App, settings: Settings) -> AppTopics:
+    return AppTopics(
+        user_behavior=raw_topic(app, USER_BEHAVIOR, settings),
+        ad_updates=raw_topic(app, AD_UPDATES, settings),
+        search_queries=raw_topic(app, SEARCH_QUERIES, settings),
+        dead_letter=raw_topic(app, DEAD_LETTER, settings),
+    )
+
+
+async def send_dead_letter(dead_letters: TopicT, letter: DeadLetter) -> None:
+    """Send a DeadLetter from inside an agent (awaits the broker's acknowledgement)."""
+    await dead_letters.send(key=letter.kafka_key(), value=letter.to_bytes())
+
+
+async def decoded_stream(stream: StreamT, dead_letters: TopicT, settings: Settings) -> AsyncIterator[BaseModel]:
+    """Yield decoded events from a raw stream; send each bad one to the dead-letter topic and go on."""
+    prefix = settings.kafka.topic_prefix
+    max_bytes = settings.kafka.max_message_bytes
+    async for raw in stream.events():
+        message = raw.message
+        try:
+            value = raw.value if raw.value is not None else b""
+            event = decode_event(message.topic, value, key=raw.key, prefix=prefix, max_message_bytes=max_bytes)
+        except EventDecodeError as error:
+            log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
+            letter = DeadLetter.from_error(
+                error,
+                source_topic=message.topic,
+                value=value,
+                key=raw.key,
+                partition=message.partition,
+                offset=message.offset,
+            )
+            await send_dead_letter(dead_letters, letter)
+            continue
+        yield event
+
+
+__all__ = [
+    "AppTopics",
+    "broker_credentials",
+    "broker_urls",
+    "create_app",
+    "dead_letter_topic",
+    "declare_topics",
+    "decoded_stream",
+    "raw_topic",
+    "send_dead_letter",
+]
