@@ -1,0 +1,470 @@
+"""Trie-constrained beam search: top-K distinct valid items per prompt, with their log-probabilities.
+
+Why it is fast (and how it differs from `transformers.generate`):
+- Each prompt is prefilled exactly once. Its K/V stay in one tensor per layer, [N, kv_heads, S, d]; the B
+  beams of a prompt never copy it. A beam carries only the K/V of its own generated tokens
+  ([N, kv_heads, B, t, d], t <= trie depth). Attention for a beam step is computed here, on top of the HF
+  modules' weights: scores against the shared prompt K/V are one batched matmul with the B beams (x query
+  heads per K/V head) as rows, scores against the beam's own suffix are a small einsum, and one softmax
+  runs over the concatenation. No `expand`, no copy of the prompt cache.
+- Allowed next tokens come from the trie's CSR arrays: the children of every beam's node are gathered as a
+  padded [beams, max_children] block with a validity mask; the beam's log-probabilities are gathered at
+  those tokens and invalid slots become -inf. Selection is one `topk` per step over [N, beams x children].
+- There is no Python loop over prompts or beams; the only loop is over decoding steps (<= trie depth).
+
+Scores are sums of log-softmax over the full vocabulary (the model's own probability of the item's token
+sequence, as HF beam search scores with length_penalty=0). A beam ends at a leaf; its `leaf_value` is the
+item returned. Search stops early when every prompt already holds K finished items that no live beam can
+beat (log-probabilities only decrease as a sequence grows), so variable-length CI tries cost no extra steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from adgen.index.trie_arrays import TrieArrays, TrieError
+from adgen.model.lm import check_supported
+from adgen.model.prefix_cache import PrefixKVCache
+
+NEG_INF = float("-inf")
+Prompt = Sequence[int] | torch.Tensor
+
+
+class DecodingError(ValueError):
+    """Invalid decoding request (empty prompt, token outside the vocabulary, k/beams out of range)."""
+
+
+@dataclass
+class PromptKV:
+    """The prefilled prompts of a batch: per-layer K/V [N, kv_heads, S, d] shared by all beams of a prompt.
+
+    `key_valid` [N, S] marks real (non-padding) keys; `lengths` [N] is each prompt's token count, i.e. the
+    position id of its first generated token.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    key_valid: torch.Tensor
+    lengths: torch.Tensor
+
+
+@dataclass
+class DecodeTimings:
+    """Wall time of the last `generate` call, split so benchmarks can report the prefill share."""
+
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prompts: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    steps: list[int] = field(default_factory=list)
+
+
+class CausalLMRunner:
+    """Forward passes of an HF Llama/Qwen2-family model for prompt prefill and shared-prompt beam steps.
+
+    Uses the model's own modules (projections, norms, MLP, rotary embedding), so any checkpoint of a
+    supported family works, fp32, bf16 or int8-dynamic-quantised.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        cfg = model.config
+        check_supported(cfg.model_type)
+        base = model.model
+        self.model = model
+        self.embed = base.embed_tokens
+        self.layers = list(base.layers)[: cfg.num_hidden_layers]
+        self.norm = base.norm
+        self.rotary = base.rotary_emb
+        self.lm_head = model.lm_head
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.groups = self.num_heads // self.num_kv_heads
+        self.scale = self.head_dim**-0.5
+        self.vocab_size = int(cfg.vocab_size)
+        self.sliding_window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        if cfg.model_type in {"llama", "qwen3"}:
+            self.sliding_window = None
+        self.dtype = self.embed.weight.dtype
+        self.device = self.embed.weight.device
+
+    # -- pieces -------------------------------------------------------------------------------------------
+    def _project(self, attn: torch.nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [..., H, d], k and v [..., Hkv, d] for hidden states h [..., hidden]."""
+        lead = h.shape[:-1]
+        q = attn.q_proj(h).view(*lead, self.num_heads, self.head_dim)
+        k = attn.k_proj(h).view(*lead, self.num_kv_heads, self.head_dim)
+        v = attn.v_proj(h).view(*lead, self.num_kv_heads, self.head_dim)
+        if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return q, k, v
+
+    def _logprobs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.lm_head(self.norm(x)).float(), dim=-1)
+
+    # -- prompt prefill -----------------------------------------------------------------------------------
+    def prefill(
+        self, tokens: torch.Tensor, new_lengths: torch.Tensor, past: PromptKV | None = None
+    ) -> tuple[torch.Tensor, PromptKV]:
+        """Run right-padded prompt tokens [N, T] (after an optional cached prefix `past`).
+
+        Returns the next-token log-probs [N, V] at each prompt's last token and the prompts' K/V. Only the
+        last token's query, attention and MLP are computed in the final layer: nothing else is read.
+        """
+        n, t = tokens.shape
+        dev = tokens.device
+        offsets = past.lengths if past is not None else torch.zeros(n, dtype=torch.long, device=dev)
+        positions = offsets[:, None] + torch.arange(t, device=dev)[None, :]
+        new_valid = torch.arange(t, device=dev)[None, :] < new_lengths[:, None]
+        last = new_lengths - 1
+        rows = torch.arange(n, device=dev)
+        x = self.embed(tokens)
+        cos, sin = self.rotary(x, positions)
+        if past is not None:
+            key_valid = torch.cat([past.key_valid, new_valid], dim=1)
+            causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+            full_mask = torch.cat([past.key_valid[:, None, :].expand(n, t, -1), causal.expand(n, t, t)], dim=2)
+            full_mask = full_mask[:, None]
+        else:
+            key_valid = new_valid
+            full_mask = None
+        if self.sliding_window is not None and int(key_valid.shape[1]) > self.sliding_window:
+            raise DecodingError(f"prompt longer than the model's sliding window {self.sliding_window}")
+        last_mask = key_valid[:, None, None, :]
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        gqa = self.groups > 1
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q, k, v = self._project(attn, h)
+            q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            v = v.transpose(1, 2)
+            if past is not None:
+                k = torch.cat([past.keys[i], k], dim=2)
+                v = torch.cat([past.values[i], v], dim=2)
+            keys.append(k)
+            values.append(v)
+            if i < len(self.layers) - 1:
+                if full_mask is None:
+                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
+                else:
+                    o = F.scaled_dot_product_attention(q, k, v, attn_mask=full_mask, scale=self.scale, enable_gqa=gqa)
+                x = x + attn.o_proj(o.transpose(1, 2).reshape(n, t, -1))
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+            else:
+                q_last = q[rows, :, last].unsqueeze(2)  # [N, H, 1, d]
+                o = F.scaled_dot_product_attention(q_last, k, v, attn_mask=last_mask, scale=self.scale, enable_gqa=gqa)
+                x = x[rows, last].unsqueeze(1) + attn.o_proj(o.transpose(1, 2).reshape(n, 1, -1))
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+        lengths = offsets + new_lengths
+        return self._logprobs(x[:, 0]), PromptKV(keys, values, key_valid, lengths)
+
+    # -- one beam step ------------------------------------------------------------------------------------
+    def beam_step(
+        self,
+        tokens: torch.Tensor,
+        prompt: PromptKV,
+        suffix_k: list[torch.Tensor],
+        suffix_v: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Feed each beam's newest token [N, B]; beams attend to the shared prompt K/V plus their own suffix.
+
+        `suffix_k[l]` is [N, Hkv, B, t, d] (already reordered to the current beams). Returns log-probs
+        [N, B, V] and the suffix K/V with the new token appended ([N, Hkv, B, t + 1, d]).
+        """
+        n, b = tokens.shape
+        t = suffix_k[0].shape[3] if suffix_k else 0
+        hkv, g, d = self.num_kv_heads, self.groups, self.head_dim
+        positions = (prompt.lengths + t)[:, None].expand(n, b)
+        x = self.embed(tokens)
+        cos, sin = self.rotary(x, positions)
+        prompt_bias = torch.zeros(prompt.key_valid.shape, dtype=torch.float32, device=x.device)
+        prompt_bias = prompt_bias.masked_fill(~prompt.key_valid, NEG_INF)[:, None, None, :]  # [N,1,1,S]
+        s = prompt.key_valid.shape[1]
+        new_k: list[torch.Tensor] = []
+        new_v: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q, k, v = self._project(attn, h)  # [N, B, H|Hkv, d]
+            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+            k_all = torch.cat([suffix_k[i], k.permute(0, 2, 1, 3).unsqueeze(3)], dim=3) if t else None
+            v_all = torch.cat([suffix_v[i], v.permute(0, 2, 1, 3).unsqueeze(3)], dim=3) if t else None
+            if k_all is None:
+                k_all = k.permute(0, 2, 1, 3).unsqueeze(3)
+                v_all = v.permute(0, 2, 1, 3).unsqueeze(3)
+            new_k.append(k_all)
+            new_v.append(v_all)
+            qg = q.view(n, b, hkv, g, d).permute(0, 2, 1, 3, 4)  # [N, Hkv, B, g, d]
+            q_rows = qg.reshape(n, hkv, b * g, d)
+            s_prompt = torch.matmul(q_rows, prompt.keys[i].transpose(-1, -2)).float() * self.scale
+            s_prompt = s_prompt + prompt_bias  # [N, Hkv, B*g, S]
+            s_self = torch.einsum("nkbgd,nkbtd->nkbgt", qg, k_all).float() * self.scale
+            probs = torch.softmax(torch.cat([s_prompt, s_self.reshape(n, hkv, b * g, t + 1)], dim=-1), dim=-1)
+            probs = probs.to(x.dtype)
+            o = torch.matmul(probs[..., :s], prompt.values[i]).view(n, hkv, b, g, d)
+            o = o + torch.einsum("nkbgt,nkbtd->nkbgd", probs[..., s:].reshape(n, hkv, b, g, t + 1), v_all)
+            o = o.permute(0, 2, 1, 3, 4).reshape(n, b, hkv * g * d)
+            x = x + attn.o_proj(o)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self._logprobs(x), new_k, new_v
+
+
+class ConstrainedBeamSearch:
+    """Top-K distinct valid items per prompt by trie-constrained beam search.
+
+    >>> search = ConstrainedBeamSearch(model)                       # any supported HF causal LM
+    >>> search.generate([[5, 9, 12], [7, 3]], trie, k=10)           # -> [[(item, logprob), ...], ...]
+
+    `beams` defaults to k (must be >= k). `score_floor` (a log-probability, e.g. -8.0) drops any candidate
+    token whose own log-prob is below it (RARE's low-score truncation), so fewer than k items may return.
+    `prefix_cache` reuses the K/V of prompt prefixes seen in earlier calls (nearline: a user's new prompt
+    mostly repeats the previous one). `max_batch_prompts` bounds memory by decoding in chunks.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        device: str | torch.device | None = None,
+        prefix_cache: PrefixKVCache | None = None,
+        max_batch_prompts: int = 64,
+    ) -> None:
+        if device is not None:
+            model = model.to(device)
+        self.runner = CausalLMRunner(model.eval())
+        self.device = self.runner.device
+        self.prefix_cache = prefix_cache
+        self.max_batch_prompts = max_batch_prompts
+        self.timings = DecodeTimings()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.runner.vocab_size
+
+    # -- public API ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        trie: TrieArrays,
+        k: int,
+        beams: int | None = None,
+        score_floor: float | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """For each prompt, up to k (item, log-prob) pairs, best first, items distinct and valid in `trie`."""
+        beams = k if beams is None else beams
+        if k < 1 or beams < k:
+            raise DecodingError(f"need k >= 1 and beams >= k, got k={k}, beams={beams}")
+        self._check_trie(trie)
+        trie = trie.to(self.device)
+        encoded = self._encode_prompts(prompts)
+        self.timings = DecodeTimings(prompts=len(encoded))
+        out: list[list[tuple[int, float]]] = []
+        for start in range(0, len(encoded), self.max_batch_prompts):
+            chunk = encoded[start : start + self.max_batch_prompts]
+            scores, items = self._search(chunk, trie, k, beams, score_floor)
+            out.extend(_to_results(scores, items, k))
+        return out
+
+    @torch.inference_mode()
+    def generate_unconstrained(
+        self, prompts: Sequence[Prompt], steps: int, beams: int
+    ) -> list[list[tuple[tuple[int, ...], float]]]:
+        """Plain beam search of fixed length `steps` over the whole vocabulary (the cost baseline).
+
+        Same prefill, shared prompt K/V and beam step as `generate`; only the trie gather is replaced by a
+        top-k over all B x V candidates. Returns each prompt's `beams` token sequences and scores.
+        """
+        encoded = self._encode_prompts(prompts)
+        self.timings = DecodeTimings(prompts=len(encoded))
+        out: list[list[tuple[tuple[int, ...], float]]] = []
+        for start in range(0, len(encoded), self.max_batch_prompts):
+            out.extend(self._search_unconstrained(encoded[start : start + self.max_batch_prompts], steps, beams))
+        return out
+
+    # -- validation and prefill ---------------------------------------------------------------------------
+    def _check_trie(self, trie: TrieArrays) -> None:
+        if trie.num_values == 0 or trie.child_token.numel() == 0:
+            raise TrieError("the trie is empty (no items): nothing can be generated; build it from >= 1 sequence")
+        top = int(trie.child_token.max())
+        if top >= self.vocab_size:
+            raise TrieError(
+                f"trie uses token id {top} but the model's vocabulary has {self.vocab_size} tokens; "
+                "the trie and the checkpoint come from different tokenizers"
+            )
+
+    def _encode_prompts(self, prompts: Sequence[Prompt]) -> list[np.ndarray]:
+        if len(prompts) == 0:
+            raise DecodingError("no prompts given")
+        encoded = []
+        for i, p in enumerate(prompts):
+            arr = p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p)
+            arr = arr.astype(np.int64, copy=False).reshape(-1)
+            if arr.size == 0:
+                raise DecodingError(f"prompt {i} is empty; every prompt needs at least one token")
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise DecodingError(f"prompt {i} has token id {bad} outside the vocabulary [0, {self.vocab_size})")
+            encoded.append(arr)
+        return encoded
+
+    def _prefill(self, prompts: list[np.ndarray]) -> tuple[torch.Tensor, PromptKV]:
+        t0 = time.perf_counter()
+        cache = self.prefix_cache
+        hits = [cache.lookup(p) for p in prompts] if cache is not None else [None] * len(prompts)
+        cached = [h.length if h is not None else 0 for h in hits]
+        rest = [p[c:] for p, c in zip(prompts, cached, strict=True)]
+        tokens = _pad(rest, self.device)
+        new_lengths = torch.tensor([len(r) for r in rest], dtype=torch.long, device=self.device)
+        past = _stack_past(hits, cached, self.runner, self.device) if any(cached) else None
+        logprobs, prompt_kv = self.runner.prefill(tokens, new_lengths, past)
+        if cache is not None:
+            cache.insert_batch(prompts, prompt_kv)
+        self.timings.prefill_s += time.perf_counter() - t0
+        self.timings.prompt_tokens += sum(len(p) for p in prompts)
+        self.timings.cached_tokens += sum(cached)
+        return logprobs, prompt_kv
+
+    # -- the search ---------------------------------------------------------------------------------------
+    def _search(
+        self, prompts: list[np.ndarray], trie: TrieArrays, k: int, beams: int, floor: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logprobs, prompt_kv = self._prefill(prompts)
+        t0 = time.perf_counter()
+        n, dev = len(prompts), self.device
+        runner = self.runner
+        nodes = torch.zeros(n, 1, dtype=torch.long, device=dev)
+        scores = torch.zeros(n, 1, dtype=torch.float32, device=dev)
+        lp = logprobs.unsqueeze(1)  # [N, b, V]
+        pool_s = torch.full((n, k), NEG_INF, device=dev)
+        pool_v = torch.full((n, k), -1, dtype=torch.long, device=dev)
+        suffix_k = [torch.empty(n, runner.num_kv_heads, 1, 0, runner.head_dim, dtype=runner.dtype, device=dev)] * len(
+            runner.layers
+        )
+        suffix_v = list(suffix_k)
+        width = max(trie.max_children, 1)
+        slot = torch.arange(width, device=dev)
+        steps = 0
+        for _ in range(trie.max_depth):
+            steps += 1
+            b = nodes.shape[1]
+            start = trie.indptr[nodes]  # [N, b]
+            count = trie.indptr[nodes + 1] - start
+            valid = slot < count.unsqueeze(-1)  # [N, b, C]
+            edges = (start.unsqueeze(-1) + slot).clamp(max=trie.child_token.numel() - 1)
+            child_tok = trie.child_token[edges]
+            child = trie.child_node[edges]
+            tok_lp = lp.gather(2, torch.where(valid, child_tok, 0))
+            if floor is not None:
+                valid = valid & (tok_lp >= floor)
+            cand = torch.where(valid, scores.unsqueeze(-1) + tok_lp, NEG_INF).view(n, b * width)
+            leaf_val = trie.leaf_value[child].view(n, b * width)
+            is_leaf = leaf_val >= 0
+            # finished: merge leaves into the pool of the best k items
+            fin = torch.where(is_leaf, cand, NEG_INF)
+            pool_s, idx = torch.cat([pool_s, fin], 1).topk(k, dim=1)
+            pool_v = torch.cat([pool_v, leaf_val], 1).gather(1, idx)
+            # live: the best `beams` unfinished candidates become the next beams
+            live = torch.where(is_leaf, NEG_INF, cand)
+            nb = min(beams, b * width)
+            scores, pick = live.topk(nb, dim=1)
+            alive = torch.isfinite(scores)
+            best_live = scores[:, 0]
+            if not bool(alive.any()) or bool((pool_s[:, -1] >= best_live).all()):
+                break
+            parent = pick // width
+            nodes = torch.where(alive, child.view(n, -1).gather(1, pick), 0)
+            new_tok = torch.where(alive, child_tok.view(n, -1).gather(1, pick), 0)
+            suffix_k = [_take_beams(s, parent) for s in suffix_k]
+            suffix_v = [_take_beams(s, parent) for s in suffix_v]
+            lp, suffix_k, suffix_v = runner.beam_step(new_tok, prompt_kv, suffix_k, suffix_v)
+        self.timings.decode_s += time.perf_counter() - t0
+        self.timings.steps.append(steps)
+        return pool_s, pool_v
+
+    def _search_unconstrained(
+        self, prompts: list[np.ndarray], steps: int, beams: int
+    ) -> list[list[tuple[tuple[int, ...], float]]]:
+        logprobs, prompt_kv = self._prefill(prompts)
+        t0 = time.perf_counter()
+        n, dev, runner = len(prompts), self.device, self.runner
+        v = runner.vocab_size
+        scores = torch.zeros(n, 1, device=dev)
+        seqs = torch.zeros(n, 1, 0, dtype=torch.long, device=dev)
+        lp = logprobs.unsqueeze(1)
+        suffix_k = [torch.empty(n, runner.num_kv_heads, 1, 0, runner.head_dim, dtype=runner.dtype, device=dev)] * len(
+            runner.layers
+        )
+        suffix_v = list(suffix_k)
+        for step in range(steps):
+            b = scores.shape[1]
+            cand = (scores.unsqueeze(-1) + lp).view(n, b * v)
+            scores, pick = cand.topk(min(beams, b * v), dim=1)
+            parent, tok = pick // v, pick % v
+            seqs = torch.cat([seqs.gather(1, parent.unsqueeze(-1).expand(-1, -1, seqs.shape[2])), tok[..., None]], 2)
+            if step == steps - 1:
+                break
+            suffix_k = [_take_beams(s, parent) for s in suffix_k]
+            suffix_v = [_take_beams(s, parent) for s in suffix_v]
+            lp, suffix_k, suffix_v = runner.beam_step(tok, prompt_kv, suffix_k, suffix_v)
+        self.timings.decode_s += time.perf_counter() - t0
+        s_list, q_list = scores.tolist(), seqs.tolist()
+        return [[(tuple(q), s) for q, s in zip(qs, ss, strict=True)] for qs, ss in zip(q_list, s_list, strict=True)]
+
+
+def _take_beams(suffix: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
+    """Reorder per-beam suffix K/V [N, Hkv, b, t, d] to the new beams' parents [N, B]."""
+    n, h, _, t, d = suffix.shape
+    idx = parent[:, None, :, None, None].expand(n, h, parent.shape[1], t, d)
+    return suffix.gather(2, idx)
+
+
+def _pad(rows: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out).to(device)
+
+
+def _stack_past(hits: list, cached: list[int], runner: CausalLMRunner, device: torch.device) -> PromptKV:
+    """Right-pad the cached prefix K/V of each prompt into one [N, Hkv, S, d] tensor per layer."""
+    n, s = len(hits), max(cached)
+    shape = (n, runner.num_kv_heads, s, runner.head_dim)
+    keys = [torch.zeros(shape, dtype=runner.dtype, device=device) for _ in runner.layers]
+    values = [torch.zeros(shape, dtype=runner.dtype, device=device) for _ in runner.layers]
+    for row, (hit, c) in enumerate(zip(hits, cached, strict=True)):
+        if hit is None:
+            continue
+        for layer, (hk, hv) in enumerate(zip(hit.keys, hit.values, strict=True)):
+            keys[layer][row, :, :c] = hk[:, :c]
+            values[layer][row, :, :c] = hv[:, :c]
+    lengths = torch.tensor(cached, dtype=torch.long, device=device)
+    key_valid = torch.arange(s, device=device)[None, :] < lengths[:, None]
+    return PromptKV(keys, values, key_valid, lengths)
+
+
+def _to_results(scores: torch.Tensor, items: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+    """Best-first (item, score) lists without -inf slots; a repeated item keeps its best score."""
+    out = []
+    for ss, vv in zip(scores.tolist(), items.tolist(), strict=True):
+        seen: set[int] = set()
+        row = []
+        for s, v in zip(ss, vv, strict=True):
+            if s == NEG_INF or v < 0 or v in seen:
+                continue
+            seen.add(v)
+            row.append((int(v), float(s)))
+        out.append(row[:k])
+    return out
