@@ -1,0 +1,187 @@
+"""The CI model: a small causal LM that maps ad text or a query to commercial intentions in the CI set.
+
+Built on the shared pieces: the BPE tokenizer (`model/tokenizer.py`), the built-in Llama-style LM
+(`model/lm.py`), the one training loop (`model/lm_training.py`, run twice: knowledge injection, then format
+fine-tuning) and the trie-constrained beam search (`model/decoding.py`). Beam search over the CI trie makes
+every generated CI a member of the CI set by construction; `score_floor` is RARE's low-score truncation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from adgen.index.ci_index import CISet, build_ci_trie, ci_token_sequences
+from adgen.index.trie_arrays import TrieArrays
+from adgen.model.ci_data import TextPair
+from adgen.model.decoding import ConstrainedBeamSearch
+from adgen.model.lm import LMConfig, build_lm, load_lm, save_lm
+from adgen.model.lm_training import LMTrainConfig, train_causal_lm
+from adgen.model.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+
+CONFIG_FILE = "ci_model.json"
+MAX_PROMPT_TOKENS = 96
+
+
+class CIModelError(ValueError):
+    """A CI model that cannot be trained, loaded or used (no data, missing files, wrong tokenizer)."""
+
+
+class CIModelConfig(BaseModel):
+    """Size and training of the CI model. Defaults fit the 2-core CPU budget (about 1M parameters)."""
+
+    vocab_size: int = Field(2048, ge=300)
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    knowledge_epochs: int = Field(1, ge=1)
+    format_epochs: int = Field(4, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    seed: int = 0
+
+
+class CIModel:
+    """Tokenizer + LM + constrained decoder, and the prompt/CI encodings shared by training and inference."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, config: CIModelConfig) -> None:
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        self.config = config
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.bos_id = int(tokenizer.bos_token_id)
+        self._search: ConstrainedBeamSearch | None = None
+
+    @property
+    def search(self) -> ConstrainedBeamSearch:
+        if self._search is None:
+            self._search = ConstrainedBeamSearch(self.model)
+        return self._search
+
+    def ci_tokens(self, text: str) -> list[int]:
+        """Token ids of a CI as a response (a leading space, as it follows 'intent:'), without EOS."""
+        return list(self.tokenizer.encode(" " + text, add_special_tokens=False))
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """BOS + prompt tokens, cut from the left to MAX_PROMPT_TOKENS (the instruction tail is kept)."""
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        return [self.bos_id, *ids[-(MAX_PROMPT_TOKENS - 1) :]]
+
+    def example(self, pair: TextPair) -> tuple[list[int], list[int]]:
+        return self.prompt_ids(pair.prompt), [*self.ci_tokens(pair.response), self.eos_id]
+
+    def ci_sequences(self, ci_set: CISet) -> list[list[int]]:
+        return ci_token_sequences(ci_set, self.ci_tokens, self.eos_id)
+
+    def ci_trie(self, ci_set: CISet) -> TrieArrays:
+        return build_ci_trie(self.ci_sequences(ci_set))
+
+    def fingerprint(self) -> str:
+        """Identifies the tokenizer, so a snapshot's stored CI token ids are only used with the same one."""
+        vocab = json.dumps(sorted(self.tokenizer.get_vocab().items())).encode()
+        return f"bpe-{len(self.tokenizer)}-{hashlib.sha256(vocab).hexdigest()[:16]}"
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        trie: TrieArrays,
+        k: int,
+        beams: int | None = None,
+        score_floor: float | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """Per prompt, up to k (CI id, log-prob) pairs, best first; every id is a CI of the trie's set."""
+        if not prompts:
+            return []
+        ids = [self.prompt_ids(p) for p in prompts]
+        return self.search.generate(ids, trie, k=k, beams=max(beams or k, k), score_floor=score_floor)
+
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        save_lm(self.model, directory / "lm")
+        save_tokenizer(self.tokenizer, directory / "tokenizer")
+        (directory / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> CIModel:
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file():
+            raise CIModelError(f"no {CONFIG_FILE} in {directory}: train one with `adgen ci build`")
+        config = CIModelConfig.model_validate_json((directory / CONFIG_FILE).read_text())
+        return cls(load_tokenizer(directory / "tokenizer"), load_lm(directory / "lm"), config)
+
+
+def probabilities(scored: Sequence[tuple[int, float]]) -> dict[int, float]:
+    """Beam log-probs -> a distribution over the returned CIs (softmax), for ranking their ads."""
+    if not scored:
+        return {}
+    top = max(s for _, s in scored)
+    weights = {ci: math.exp(s - top) for ci, s in scored}
+    total = sum(weights.values())
+    return {ci: w / total for ci, w in weights.items()}
+
+
+def train_ci_model(
+    knowledge: Sequence[TextPair],
+    fmt: Sequence[TextPair],
+    ci_set: CISet,
+    out_dir: Path,
+    config: CIModelConfig | None = None,
+) -> tuple[CIModel, dict[str, Any]]:
+    """Build the tokenizer on all training text, then train in two stages; saves to `out_dir/model`.
+
+    Metrics of both stages land in `out_dir/<stage>/metrics.json` and together in `out_dir/metrics.json`.
+    """
+    config = config or CIModelConfig()
+    if not fmt:
+        raise CIModelError("no format fine-tuning pairs: the CI set assigned no CIs to any ad")
+    torch.set_num_threads(2)
+    corpus = [p.prompt for p in (*knowledge, *fmt)] + [" " + t for t in ci_set.texts] + [p.response for p in knowledge]
+    tokenizer = build_tokenizer(corpus, vocab_size=config.vocab_size)
+    lm_config = LMConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        max_positions=MAX_PROMPT_TOKENS + 64,
+        pad_token_id=int(tokenizer.pad_token_id),
+        bos_token_id=int(tokenizer.bos_token_id),
+        eos_token_id=int(tokenizer.eos_token_id),
+        seed=config.seed,
+    )
+    model = build_lm(lm_config)
+    ci_model = CIModel(tokenizer, model, config)
+    ci_model.ci_sequences(ci_set)  # fail before training if two CIs tokenize identically
+    out_dir = Path(out_dir)
+    metrics: dict[str, Any] = {"config": config.model_dump(), "num_cis": len(ci_set.texts)}
+    stages = (("knowledge", knowledge, config.knowledge_epochs), ("format", fmt, config.format_epochs))
+    for stage, pairs, epochs in stages:
+        if not pairs:
+            continue
+        examples = [ci_model.example(p) for p in pairs]
+        train_config = LMTrainConfig(
+            out_dir=out_dir / stage,
+            epochs=epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            max_len=MAX_PROMPT_TOKENS + 32,
+            seed=config.seed,
+            resume=False,
+            checkpoint_every=10_000,
+            desc=f"ci-{stage}",
+        )
+        model.train()
+        stage_metrics = train_causal_lm(model, tokenizer, examples, train_config)
+        metrics[stage] = {"pairs": len(pairs), **stage_metrics}
+    model.eval()
+    ci_model.save(out_dir / "model")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+    return ci_model, metrics
