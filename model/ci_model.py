@@ -185,3 +185,28 @@ def train_ci_model(
     ci_model.save(out_dir / "model")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
     return ci_model, metrics
+
+
+def assign_cis(
+    ci_model: CIModel,
+    trie: TrieArrays,
+    prompts: Sequence[str],
+    k: int = 5,
+    beams: int | None = None,
+    score_floor: float | None = None,
+    min_prob: float = 0.05,
+    batch_size: int = 64,
+) -> list[dict[int, float]]:
+    """Constrained inference into the existing CI set: per prompt, CI id -> probability among the top k.
+
+    How new ads join the index without retraining; CIs below `min_prob` of the returned mass are dropped
+    (the top one is always kept, so every ad gets at least one CI).
+    """
+    out: list[dict[int, float]] = []
+    for start in range(0, len(prompts), batch_size):
+        rows = ci_model.generate(prompts[start : start + batch_size], trie, k=k, beams=beams, score_floor=score_floor)
+        for row in rows:
+            probs = probabilities(row)
+            best = max(probs, key=probs.__getitem__) if probs else None
+            out.append({ci: p for ci, p in probs.items() if p >= min_prob or ci == best})
+    return out

@@ -6,7 +6,7 @@ import pytest
 
 from adgen.index.ci_index import CISet
 from adgen.model.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair
-from adgen.model.ci_model import CIModel, CIModelConfig, probabilities, train_ci_model
+from adgen.model.ci_model import CIModel, CIModelConfig, assign_cis, probabilities, train_ci_model
 
 CIS = ["nitrile gloves", "glass beakers", "digital multimeter", "safety goggles", "pipette tips"]
 TINY = CIModelConfig(
@@ -79,3 +79,11 @@ def test_probabilities_softmax_the_beam_scores():
     probs = probabilities([(3, -1.0), (7, -2.0)])
     assert probs[3] > probs[7] and sum(probs.values()) == pytest.approx(1.0)
     assert probabilities([]) == {}
+
+
+def test_assign_cis_gives_every_new_ad_at_least_one_ci_from_the_set(trained):
+    model, ci_set, _, _ = trained
+    prompts = [AD_PROMPT.format(text="acme digital multimeter pro"), AD_PROMPT.format(text="unrelated thing")]
+    rows = assign_cis(model, model.ci_trie(ci_set), prompts, k=3, min_prob=0.2)
+    assert all(rows) and all(0 <= ci < len(CIS) for row in rows for ci in row)
+    assert max(rows[0], key=rows[0].get) == CIS.index("digital multimeter")
