@@ -1,0 +1,249 @@
+"""Intent-aware prompts (LEADRE §4.2): instruction + soft-prompt token, profile, interest summary and one
+merged chronological behaviour sequence, cut to a token budget by dropping the oldest behaviour first.
+
+Why pieces are tokenised separately and concatenated: the budget is then exact (a piece's token count is
+known without re-encoding the whole prompt), and dropping a behaviour never changes the ids of the rest.
+Training and serving use this one builder, so the small difference from encoding the joined text does
+not matter.
+
+Layout (each piece on its own line, behaviours oldest first, positive actions only):
+
+    <soft_prompt> Predict the next ad this user will click.
+    Profile: age 34, sex female, residence city
+    Interests: Sports^5 times, Music^3 times
+    Behaviour: 12 days ago^click^<a_1><b_2><c_3>; 3 days ago^watch^Funny cat videos
+    Next ad:
+
+The response is the next ad's S-ID tokens (no EOS: the trie ends the sequence).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from adgen.catalogue import AD_KINDS, POSITIVE_KINDS, ContentItem, HistoryEvent, Item, UserProfile
+from adgen.index.semantic_ids import sid_tokens
+from adgen.model.ad_text import meaningful_categories
+from adgen.model.tokenizer import SOFT_PROMPT_TOKEN
+
+DAY_SECONDS = 86_400.0
+PROFILE_FIELDS: tuple[str, ...] = ("age", "sex", "residence", "education", "occupation", "consumption_level")
+BEHAVIOUR_WORDS: dict[str, str] = {
+    "ad_click": "click",
+    "ad_conversion": "convert",
+    "content_complete": "watch",
+    "content_search": "search",
+}
+MAIN_TEMPLATES: tuple[str, ...] = (
+    "{soft} Predict the next ad this user will click.",
+    "{soft} Given the user's profile and recent behaviour, recommend the next ad.",
+    "{soft} Which ad will this user engage with next?",
+    "{soft} Based on these interests and actions, name the ad to show next.",
+)
+ALIGN_TEMPLATES: tuple[str, ...] = (
+    "{soft} Give the semantic ID of this ad.",
+    "{soft} Which ad ID matches this description?",
+    "{soft} Map the ad below to its ID.",
+)
+
+
+class PromptError(ValueError):
+    """A prompt cannot be built (unknown ad, budget too small for the fixed parts)."""
+
+
+class PromptOptions(BaseModel):
+    """Which components a prompt holds (ablations switch them off) and its token budget."""
+
+    include_profile: bool = True
+    include_summary: bool = True
+    include_content: bool = Field(True, description="Content-domain behaviours (watch/search) in the sequence.")
+    summary_top: int = Field(6, ge=1, description="Most frequent categories listed in the interest summary.")
+    max_prompt_tokens: int = Field(160, ge=16)
+    max_events: int = Field(50, ge=1, description="Most recent positive behaviours considered.")
+    window_days: float | None = Field(90.0, gt=0, description="Only behaviours this recent (None = all).")
+    title_words: int = Field(8, ge=1, description="Titles are cut to this many words to save tokens.")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Token ids of a prompt, its text (for people and golden tests) and how many behaviours it kept."""
+
+    ids: list[int]
+    text: str
+    behaviours_kept: int
+    behaviours_total: int
+
+
+def _short(text: str, words: int) -> str:
+    return " ".join(text.replace("^", " ").replace(";", ",").split()[:words])
+
+
+class PromptBuilder:
+    """Builds main-task, implicit-alignment and explicit-alignment prompts for one tokenizer and S-ID map.
+
+    `sid_of(item_id)` gives the ad's S-ID (e.g. `SemanticIdMap.sid_of`).
+    """
+
+    def __init__(
+        self,
+        tokenizer: object,
+        items: Mapping[str, Item],
+        sid_of: Callable[[str], Sequence[int]],
+        content: Mapping[str, ContentItem] | None = None,
+        options: PromptOptions | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.items = items
+        self.sid_of = sid_of
+        self.content = content or {}
+        self.options = options or PromptOptions()
+
+    # -- pieces ---------------------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)  # type: ignore[operator]
+
+    def sid_text(self, item_id: str) -> str:
+        return "".join(sid_tokens(self.sid_of(item_id)))
+
+    def response_ids(self, item_id: str) -> list[int]:
+        """The target: the ad's S-ID tokens."""
+        ids = self.tokenizer.convert_tokens_to_ids(sid_tokens(self.sid_of(item_id)))  # type: ignore[attr-defined]
+        return list(ids)
+
+    def category_of(self, event: HistoryEvent) -> str:
+        """First meaningful category (catalogue-wide roots such as Amazon's are skipped)."""
+        item = self.items.get(event.ref) if event.kind in AD_KINDS else None
+        if item is not None:
+            cats = meaningful_categories(item)
+            return cats[0] if cats else ""
+        if event.kind != "content_search" and event.ref in self.content:
+            cats = self.content[event.ref].categories
+            return cats[0] if cats else event.category
+        return event.category
+
+    def profile_text(self, profile: UserProfile, order: Sequence[str] = PROFILE_FIELDS) -> str:
+        values = [(name, getattr(profile, name)) for name in order]
+        parts = [f"{name.replace('_', ' ')} {value}" for name, value in values if value not in (None, "")]
+        return "Profile: " + ", ".join(parts) if parts else ""
+
+    def summary_text(self, events: Sequence[HistoryEvent]) -> str:
+        counts = Counter(c for c in (self.category_of(e) for e in events) if c)
+        if not counts:
+            return ""
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.options.summary_top]
+        return "Interests: " + ", ".join(f"{cat}^{n} times" for cat, n in top)
+
+    def behaviour_text(self, event: HistoryEvent, now: float, ads_as: Literal["sid", "text"]) -> str:
+        days = max(0, round((now - event.ts) / DAY_SECONDS))
+        if event.kind in AD_KINDS:
+            if ads_as == "sid":
+                what = self.sid_text(event.ref)
+            else:
+                item = self.items.get(event.ref)
+                what = _short(item.title if item else event.title, self.options.title_words)
+        elif event.kind == "content_search":
+            what = _short(event.title or event.ref, self.options.title_words)
+        else:
+            content = self.content.get(event.ref)
+            what = _short(content.title if content else event.title or event.ref, self.options.title_words)
+        return f"{days} days ago^{BEHAVIOUR_WORDS[event.kind]}^{what}"
+
+    def positive_events(self, history: Sequence[HistoryEvent], now: float) -> list[HistoryEvent]:
+        """Positive actions within the window, oldest first, at most `max_events` (the most recent)."""
+        opts = self.options
+        kinds = POSITIVE_KINDS if opts.include_content else AD_KINDS
+        horizon = None if opts.window_days is None else now - opts.window_days * DAY_SECONDS
+        kept = [e for e in history if e.kind in kinds and (horizon is None or e.ts >= horizon)]
+        return kept[-opts.max_events :]
+
+    # -- prompts --------------------------------------------------------------------------------------
+    def user_prompt(
+        self,
+        history: Sequence[HistoryEvent],
+        profile: UserProfile | None = None,
+        *,
+        ads_as: Literal["sid", "text"] = "sid",
+        template: int = 0,
+        profile_order: Sequence[str] = PROFILE_FIELDS,
+        now: float | None = None,
+    ) -> Prompt:
+        """Main task (`ads_as="sid"`) or implicit alignment (`ads_as="text"`: ad titles in place of S-IDs).
+
+        `now` is the request time; by default the time of the latest behaviour.
+        """
+        opts = self.options
+        now = now if now is not None else (history[-1].ts if history else 0.0)
+        events = self.positive_events(history, now)
+        head = [MAIN_TEMPLATES[template % len(MAIN_TEMPLATES)].format(soft=SOFT_PROMPT_TOKEN)]
+        if opts.include_profile and profile is not None:
+            text = self.profile_text(profile, profile_order)
+            if text:
+                head.append("\n" + text)
+        if opts.include_summary:
+            text = self.summary_text(events)
+            if text:
+                head.append("\n" + text)
+        head.append("\nBehaviour:")
+        tail = "\nNext ad:"
+        lines = [(" " if i == 0 else "; ") + self.behaviour_text(e, now, ads_as) for i, e in enumerate(events)]
+        return self._fit(head, lines, tail, len(events))
+
+    def alignment_prompt(self, item_id: str, template: int = 0) -> Prompt:
+        """Explicit alignment: the ad's description -> its S-ID."""
+        item = self.items.get(item_id)
+        if item is None:
+            raise PromptError(f"unknown ad {item_id!r}: it is not in the catalogue")
+        cats = meaningful_categories(item)
+        parts = [f"Ad: {_short(item.title, 16)}"]
+        if item.brand:
+            parts.append(f"Brand: {item.brand}")
+        if cats:
+            parts.append("Category: " + " > ".join(cats[:3]))
+        if item.product_type:
+            parts.append(f"Type: {item.product_type}")
+        if item.description:
+            parts.append("Description: " + _short(item.description, 24))
+        head = [ALIGN_TEMPLATES[template % len(ALIGN_TEMPLATES)].format(soft=SOFT_PROMPT_TOKEN)]
+        head += ["\n" + p for p in parts]
+        return self._fit(head, [], "\nID:", 0, cut_head=True)
+
+    def _fit(self, head: list[str], lines: list[str], tail: str, total: int, cut_head: bool = False) -> Prompt:
+        budget = self.options.max_prompt_tokens
+        head_ids = [self._encode(p) for p in head]
+        tail_ids = self._encode(tail)
+        fixed = sum(map(len, head_ids)) + len(tail_ids)
+        if fixed > budget:
+            if not cut_head:
+                raise PromptError(
+                    f"instruction, profile and summary take {fixed} tokens, over max_prompt_tokens={budget}; "
+                    "raise the budget or lower summary_top"
+                )
+            flat = [t for ids in head_ids for t in ids][: budget - len(tail_ids)]
+            return Prompt(flat + tail_ids, self.tokenizer.decode(flat) + tail, 0, total)  # type: ignore[attr-defined]
+        line_ids = [self._encode(line) for line in lines]
+        room = budget - fixed
+        keep = len(line_ids)
+        used = sum(map(len, line_ids))
+        while keep and used > room:  # drop the oldest behaviour first
+            used -= len(line_ids[len(line_ids) - keep])
+            keep -= 1
+        kept_lines = lines[len(lines) - keep :]
+        kept_ids = line_ids[len(line_ids) - keep :]
+        if keep and keep < len(lines):  # the first kept line must not start with the separator
+            kept_lines[0] = " " + kept_lines[0][2:]
+            kept_ids[0] = self._encode(kept_lines[0])
+        ids = [t for part in (*head_ids, *kept_ids, tail_ids) for t in part]
+        return Prompt(ids, "".join(head) + "".join(kept_lines) + tail, keep, total)
+
+
+def shuffled_profile_order(rng: random.Random) -> list[str]:
+    """A random profile field order (augmentation: the model must not rely on field positions)."""
+    order = list(PROFILE_FIELDS)
+    rng.shuffle(order)
+    return order

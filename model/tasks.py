@@ -1,0 +1,114 @@
+"""Training tasks and their order (LEADRE §4.2-4.3): explicit alignment (EX), implicit alignment (IM), main.
+
+- EX: an ad's description -> its S-ID, once per ad (x templates). Teaches what each S-ID token means.
+- IM: a user's history with ads written as titles -> the next ad's S-ID. Bridges text and S-IDs.
+- main: the same history with ads as S-IDs -> the next ad's S-ID (what is served).
+
+The curriculum is a list of stages, each a list of tasks whose examples are shuffled together:
+`ex_im_main` = [[ex], [im], [main]] (default), `mixed` = [[ex, im, main]], `main_only` = [[main]].
+
+Augmentations: `templates_per_example` variants per sample with different instruction templates,
+profile fields reordered per variant, and positive-interaction reuse (every earlier positive ad of a
+user is a target with its own prefix; off = only the latest training target per user).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from adgen.catalogue import Dataset, SplitExample
+from adgen.model.lm_training import Example
+from adgen.model.prompts import PROFILE_FIELDS, PromptBuilder, shuffled_profile_order
+
+TaskName = Literal["ex", "im", "main"]
+Curriculum = Literal["ex_im_main", "mixed", "main_only"]
+CURRICULA: dict[str, list[list[TaskName]]] = {
+    "ex_im_main": [["ex"], ["im"], ["main"]],
+    "mixed": [["ex", "im", "main"]],
+    "main_only": [["main"]],
+}
+
+
+class TaskOptions(BaseModel):
+    """Task mix and augmentation switches."""
+
+    curriculum: Curriculum = "ex_im_main"
+    templates_per_example: int = Field(1, ge=1, description="Template variants per user sample (main, IM).")
+    align_templates: int = Field(2, ge=1, description="Template variants per ad (EX).")
+    reorder_profile: bool = True
+    reuse_positives: bool = True
+    seed: int = 0
+
+
+def curriculum_stages(curriculum: str) -> list[list[TaskName]]:
+    """The stages of a curriculum, in training order."""
+    if curriculum not in CURRICULA:
+        raise ValueError(f"unknown curriculum {curriculum!r}; choose one of {sorted(CURRICULA)}")
+    return [list(stage) for stage in CURRICULA[curriculum]]
+
+
+def select_targets(train: Sequence[SplitExample], reuse_positives: bool) -> list[SplitExample]:
+    """All training targets (reuse) or only each user's latest one."""
+    if reuse_positives:
+        return list(train)
+    latest: dict[str, SplitExample] = {}
+    for example in train:
+        latest[example.user_id] = example  # leave_one_out emits each user's examples in time order
+    return list(latest.values())
+
+
+def user_examples(
+    builder: PromptBuilder,
+    dataset: Dataset,
+    targets: Sequence[SplitExample],
+    task: Literal["im", "main"],
+    options: TaskOptions,
+) -> list[Example]:
+    """(prompt_ids, response_ids) for the main or implicit-alignment task."""
+    rng = random.Random(f"{options.seed}-{task}")
+    out: list[Example] = []
+    for n, example in enumerate(targets):
+        profile = dataset.users[example.user_id].profile
+        for v in range(options.templates_per_example):
+            order = shuffled_profile_order(rng) if options.reorder_profile and v > 0 else list(PROFILE_FIELDS)
+            prompt = builder.user_prompt(
+                example.history,
+                profile,
+                ads_as="sid" if task == "main" else "text",
+                template=(n + v) % 4 if options.templates_per_example > 1 else 0,
+                profile_order=order,
+            )
+            out.append((prompt.ids, builder.response_ids(example.target)))
+    return out
+
+
+def alignment_examples(builder: PromptBuilder, item_ids: Sequence[str], options: TaskOptions) -> list[Example]:
+    """(prompt_ids, response_ids) for explicit alignment: one per ad and template."""
+    return [
+        (builder.alignment_prompt(item_id, template=t).ids, builder.response_ids(item_id))
+        for item_id in item_ids
+        for t in range(options.align_templates)
+    ]
+
+
+def stage_examples(
+    stage: Sequence[TaskName],
+    builder: PromptBuilder,
+    dataset: Dataset,
+    train: Sequence[SplitExample],
+    item_ids: Sequence[str],
+    options: TaskOptions,
+) -> list[Example]:
+    """Every example of one curriculum stage (the training loop shuffles them)."""
+    targets = select_targets(train, options.reuse_positives)
+    out: list[Example] = []
+    for task in stage:
+        if task == "ex":
+            out += alignment_examples(builder, item_ids, options)
+        else:
+            out += user_examples(builder, dataset, targets, task, options)
+    return out
