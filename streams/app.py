@@ -72,6 +72,8 @@ def create_app(
     Tansu quirks are added only when `settings.kafka.embedded`; `overrides` win over everything.
     """
     kafka = settings.kafka
+    datadir = settings.paths.state / "faust"
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     conf: dict[str, Any] = {
         "broker": broker_urls(kafka),
         "broker_credentials": broker_credentials(kafka),
@@ -83,7 +85,7 @@ def create_app(
         "web_enabled": web_enabled,
         "web_host": settings.worker.web_host,
         "web_port": settings.worker.web_port,
-        "datadir": str(settings.paths.state / "faust"),
+        "datadir": str(datadir),
         "producer_max_request_size": max(kafka.max_message_bytes * 2, 1_048_576),
     }
     conf.update(faust_overrides(settings))
