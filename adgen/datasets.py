@@ -101,7 +101,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_no, row
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per error: `field 'a.b': message (got value)`, for messages that name file and line."""
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "<row>"
@@ -113,7 +114,7 @@ def _validate(model: type[M], row: dict[str, Any], path: Path, line_no: int) -> 
     try:
         return model.model_validate(row)
     except ValidationError as exc:
-        raise DatasetFormatError(f"{path}:{line_no}: {_describe(exc)}") from exc
+        raise DatasetFormatError(f"{path}:{line_no}: {describe_validation_error(exc)}") from exc
 
 
 def load_items_jsonl(path: str | Path) -> dict[str, Item]:
@@ -304,7 +305,7 @@ def _validate_event(adapter: Any, row: dict[str, Any], path: Path, line_no: int)
     try:
         return adapter.validate_python(row)
     except ValidationError as exc:
-        raise DatasetFormatError(f"{path}:{line_no}: {_describe(exc)}") from exc
+        raise DatasetFormatError(f"{path}:{line_no}: {describe_validation_error(exc)}") from exc
 
 
 def _history_event(event: Any, items: dict[str, Item], content: dict[str, ContentItem]) -> HistoryEvent | None:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from adgen.catalogue import ContentItem, Item
+from adgen.datasets import describe_validation_error
 from adgen.streams.events import AD_UPDATE_ADAPTER, SEARCH_QUERY_ADAPTER, USER_BEHAVIOR_ADAPTER, AdUpsert
 
 
@@ -59,7 +60,7 @@ def validate_world(directory: str | Path) -> WorldReport:
             try:
                 row = model.model_validate_json(line)
             except ValidationError as exc:
-                raise WorldValidationError(f"{directory / rel}:{line_no}: {exc}") from exc
+                raise WorldValidationError(f"{directory / rel}:{line_no}: {describe_validation_error(exc)}") from exc
             if model is Item:
                 initial_ids.append(row.item_id)  # type: ignore[attr-defined]
             n += 1
@@ -74,7 +75,7 @@ def validate_world(directory: str | Path) -> WorldReport:
             try:
                 event = adapter.validate_json(line)
             except ValidationError as exc:
-                raise WorldValidationError(f"{path}:{line_no}: {exc}") from exc
+                raise WorldValidationError(f"{path}:{line_no}: {describe_validation_error(exc)}") from exc
             if previous is not None and event.event_time < previous:
                 raise WorldValidationError(f"{path}:{line_no}: event_time {event.event_time} before {previous}")
             if event.event_id in seen_ids:
