@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -266,3 +267,74 @@ class OpenAICompatibleCISource:
                 f"CI teacher answer for ad {item.item_id!r} is not a JSON list of strings: {content[:200]!r}"
             )
         return values[:n]
+
+
+def intent_phrase(intent: str) -> str:
+    """The phrase behind a synthetic-world intent label, e.g. 'attribute_product:LED|floor mats|A>B' ->
+    'LED floor mats', 'brand_category:Ferrant|Home>Small Appliances' -> 'Ferrant Small Appliances'.
+
+    A plain phrase (no 'kind:' prefix) is returned as is; an unknown kind gives ''.
+    """
+    kind, sep, rest = intent.partition(":")
+    if not sep:
+        return intent
+    parts = rest.split("|")
+    leaf = parts[-1].split(">")[-1] if parts else ""
+    if kind == "product_type":
+        return parts[0]
+    if kind == "attribute_product" and len(parts) >= 2:
+        return f"{parts[0]} {parts[1]}"
+    if kind == "brand_category" and len(parts) >= 2:
+        return f"{parts[0]} {leaf}"
+    if kind == "category":
+        return leaf
+    return ""
+
+
+def mine_templates(queries: Iterable[QueryIntent], min_count: int = 2) -> list[str]:
+    """Query templates ('top rated {}', '{} near me') mined from training queries that contain their intent.
+
+    Applied to every CI they teach the model how shoppers wrap an intention, without copying any query.
+    """
+    counts: Counter[str] = Counter()
+    for q in queries:
+        text, phrase = normalise_text(q.text), normalise_text(q.intent)
+        if phrase and f" {phrase} " in f" {text} ":
+            before, _, after = f" {text} ".partition(f" {phrase} ")
+            counts[f"{before.strip()} {{}} {after.strip()}".strip()] += 1
+    return sorted(t for t, n in counts.items() if n >= min_count and t != "{}")
+
+
+def noisy(text: str, rng: random.Random, rate: float = 0.3) -> str:
+    """Typing noise: with probability `rate`, one adjacent swap, drop or doubling inside a longer word."""
+    words = text.split()
+    long_words = [i for i, w in enumerate(words) if len(w) >= 4]
+    if not long_words or rng.random() >= rate:
+        return text
+    i = rng.choice(long_words)
+    w = words[i]
+    j = rng.randrange(1, len(w) - 2)
+    op = rng.randrange(3)
+    if op == 0:
+        w = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+    elif op == 1:
+        w = w[:j] + w[j + 1 :]
+    else:
+        w = w[:j] + w[j] + w[j:]
+    words[i] = w
+    return " ".join(words)
+
+
+def augmented_query_pairs(
+    ci_set: CISet, templates: Sequence[str], per_ci: int = 2, typo_rate: float = 0.3, seed: int = 0
+) -> list[TextPair]:
+    """Query -> CI pairs: each CI wrapped in `per_ci` mined templates, some with typing noise."""
+    rng = random.Random(seed)
+    pairs: list[TextPair] = []
+    if not templates:
+        return pairs
+    for ci_text in ci_set.texts:
+        for template in rng.sample(list(templates), min(per_ci, len(templates))):
+            query = noisy(template.format(ci_text), rng, typo_rate)
+            pairs.append(TextPair(prompt=QUERY_PROMPT.format(text=query), response=ci_text, stage="format"))
+    return _dedup(pairs)

@@ -91,3 +91,43 @@ def test_unreachable_llm_endpoint_is_a_clear_error():
     source = OpenAICompatibleCISource(f"http://127.0.0.1:{port}/v1", model="any", timeout_s=2)
     with pytest.raises(CIDataError, match=r"failed for ad .g1.*--llm-url"):
         source.propose(GLOVES)
+
+
+def test_intent_labels_become_phrases():
+    from adgen.model.ci_data import intent_phrase
+
+    assert intent_phrase("product_type:photo printer|Computers>Printers") == "photo printer"
+    assert intent_phrase("attribute_product:LED|floor mats|Automotive>Interior Accessories") == "LED floor mats"
+    assert intent_phrase("brand_category:Ferrant|Home & Kitchen>Small Appliances") == "Ferrant Small Appliances"
+    assert intent_phrase("category:Garden & Outdoor>Lawn Care") == "Lawn Care"
+    assert intent_phrase("plain phrase") == "plain phrase"
+
+
+def test_templates_are_mined_from_queries_and_wrap_every_ci():
+    from adgen.index.ci_index import CISet
+    from adgen.model.ci_data import augmented_query_pairs, mine_templates
+
+    queries = [
+        QueryIntent(query_id="1", text="Top rated photo printer", intent="photo printer"),
+        QueryIntent(query_id="2", text="top rated lawn care", intent="lawn care"),
+        QueryIntent(query_id="3", text="lawn care near me", intent="lawn care"),
+        QueryIntent(query_id="4", text="dog bed near me", intent="dog bed"),
+        QueryIntent(query_id="5", text="bcakpack", intent="backpack"),  # typo: no template
+    ]
+    templates = mine_templates(queries)
+    assert templates == ["top rated {}", "{} near me"]
+    ci_set = CISet(texts=["glass beakers", "safety goggles"], support=[1, 1])
+    pairs = augmented_query_pairs(ci_set, templates, per_ci=2, typo_rate=0.0)
+    assert len(pairs) == 4 and {p.response for p in pairs} == set(ci_set.texts)
+    assert any(p.prompt == "query: top rated glass beakers\nintent:" for p in pairs)
+
+
+def test_typing_noise_changes_one_word_and_is_seeded():
+    import random
+
+    from adgen.model.ci_data import noisy
+
+    a = [noisy("digital multimeter", random.Random(s), rate=1.0) for s in range(20)]
+    assert a == [noisy("digital multimeter", random.Random(s), rate=1.0) for s in range(20)]
+    assert all(x != "digital multimeter" and len(x.split()) == 2 for x in a if x)
+    assert noisy("digital multimeter", random.Random(0), rate=0.0) == "digital multimeter"
