@@ -7,6 +7,7 @@ plus `config.json` (never pickle). Loading is offline only (`local_files_only=Tr
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +41,7 @@ class LMConfig(BaseModel):
     max_positions: int = Field(2048, ge=16)
     rope_theta: float = Field(10000.0, gt=0)
     tie_embeddings: bool = False
+    init_std: float = Field(0.02, gt=0, description="Weight init std; larger gives peakier untrained outputs.")
     pad_token_id: int = 0
     bos_token_id: int = 1
     eos_token_id: int = 2
@@ -66,6 +68,7 @@ class LMConfig(BaseModel):
             max_position_embeddings=self.max_positions,
             rope_theta=self.rope_theta,
             tie_word_embeddings=self.tie_embeddings,
+            initializer_range=self.init_std,
             pad_token_id=self.pad_token_id,
             bos_token_id=self.bos_token_id,
             eos_token_id=self.eos_token_id,
@@ -111,11 +114,13 @@ def check_supported(model_type: str) -> None:
 
 def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
     """Dynamic int8 quantisation of every Linear (CPU only); weights int8, activations quantised per call."""
-    from torch.ao.quantization import quantize_dynamic
-
     if next(model.parameters()).dtype != torch.float32:
         raise LMError("int8 dynamic quantisation needs a float32 model")
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch.ao eager quantisation is deprecated in favour of torchao (not installed)
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
