@@ -55,7 +55,8 @@ class SentenceTransformerEncoder:
 
         self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self.name = _identity(path)
-        self.dim = int(self.model.get_sentence_embedding_dimension() or 0)
+        dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim_of() or 0)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
         vecs = self.model.encode(
