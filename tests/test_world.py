@@ -276,3 +276,20 @@ def test_next_ad_beats_global_popularity_with_a_category_aware_popularity(world)
     # Measured on this world (seed 7): global top-10 HR@10 0.080, recent-category top-10 0.304.
     assert global_hits / n < 0.12
     assert personal_hits / n > 2.5 * global_hits / n
+
+
+def test_loader_names_line_and_field_of_bad_world_rows(tmp_path):
+    out = tmp_path / "w"
+    generate_world(WorldConfig(seed=2, users=20, ads=30, queries=10), out)
+    path = out / "events" / "user-behavior.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    click = next(i for i, line in enumerate(lines) if '"type":"ad_click"' in line)
+    broken = [*lines]
+    broken[click] = json.dumps(json.loads(lines[click]) | {"ad_id": "ad99999999"}) + "\n"
+    path.write_text("".join(broken))
+    with pytest.raises(DatasetFormatError, match=rf"user-behavior.jsonl:{click + 1}: field 'ad_id'.*ad99999999"):
+        load_world(out)
+    broken[click] = '{"type": "ad_click", "event_id": \n'
+    path.write_text("".join(broken))
+    with pytest.raises(DatasetFormatError, match=rf"user-behavior.jsonl:{click + 1}: .*Invalid JSON"):
+        load_world(out)

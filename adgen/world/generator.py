@@ -170,23 +170,29 @@ def _write_catalogue(out: Path, initial_ads: list[Ad], content: list[Any]) -> No
 
 
 def _write_ad_updates(out: Path, ads: list[Ad], clock: WorldClock) -> dict[str, int]:
-    """Upsert per initial ad at the start, then additions, eCPM changes (full upserts) and deletions."""
-    rows: list[tuple[int, int, dict[str, Any]]] = []  # (ts, tiebreak, event)
+    """Upsert per initial ad at the start, then additions, eCPM changes (full upserts) and deletions.
+
+    Only (time, ad, suffix, eCPM) is kept per update; the event text is built while writing.
+    """
+    rows: list[tuple[int, int, str, float | None]] = []  # suffix: "new", "1", "2", ... (eCPM change), "d"
     counts = Counter[str]()
     for ad in ads:
-        rows.append((ad.created, ad.index, {"type": "ad_upsert", **ad.upsert_fields(ad.ecpm)}))
+        rows.append((ad.created, ad.index, "new", ad.ecpm))
         for n, (ts, ecpm) in enumerate(ad.ecpm_changes, start=1):
-            rows.append((ts, ad.index, {"type": "ad_upsert", **ad.upsert_fields(ecpm), "_n": n}))
+            rows.append((ts, ad.index, str(n), ecpm))
             counts["ecpm_change"] += 1
         if ad.deleted is not None:
-            rows.append((ad.deleted, ad.index, {"type": "ad_delete", "ad_id": ad.ad_id, "_n": "d"}))
+            rows.append((ad.deleted, ad.index, "d", None))
             counts["ad_delete"] += 1
-    rows.sort(key=lambda row: (row[0], row[1], str(row[2].get("_n", 0))))
+    rows.sort(key=lambda row: (row[0], row[1], "0" if row[2] == "new" else row[2]))
     with (out / "events" / "ad-updates.jsonl").open("w", encoding="utf-8") as handle:
-        for ts, _, fields in rows:
-            suffix = fields.pop("_n", 0)
-            event_id = f"{fields['ad_id']}-{suffix if suffix else 'new'}"
-            event = {"schema_version": 1, "event_id": event_id, "event_time": clock.iso(ts), **fields}
+        for ts, index, suffix, ecpm in rows:
+            ad = ads[index]
+            envelope = {"schema_version": 1, "event_id": f"{ad.ad_id}-{suffix}", "event_time": clock.iso(ts)}
+            if ecpm is None:
+                event = {**envelope, "type": "ad_delete", "ad_id": ad.ad_id}
+            else:
+                event = {**envelope, "type": "ad_upsert", **ad.upsert_fields(ecpm)}
             handle.write(_dumps(event) + "\n")
     counts["total"] = len(rows)
     return dict(counts)
