@@ -89,6 +89,7 @@ class UserAds(BaseModel):
     index_watermark: datetime | None = Field(None, description="Newest ad-update event time in that index.")
     request_time: datetime = Field(description="Event time of the ad request served; the write guard's version.")
     window_fingerprint: str
+    priority_group: int | None = Field(None, description="ARPU group the scheduler served the user in.")
     generated_at: datetime
 
 

@@ -186,10 +186,11 @@ class Decision(StrEnum):
     UNCHANGED = "unchanged"
     TOO_SOON = "too_soon"
     STALE = "stale"
+    INDEX_CHANGED = "index_changed"
 
     @property
     def generate(self) -> bool:
-        return self in (Decision.FIRST, Decision.CHANGED)
+        return self in (Decision.FIRST, Decision.CHANGED, Decision.INDEX_CHANGED)
 
 
 class LastGeneration(BaseModel):
@@ -199,12 +200,23 @@ class LastGeneration(BaseModel):
     fingerprint: str
 
 
-def debounce(request_ts: float, fingerprint: str, last: LastGeneration | None, min_interval_s: float) -> Decision:
-    """Regenerate only when the prompt inputs changed and the minimum interval (event time) has passed."""
+def debounce(
+    request_ts: float,
+    fingerprint: str,
+    last: LastGeneration | None,
+    min_interval_s: float,
+    list_has_dead_ads: bool = False,
+) -> Decision:
+    """Regenerate only when the prompt inputs changed and the minimum interval (event time) has passed.
+
+    A published list that holds ads deleted or paused since is regenerated at the next newer request.
+    """
     if last is None:
         return Decision.FIRST
     if request_ts <= last.request_ts:
         return Decision.STALE
+    if list_has_dead_ads:
+        return Decision.INDEX_CHANGED
     if fingerprint == last.fingerprint:
         return Decision.UNCHANGED
     if request_ts - last.request_ts < min_interval_s:

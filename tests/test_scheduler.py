@@ -105,4 +105,5 @@ def test_debounce_skips_unchanged_too_soon_and_stale_requests() -> None:
     assert debounce(200.0, "f2", last, 300) is Decision.TOO_SOON
     assert debounce(100.0, "f2", last, 300) is Decision.STALE
     assert debounce(400.0, "f2", last, 300) is Decision.CHANGED
-    assert Decision.CHANGED.generate and not Decision.TOO_SOON.generate
+    assert debounce(200.0, "f1", last, 300, list_has_dead_ads=True) is Decision.INDEX_CHANGED
+    assert Decision.CHANGED.generate and Decision.INDEX_CHANGED.generate and not Decision.TOO_SOON.generate

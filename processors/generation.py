@@ -1,0 +1,256 @@
+"""Generation: ad request -> priority group + shared budget + debounce -> batched decode -> top-K ads in Redis.
+
+The behaviour-window agent hands every changed window here (`observe`); a window with a newer ad request
+joins the priority queue (one entry per user, ARPU group decides the order). A single loop drains the
+queue: it waits up to the batch deadline to fill a batch, takes as many users as the token bucket pays
+for, drops the ones the debounce rejects (nothing changed, too soon, already served) without charging
+them, builds prompts from the windows, decodes the batch in a worker thread against one index view, and
+writes the lists to Redis with the request's event time as the guard version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from adgen.config import BudgetSettings, ModelSettings, WindowSettings
+from adgen.processors.ad_indexer import IndexView, LiveAdIndex
+from adgen.processors.feature_store import FeatureStore, GeneratedAd, UserAds
+from adgen.processors.metrics import WorkerMetrics
+from adgen.processors.scheduler import (
+    ArpuReservoir,
+    GenerationQueue,
+    GenerationScheduler,
+    LastGeneration,
+    PendingRequest,
+    TokenBucket,
+    debounce,
+)
+from adgen.processors.window_state import NO_TIME, UserWindow
+
+log = logging.getLogger(__name__)
+
+
+class Generator(Protocol):
+    """Turns windows into ranked ads against one index view (the LEADRE model, or anything with this shape)."""
+
+    model_version: str
+
+    def token_offset(self, sid_vocabulary: Sequence[str]) -> int: ...
+
+    def generate(self, windows: Sequence[UserWindow], view: IndexView) -> list[list[GeneratedAd]]: ...
+
+
+class LeadreGenerator:
+    """Prompt builder + trie-constrained beam search over a checkpoint dir (`lm/` + `tokenizer/`, or both in one)."""
+
+    def __init__(self, checkpoint: Path, model: ModelSettings, window: WindowSettings) -> None:
+        from adgen.model.decoding import ConstrainedBeamSearch
+        from adgen.model.lm import load_lm
+        from adgen.model.prefix_cache import PrefixKVCache
+        from adgen.model.prompts import PromptOptions
+        from adgen.model.tokenizer import load_tokenizer
+
+        checkpoint = Path(checkpoint)
+        lm_dir = checkpoint / "lm" if (checkpoint / "lm").is_dir() else checkpoint
+        tok_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint
+        self.tokenizer = load_tokenizer(tok_dir)
+        lm = load_lm(lm_dir, dtype=model.dtype, device=model.device)
+        self.search = ConstrainedBeamSearch(lm, prefix_cache=PrefixKVCache())
+        self.k, self.beams = model.top_k, max(model.beams, model.top_k)
+        self.options = PromptOptions(
+            max_prompt_tokens=model.max_prompt_tokens, max_events=window.max_events, window_days=float(window.days)
+        )
+        digest = hashlib.blake2b(digest_size=6)
+        for path in sorted(lm_dir.glob("*.safetensors")):
+            digest.update(path.read_bytes())
+        self.model_version = f"{checkpoint.name}-{digest.hexdigest()}"
+
+    def token_offset(self, sid_vocabulary: Sequence[str]) -> int:
+        from adgen.model.tokenizer import token_offset
+
+        return token_offset(self.tokenizer, sid_vocabulary)
+
+    def generate(self, windows: Sequence[UserWindow], view: IndexView) -> list[list[GeneratedAd]]:
+        from adgen.model.prompts import PromptBuilder
+
+        if view.trie is None:
+            return [[] for _ in windows]
+        builder = PromptBuilder(self.tokenizer, view.items, view.sids.__getitem__, options=self.options)
+        prompts = []
+        for w in windows:
+            history = w.to_history()
+            # behaviour on ads this index never saw has no S-ID to show: leave it out of the prompt
+            events = [e for e in history.events if not e.kind.startswith("ad_") or e.ref in view.sids]
+            now = w.last_request_ts if w.last_request_ts > NO_TIME else None
+            prompts.append(builder.user_prompt(events, history.profile, now=now).ids)
+        k = min(self.k, len(view.leaf_items))
+        results = self.search.generate(prompts, view.trie, k=k, beams=max(self.beams, k))
+        return [
+            [
+                GeneratedAd(ad_id=view.leaf_items[leaf], sid=list(view.sids[view.leaf_items[leaf]]), score=s)
+                for leaf, s in r
+            ]
+            for r in results
+        ]
+
+
+class GenerationService:
+    """Owns the queue, the budget and the decode loop; `observe` is called from the window agent."""
+
+    def __init__(
+        self,
+        budget: BudgetSettings,
+        live: LiveAdIndex,
+        generator: Generator,
+        store: FeatureStore,
+        metrics: WorkerMetrics,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int = 0,
+    ) -> None:
+        self.budget = budget
+        self.live = live
+        self.generator = generator
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.reservoir = ArpuReservoir(budget.user_groups, seed=seed)
+        self.scheduler = GenerationScheduler(
+            GenerationQueue(budget.user_groups, budget.queue_capacity),
+            TokenBucket(budget.generations_per_second, budget.burst, clock()),
+        )
+        self._windows: dict[str, UserWindow] = {}
+        self._received: dict[str, float] = {}
+        self._first_pending_at: float | None = None
+        self._wake = asyncio.Event()
+        self.generated_users = 0
+
+    # ---- intake (window agent) -----------------------------------------------------------------------
+
+    def observe(self, updates: Sequence[tuple[UserWindow, bool]]) -> None:
+        """Refresh pending users' windows; queue users with a newer request."""
+        now = self.clock()
+        for window, new_request in updates:
+            user = window.user_id
+            if user in self._windows:
+                self._windows[user] = window
+            if not new_request or window.last_request_ts <= NO_TIME:
+                continue
+            self.reservoir.observe(window.profile.arpu)
+            group = self.reservoir.groups.group_of(window.profile.arpu)
+            self._windows[user] = window
+            self._received.setdefault(user, now)
+            dropped = self.scheduler.offer(PendingRequest(user, group, window.last_request_ts, window.last_request_id))
+            if dropped is not None:
+                self.metrics.dropped.labels(str(dropped.group)).inc()
+                self._windows.pop(dropped.user_id, None)
+                self._received.pop(dropped.user_id, None)
+            if self._first_pending_at is None:
+                self._first_pending_at = now
+        self._update_depth()
+        self._wake.set()
+
+    def _update_depth(self) -> None:
+        self.metrics.queue_depth.set(len(self.scheduler.queue))
+        for group, depth in enumerate(self.scheduler.queue.depth_by_group()):
+            self.metrics.queue_depth_by_group.labels(str(group)).set(depth)
+
+    # ---- the loop -------------------------------------------------------------------------------------
+
+    async def run(self, should_stop: Callable[[], bool]) -> None:
+        deadline_s = self.budget.batch_deadline_ms / 1000
+        while not should_stop():
+            now = self.clock()
+            queued = len(self.scheduler.queue)
+            self.metrics.budget_tokens.set(self.scheduler.bucket.available(now))
+            if not queued:
+                self._first_pending_at = None
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                continue
+            if self.live.view.trie is None:
+                await asyncio.sleep(0.2)  # no live ad yet: the index is still catching up
+                continue
+            wait = self.scheduler.wait_time(now)
+            first = self._first_pending_at if self._first_pending_at is not None else now
+            if queued < self.budget.batch_size and now - first < deadline_s:
+                wait = max(wait, deadline_s - (now - first))
+            if wait > 0:
+                await asyncio.sleep(min(wait, 0.5))
+                continue
+            await self.step(now)
+
+    async def step(self, now: float) -> int:
+        """One batch: take what the budget allows, debounce, decode, publish. Returns users generated."""
+        candidates = self.scheduler.take(self.budget.batch_size, now)
+        self._first_pending_at = self.clock() if len(self.scheduler.queue) else None
+        if not candidates:
+            return 0
+        view = self.live.view
+        published = await self.store.user_ads([c.user_id for c in candidates])
+        chosen: list[tuple[PendingRequest, UserWindow]] = []
+        for c in candidates:
+            window = self._windows.pop(c.user_id, None)
+            if window is None:
+                continue
+            last = published[c.user_id]
+            decision = debounce(
+                window.last_request_ts,
+                window.fingerprint,
+                LastGeneration(request_ts=last.request_time.timestamp(), fingerprint=last.window_fingerprint)
+                if last
+                else None,
+                self.budget.min_regen_interval_s,
+                list_has_dead_ads=bool(last) and any(a.ad_id not in view.live for a in last.ads),
+            )
+            if decision.generate:
+                chosen.append((c, window))
+            else:
+                self.metrics.skipped.labels(decision.value).inc()
+                self._received.pop(c.user_id, None)
+        self._update_depth()
+        if not chosen:
+            return 0
+        self.scheduler.charge([c for c, _ in chosen], now)
+        started = time.perf_counter()
+        lists = await asyncio.to_thread(self.generator.generate, [w for _, w in chosen], view)
+        self.metrics.decode_seconds.observe(time.perf_counter() - started)
+        generated_at = datetime.now(UTC)
+        records = [
+            UserAds(
+                user_id=w.user_id,
+                ads=ads,
+                model_version=self.generator.model_version,
+                index_version=view.version,
+                index_watermark=view.watermark,
+                request_time=datetime.fromtimestamp(w.last_request_ts, UTC),
+                window_fingerprint=w.fingerprint,
+                priority_group=c.group,
+                generated_at=generated_at,
+            )
+            for (c, w), ads in zip(chosen, lists, strict=True)
+        ]
+        await self.store.write_user_ads(records)
+        done = self.clock()
+        for c, _ in chosen:
+            self.metrics.generations.labels(str(c.group)).inc()
+            received = self._received.pop(c.user_id, None)
+            if received is not None:
+                self.metrics.request_latency.observe(done - received)
+        self.generated_users += len(chosen)
+        return len(chosen)
+
+
+def set_torch_threads(n: int = 2) -> None:
+    """The machine is shared: never more than two intra-op threads for decoding."""
+    torch.set_num_threads(max(1, min(n, torch.get_num_threads())))

@@ -1,0 +1,211 @@
+"""One worker: the Faust app with every agent, task and timer of the nearline path, wired to shared state.
+
+settings -> newest valid index snapshot (+ frozen RQ-VAE, encoder) -> LiveAdIndex
+         -> generator (checkpoint) -> token offset of the S-ID vocabulary -> trie views
+user-behavior --behavior-windows agent--> RocksDB table + Redis window features --> GenerationService
+ad-updates --broadcast reader task--> LiveAdIndex + Redis ad records
+generation task: queue -> budget -> debounce -> decode -> Redis user ads
+snapshot timer: snapshot + notice on index-snapshots;  lag timer: consumer lag gauges
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from adgen.config import Settings
+from adgen.index.ad_index import AdIndex
+from adgen.index.snapshot import INDEX_KIND, SnapshotError, SnapshotStore, read_index_snapshot
+from adgen.processors.ad_indexer import AdUpdatesReader, LiveAdIndex, run_ad_indexer
+from adgen.processors.behavior_windows import (
+    BehaviorWindows,
+    declare_window_table,
+    decoded_batches,
+    windows_in_table,
+)
+from adgen.processors.feature_store import AdRecord, FeatureStore, IndexPointer
+from adgen.processors.generation import GenerationService, Generator, LeadreGenerator, set_torch_threads
+from adgen.processors.metrics import WorkerMetrics
+from adgen.processors.snapshots import snapshot_once
+from adgen.processors.window_state import NO_TIME, WindowLimits
+from adgen.streams.app import AppTopics, create_app, declare_topics, raw_topic, send_dead_letter
+from adgen.streams.dlq import DeadLetter
+from adgen.streams.topics import AD_UPDATES, INDEX_SNAPSHOTS
+
+log = logging.getLogger(__name__)
+
+#: Behaviour events per window batch and the longest a partial batch waits.
+WINDOW_BATCH_SIZE = 2000
+WINDOW_BATCH_WITHIN_S = 0.05
+#: The ad-updates reader counts as caught up at its first empty poll after this long.
+CATCH_UP_MIN_S = 2.0
+
+
+class WorkerSetupError(RuntimeError):
+    """The worker cannot start: no index snapshot, no model checkpoint, or they do not fit together."""
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    app: faust.App
+    topics: AppTopics
+    table: Any
+    metrics: WorkerMetrics
+    store: FeatureStore
+    live: LiveAdIndex
+    generation: GenerationService
+    windows: BehaviorWindows
+    snapshots: SnapshotStore
+    index_caught_up: asyncio.Event
+
+
+def load_live_index(settings: Settings, token_offset_for: Any) -> tuple[SnapshotStore, LiveAdIndex]:
+    """The newest valid snapshot as a LiveAdIndex; the encoder is loaded for ads the snapshot lacks."""
+    from adgen.model.encoder import CachedEncoder, load_encoder
+
+    store = SnapshotStore(settings.paths.index, INDEX_KIND)
+    try:
+        snapshot = store.latest()
+    except SnapshotError as exc:
+        raise WorkerSetupError(f"{exc}. Build the index first: `adgen index build --world DIR`") from exc
+    encoder = CachedEncoder(load_encoder(settings.model.encoder, settings.model.device), settings.paths.embedding_cache)
+    ad_index = AdIndex.from_snapshot(read_index_snapshot(snapshot), encoder)
+    live = LiveAdIndex.from_snapshot_meta(ad_index, 0, snapshot.version)
+    live.token_offset = token_offset_for(live.sid_vocabulary)
+    live.view = live._make_view()
+    return store, live
+
+
+def build_worker(settings: Settings, generator: Generator | None = None) -> Worker:
+    """Assemble the app. `generator` defaults to the checkpoint in settings.model.checkpoint."""
+    set_torch_threads(2)
+    if generator is None:
+        if settings.model.checkpoint is None:
+            raise WorkerSetupError(
+                "no model checkpoint: set ADGEN_MODEL__CHECKPOINT to a dir written by `adgen train` (lm/ + tokenizer/)"
+            )
+        generator = LeadreGenerator(settings.model.checkpoint, settings.model, settings.window)
+    try:
+        snapshots, live = load_live_index(settings, generator.token_offset)
+    except ValueError as exc:  # S-ID tokens missing from the tokenizer, etc.
+        raise WorkerSetupError(f"index and model do not fit together: {exc}") from exc
+
+    app = create_app(settings)
+    topics = declare_topics(app, settings)
+    notices = raw_topic(app, INDEX_SNAPSHOTS, settings)
+    table = declare_window_table(app, settings)
+    metrics = WorkerMetrics()
+    store = FeatureStore(settings.redis, on_write=metrics.observe_redis_write, on_retry=metrics.observe_redis_retry)
+    generation = GenerationService(settings.budget, live, generator, store, metrics, seed=settings.model.seed)
+    windows = BehaviorWindows(
+        table,
+        WindowLimits(days=settings.window.days, max_events=settings.window.max_events),
+        live.ad_info,
+        store,
+        metrics,
+        on_windows=generation.observe,
+    )
+    caught_up = asyncio.Event()
+    worker = Worker(settings, app, topics, table, metrics, store, live, generation, windows, snapshots, caught_up)
+
+    @app.agent(topics.user_behavior, name="behavior-windows")
+    async def behavior_windows(stream: faust.StreamT) -> None:
+        await caught_up.wait()  # clicks need ad titles/categories: let the index catch up first
+        async for batch in decoded_batches(
+            stream, topics.dead_letter, settings, metrics, WINDOW_BATCH_SIZE, WINDOW_BATCH_WITHIN_S
+        ):
+            await windows.apply_batch(batch)
+
+    async def on_ads_applied(records: list[AdRecord], letters: list[DeadLetter], applied: int) -> None:
+        for letter in letters:
+            await send_dead_letter(topics.dead_letter, letter)
+            metrics.dead_letters.labels(AD_UPDATES.name).inc()
+        metrics.events.labels(AD_UPDATES.name).inc(applied)
+        if records:
+            await store.write_ads(records)
+            metrics.index_updates.inc(len(records))
+            view = live.view
+            metrics.index_live_ads.set(len(view.live))
+            await store.write_index_pointer(
+                IndexPointer(
+                    version=view.version,
+                    watermark=view.watermark,
+                    snapshot=str(snapshots.path_of(live.snapshot_version)) if live.snapshot_version else None,
+                    ads=len(view.live),
+                    updated_at=_utcnow(),
+                )
+            )
+
+    @app.task
+    async def ad_indexer() -> None:
+        reader = AdUpdatesReader(settings, live.offsets)
+        started = time.monotonic()
+        consumed = False
+
+        async def applied(records: list[AdRecord], letters: list[DeadLetter], n: int) -> None:
+            nonlocal consumed
+            consumed = True
+            await on_ads_applied(records, letters, n)
+
+        def idle() -> None:
+            if not caught_up.is_set() and (consumed or time.monotonic() - started > CATCH_UP_MIN_S):
+                metrics.index_live_ads.set(len(live.view.live))
+                caught_up.set()
+
+        try:
+            await run_ad_indexer(live, reader, applied, idle, lambda: False)
+        finally:
+            reader.close()
+
+    @app.task
+    async def generation_loop() -> None:
+        await generation.run(lambda: False)
+
+    @app.timer(settings.worker.snapshot_interval_s)
+    async def snapshot_timer() -> None:
+        if not caught_up.is_set():
+            return
+        notice = await snapshot_once(live, snapshots)
+        metrics.snapshots.inc()
+        await notices.send(key=notice.kind.encode(), value=notice.model_dump_json().encode())
+
+    @app.timer(5.0)
+    async def lag_timer() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            read = consumer._read_offset.get(tp)  # next offset Faust will read
+            if read is None:
+                continue
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, consumer.highwater(tp) - read))
+
+    @app.on_rebalance_complete.connect
+    async def requeue_unserved(sender: Any, **kwargs: Any) -> None:
+        """After a restart or rebalance, requests acknowledged but not yet served are queued again.
+
+        The debounce drops the ones already published (same or older request time in Redis).
+        """
+        pending = [(w, True) for w in windows_in_table(table) if w.last_request_ts > NO_TIME]
+        if pending:
+            log.info("re-queueing %d users with ad requests from the window table", len(pending))
+            generation.observe(pending)
+
+    return worker
+
+
+def _utcnow() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def run_worker(settings: Settings, generator: Generator | None = None) -> None:
+    """Build, expose metrics on 127.0.0.1, and run until SIGTERM/SIGINT (Faust handles both)."""
+    worker = build_worker(settings, generator)
+    worker.metrics.serve(settings.worker.web_host, settings.worker.metrics_port)
+    faust.Worker(worker.app, loglevel=settings.worker.log_level, quiet=True).execute_from_commandline()
