@@ -15,31 +15,25 @@ from pathlib import Path
 import pytest
 import redis
 from confluent_kafka.admin import AdminClient
+from typer.testing import CliRunner
 
+from adgen.cli import app as cli
 from adgen.config import Settings
 from adgen.runtime import EmbeddedRuntime, RedisServer, ServerStartError
 from adgen.runtime.processes import pid_alive
 from adgen.streams.topics import ALL_TOPICS
 
 pytestmark = pytest.mark.integration
-ADGEN = str(Path(sys.executable).with_name("adgen"))
 
 
 def wait_gone(pids: list[int], timeout_s: float = 15) -> list[int]:
-    """PIDs still alive after `timeout_s` (children of other processes are reaped by init)."""
+    """PIDs still alive (zombies count as gone) after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     alive = pids
     while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if pid_alive(pid) and _state(pid) != "Z"]
+        alive = [pid for pid in alive if pid_alive(pid)]
         time.sleep(0.1)
     return alive
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"
 
 
 def test_runtime_serves_kafka_and_redis_with_every_topic_and_stops_both(tmp_path: Path) -> None:
@@ -100,8 +94,10 @@ def test_servers_die_with_their_owner_process(tmp_path: Path, how: signal.Signal
 
 
 def test_adgen_up_runs_in_background_is_idempotent_and_down_stops_it(tmp_path: Path) -> None:
-    env = {**os.environ, "ADGEN_PATHS__STATE": str(tmp_path / "state")}
-    up = subprocess.run([ADGEN, "up"], env=env, capture_output=True, text=True, timeout=60, check=True)
+    env = {"ADGEN_PATHS__STATE": str(tmp_path / "state")}
+    runner = CliRunner()
+    up = runner.invoke(cli, ["up"], env=env)
+    assert up.exit_code == 0, up.output
     state = json.loads((tmp_path / "state" / "runtime.json").read_text())
     pids = [state["broker"]["pid"], state["redis"]["pid"]]
     try:
@@ -111,11 +107,24 @@ def test_adgen_up_runs_in_background_is_idempotent_and_down_stops_it(tmp_path: P
         assert AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).brokers
         assert redis.Redis.from_url(exports["ADGEN_REDIS__URL"]).ping()
         assert state["timings"]["total_s"] < 10
+        assert (tmp_path / "state" / "runtime.env").read_text().splitlines() == up.stdout.splitlines()
 
-        again = subprocess.run([ADGEN, "up"], env=env, capture_output=True, text=True, timeout=60, check=True)
-        assert "already running" in again.stderr and again.stdout == up.stdout
+        again = runner.invoke(cli, ["up"], env=env)
+        assert again.exit_code == 0 and "already running" in again.stderr and again.stdout == up.stdout
     finally:
-        down = subprocess.run([ADGEN, "down"], env=env, capture_output=True, text=True, timeout=60)
-    assert down.returncode == 0 and "stopped broker" in down.stderr
+        down = runner.invoke(cli, ["down"], env=env)
+    assert down.exit_code == 0 and "stopped broker" in down.stderr
     assert wait_gone(pids) == []
     assert not (tmp_path / "state" / "runtime.json").exists()
+
+
+def test_python_m_adgen_runtime_starts_and_stops_without_the_full_cli(tmp_path: Path) -> None:
+    env = {**os.environ, "ADGEN_PATHS__STATE": str(tmp_path / "state")}
+    command = [sys.executable, "-m", "adgen.runtime"]
+    up = subprocess.run([*command, "up"], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert "ADGEN_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:" in up.stdout
+    status = subprocess.run([*command, "status"], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(status.stdout)["alive"] == {"broker": True, "redis": True}
+    subprocess.run([*command, "down"], env=env, capture_output=True, timeout=60, check=True)
+    gone = subprocess.run([*command, "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "not running" in gone.stderr

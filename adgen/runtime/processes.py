@@ -88,14 +88,18 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """True if a process with this PID exists (and is not a zombie we already reaped)."""
+    """True if a process with this PID exists and is not a zombie (exited, waiting to be reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no procfs: trust kill(0)
+    return state not in {"Z", "X"}
 
 
 def pid_runs(pid: int, executable: str) -> bool:
