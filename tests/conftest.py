@@ -1,8 +1,9 @@
 """Shared fixtures: one embedded runtime (Tansu + redis-server) per test session, used by every
 integration test in the project.
 
-- `runtime`: the started EmbeddedRuntime (free ports, tmp data dir); `runtime.settings` points at it.
-- `runtime_settings`: those Settings.
+- `runtime`: Settings pointed at the session's EmbeddedRuntime (free ports, tmp data dir); do not mutate
+  them, derive with `model_copy`. `runtime_settings` is the same object under a more explicit name.
+- `embedded_runtime`: the started EmbeddedRuntime itself (PIDs, ports, start-up timings).
 - `stream_settings`: per test, a fresh topic prefix (all topics created) and app id, so tests never
   read each other's events or share consumer groups on the one broker.
 - `redis_client`: a client on the runtime's redis-server, db flushed before each test.
@@ -24,7 +25,7 @@ from adgen.streams.admin import ensure_topics
 
 
 @pytest.fixture(scope="session")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRuntime]:
+def embedded_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRuntime]:
     data_dir: Path = tmp_path_factory.mktemp("runtime")
     base = Settings(paths={"root": data_dir, "state": data_dir / "state"})
     embedded = EmbeddedRuntime(base, data_dir)
@@ -33,9 +34,14 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRuntim
 
 
 @pytest.fixture(scope="session")
-def runtime_settings(runtime: EmbeddedRuntime) -> Settings:
-    assert runtime.settings is not None
-    return runtime.settings
+def runtime(embedded_runtime: EmbeddedRuntime) -> Settings:
+    assert embedded_runtime.settings is not None
+    return embedded_runtime.settings
+
+
+@pytest.fixture(scope="session")
+def runtime_settings(runtime: Settings) -> Settings:
+    return runtime
 
 
 @pytest.fixture
