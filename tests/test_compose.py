@@ -47,6 +47,9 @@ def test_stack_has_kraft_kafka_redis_topic_init_and_worker(compose: dict[str, An
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft: no ZooKeeper service
     assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert "29092:29092" in kafka["ports"] and "6379:6379" in services["redis"]["ports"]
+    worker_env = services["worker"]["environment"]
+    published = {port.split(":")[1] for port in services["worker"]["ports"]}
+    assert published == {worker_env["ADGEN_WORKER__WEB_PORT"], worker_env["ADGEN_WORKER__METRICS_PORT"]}
     assert services["worker"]["command"] == ["adgen", "worker"]
     assert services["worker"]["build"]["dockerfile"] == "docker/Dockerfile"
 
