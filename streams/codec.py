@@ -175,7 +175,7 @@ def _diagnose(codec: _TopicCodec, raw: bytes, exc: ValidationError) -> EventDeco
     if "type" not in obj:
         return EventDecodeError("missing_type", f"no 'type' field; {codec.spec.name!r} accepts {sorted(codec.models)}")
     event_type = obj["type"]
-    if event_type not in codec.models:
+    if not isinstance(event_type, str) or event_type not in codec.models:  # a list/dict type is unhashable
         return EventDecodeError(
             "unknown_type",
             f"type {_show(event_type)} is not an event of {codec.spec.name!r}; expected one of {sorted(codec.models)}",
