@@ -17,6 +17,15 @@ from adgen.model.prefix_cache import PrefixKVCache
 VOCAB = 48
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from 2 threads and lose a lot when the shared cores are busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_lm() -> PreTrainedModel:
     return build_lm(LMConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, init_std=0.2))
