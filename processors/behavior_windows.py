@@ -41,16 +41,18 @@ WindowUpdate = tuple[UserWindow, bool]
 
 def declare_window_table(app: faust.App, settings: Settings) -> Any:
     """The RocksDB-backed (settings.worker.store) table with changelog; co-partitioned with user-behavior."""
-    return app.Table(
+    table = app.Table(
         WINDOW_TABLE,
         default=None,
         key_type=bytes,
         value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
         partitions=USER_BEHAVIOR.partitions,
         help="Per-user behaviour window (processors/window_state.UserWindow as JSON).",
     )
+    # rows are already pydantic JSON bytes: store and changelog them as they are (Faust would JSON them again)
+    table.key_serializer = "raw"
+    table.value_serializer = "raw"
+    return table
 
 
 @contextmanager

@@ -254,3 +254,24 @@ class GenerationService:
 def set_torch_threads(n: int = 2) -> None:
     """The machine is shared: never more than two intra-op threads for decoding."""
     torch.set_num_threads(max(1, min(n, torch.get_num_threads())))
+
+
+def write_untrained_checkpoint(
+    directory: Path, sid_vocabulary: Sequence[str], corpus: Sequence[str], seed: int = 0
+) -> Path:
+    """A randomly initialised small LM + a tokenizer holding this index's S-ID tokens, in the worker's layout.
+
+    For smoke tests and benchmarks before `adgen train` has produced a model: its lists are valid ads
+    (the trie guarantees that) but meaningless, and it must never be presented as a trained result.
+    """
+    from adgen.model.lm import LMConfig, build_lm, save_lm
+    from adgen.model.prompts import fixed_texts
+    from adgen.model.tokenizer import build_tokenizer, save_tokenizer
+
+    directory = Path(directory)
+    tokenizer = build_tokenizer([*fixed_texts(), *corpus], extra_tokens=list(sid_vocabulary), vocab_size=512)
+    config = LMConfig(vocab_size=len(tokenizer), hidden_size=64, num_layers=2, num_heads=2, seed=seed)
+    save_lm(build_lm(config), directory / "lm")
+    save_tokenizer(tokenizer, directory / "tokenizer")
+    (directory / "UNTRAINED").write_text("random initialisation: valid but meaningless ad lists\n")
+    return directory
