@@ -120,13 +120,15 @@ def leave_one_out(dataset: Dataset, min_ads: int = 3) -> Split:
     """Split every user with at least `min_ads` ad interactions by the standard protocol.
 
     Train holds one example per earlier ad interaction (positive-interaction reuse: each positive ad
-    yields a sample from its prefix); valid and test hold one example each per user.
+    yields a sample from its prefix); valid and test hold one example each per user. A conversion on
+    the ad of the interaction just before it (click, then convert) deepens that interaction and is not
+    a new target: otherwise the "next ad" would be the ad already at the end of the history.
     """
     train: list[SplitExample] = []
     valid: list[SplitExample] = []
     test: list[SplitExample] = []
     for user in dataset.users.values():
-        ad_positions = [i for i, e in enumerate(user.events) if e.kind in AD_KINDS]
+        ad_positions = _target_positions(user.events)
         if len(ad_positions) < min_ads:
             continue
         for rank, pos in enumerate(ad_positions):
@@ -138,3 +140,16 @@ def leave_one_out(dataset: Dataset, min_ads: int = 3) -> Split:
             elif rank > 0:
                 train.append(example)
     return Split(train=train, valid=valid, test=test)
+
+
+def _target_positions(events: list[HistoryEvent]) -> list[int]:
+    """Indices of ad interactions that are split targets (see `leave_one_out`)."""
+    positions: list[int] = []
+    previous_ad = None
+    for i, event in enumerate(events):
+        if event.kind not in AD_KINDS:
+            continue
+        if not (event.kind == "ad_conversion" and event.ref == previous_ad):
+            positions.append(i)
+        previous_ad = event.ref
+    return positions

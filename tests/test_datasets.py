@@ -132,3 +132,15 @@ def test_items_loader_names_line_and_field_of_bad_item_rows(jsonl_files, bad_row
 def test_jsonl_loader_reports_missing_file(tmp_path):
     with pytest.raises(DatasetFormatError, match="file not found"):
         load_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_leave_one_out_does_not_target_the_conversion_of_the_click_just_before(tmp_path):
+    items = _write(tmp_path / "items.jsonl", [{"item_id": f"a{i}", "title": f"ad {i}"} for i in range(4)])
+    rows = [("ad_click", "a0"), ("ad_click", "a1"), ("ad_conversion", "a1"), ("ad_click", "a2"), ("ad_click", "a3")]
+    events = _write(
+        tmp_path / "events.jsonl", [{"user_id": "u", "ts": t, "kind": k, "ref": r} for t, (k, r) in enumerate(rows)]
+    )
+    split = leave_one_out(load_jsonl(items, events))
+    assert [e.target for e in split.train] == ["a1"]
+    assert [e.target for e in split.valid] == ["a2"] and [e.target for e in split.test] == ["a3"]
+    assert [e.kind for e in split.valid[0].history][-1] == "ad_conversion"  # still in the history

@@ -267,7 +267,7 @@ class UserSimulator:
         self, rng: random.Random, sub: int, level: int, brand: str | None, previous: list[Ad], ts: int
     ) -> Ad | None:
         roll = rng.random()
-        if previous and roll < 0.12:
+        if previous and roll < 0.05:
             ad = rng.choice(previous)
             if ad.is_live(ts):
                 return ad
