@@ -315,14 +315,19 @@ def _validate_event(adapter: Any, line: str, path: Path, line_no: int) -> Any:
 
 
 def _history_event(event: Any, items: dict[str, Item], content: dict[str, ContentItem]) -> HistoryEvent | None:
+    """The history view of a validated behaviour event (model_construct: its fields passed the contract)."""
     ts = event.event_time.timestamp()
     if isinstance(event, AdClick | AdConversion):
         item = items[event.ad_id]
-        return HistoryEvent(ts=ts, kind=event.type, ref=event.ad_id, title=item.title, category=item.top_category)
+        return HistoryEvent.model_construct(
+            ts=ts, kind=event.type, ref=event.ad_id, title=item.title, category=item.top_category
+        )
     if isinstance(event, ContentPlay | ContentComplete):
         known = content.get(event.content_id)
         category = event.category or (known.categories[0] if known and known.categories else "")
-        return HistoryEvent(ts=ts, kind=event.type, ref=event.content_id, title=event.title, category=category)
+        return HistoryEvent.model_construct(
+            ts=ts, kind=event.type, ref=event.content_id, title=event.title, category=category
+        )
     if isinstance(event, ContentSearch):
-        return HistoryEvent(ts=ts, kind="content_search", ref=event.query, title=event.query)
+        return HistoryEvent.model_construct(ts=ts, kind="content_search", ref=event.query, title=event.query)
     return None
