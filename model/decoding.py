@@ -184,6 +184,10 @@ class CausalLMRunner:
         lengths = offsets + new_lengths
         return self._logprobs(x[:, 0]), PromptKV(keys, values, key_valid, lengths)
 
+    def empty_suffix(self, n: int) -> torch.Tensor:
+        """Per-beam suffix K/V before any token is generated: [N, Hkv, 1, 0, d]."""
+        return torch.empty(n, self.num_kv_heads, 1, 0, self.head_dim, dtype=self.dtype, device=self.device)
+
     # -- one beam step ------------------------------------------------------------------------------------
     def beam_step(
         self,
@@ -231,6 +235,69 @@ class CausalLMRunner:
             o = o + torch.einsum("nkbgt,nkbtd->nkbgd", probs[..., s:].reshape(n, hkv, b, g, t + 1), v_all)
             x = self._block_tail(layer, x, o.permute(0, 2, 1, 3, 4).reshape(n, b, hkv * g * d))
         return self._logprobs(x), new_k, new_v
+
+
+@dataclass
+class BeamStep:
+    """The beams chosen by one step: each new beam's parent beam [N, B] and the token it appends [N, B]."""
+
+    parent: torch.Tensor
+    tokens: torch.Tensor
+
+
+class TrieBeams:
+    """Constrained beam-search bookkeeping for a batch, independent of how log-probs are computed.
+
+    `advance(logprobs)` takes the next-token log-probs of the current beams ([N, b, V]; b = 1 at the root),
+    scores every (beam, allowed child) pair by a CSR gather, moves candidates that reach a leaf into each
+    prompt's pool of the best k finished items, and keeps the best `beams` unfinished candidates. It returns
+    the new beams, or None when the search is over (no live beam can still enter any prompt's top k).
+    The torch decoder and the TensorRT-LLM backend share it, so both apply the trie identically.
+    """
+
+    def __init__(self, trie: TrieArrays, n: int, k: int, beams: int, floor: float | None) -> None:
+        dev = trie.indptr.device
+        self.trie, self.k, self.beams, self.floor = trie, k, beams, floor
+        self.nodes = torch.zeros(n, 1, dtype=torch.long, device=dev)
+        self.scores = torch.zeros(n, 1, dtype=torch.float32, device=dev)
+        self.pool_scores = torch.full((n, k), NEG_INF, device=dev)
+        self.pool_values = torch.full((n, k), -1, dtype=torch.long, device=dev)
+        self.width = max(trie.max_children, 1)
+        self._slot = torch.arange(self.width, device=dev)
+        self.steps = 0
+
+    def advance(self, lp: torch.Tensor) -> BeamStep | None:
+        trie, nodes, width = self.trie, self.nodes, self.width
+        if self.steps >= trie.max_depth:
+            return None
+        self.steps += 1
+        n, b = nodes.shape
+        start = trie.indptr[nodes]  # [N, b]
+        count = trie.indptr[nodes + 1] - start
+        valid = self._slot < count.unsqueeze(-1)  # [N, b, C]
+        edges = (start.unsqueeze(-1) + self._slot).clamp(max=trie.child_token.numel() - 1)
+        child_tok = trie.child_token[edges]
+        child = trie.child_node[edges]
+        tok_lp = lp.float().gather(2, torch.where(valid, child_tok, 0))
+        if self.floor is not None:
+            valid = valid & (tok_lp >= self.floor)
+        cand = torch.where(valid, self.scores.unsqueeze(-1) + tok_lp, NEG_INF).view(n, b * width)
+        leaf_val = trie.leaf_value[child].view(n, b * width)
+        is_leaf = leaf_val >= 0
+        # finished: merge candidates that reach a leaf into the pool of the best k items
+        pool, idx = torch.cat([self.pool_scores, torch.where(is_leaf, cand, NEG_INF)], 1).topk(self.k, dim=1)
+        self.pool_scores = pool
+        self.pool_values = torch.cat([self.pool_values, leaf_val], 1).gather(1, idx)
+        # live: the best `beams` unfinished candidates become the next beams
+        scores, pick = torch.where(is_leaf, NEG_INF, cand).topk(min(self.beams, b * width), dim=1)
+        alive = torch.isfinite(scores)
+        # log-probs only fall as a sequence grows: a prompt is done once its k-th item beats its best beam
+        if not bool(alive.any()) or bool((self.pool_scores[:, -1] >= scores[:, 0]).all()):
+            return None
+        self.scores = scores
+        self.nodes = torch.where(alive, child.view(n, -1).gather(1, pick), 0)
+        tokens = torch.where(alive, child_tok.view(n, -1).gather(1, pick), 0)
+        return BeamStep(pick // width, tokens)
 
 
 class ConstrainedBeamSearch:
@@ -365,56 +432,18 @@ class ConstrainedBeamSearch:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logprobs, prompt_kv = self._prefill(prompts)
         t0 = time.perf_counter()
-        n, dev = len(prompts), self.device
-        runner = self.runner
-        nodes = torch.zeros(n, 1, dtype=torch.long, device=dev)
-        scores = torch.zeros(n, 1, dtype=torch.float32, device=dev)
-        lp = logprobs.unsqueeze(1)  # [N, b, V]
-        pool_s = torch.full((n, k), NEG_INF, device=dev)
-        pool_v = torch.full((n, k), -1, dtype=torch.long, device=dev)
-        suffix_k = [torch.empty(n, runner.num_kv_heads, 1, 0, runner.head_dim, dtype=runner.dtype, device=dev)] * len(
-            runner.layers
-        )
+        runner, n = self.runner, len(prompts)
+        state = TrieBeams(trie, n, k, beams, floor)
+        suffix_k = [runner.empty_suffix(n)] * len(runner.layers)
         suffix_v = list(suffix_k)
-        width = max(trie.max_children, 1)
-        slot = torch.arange(width, device=dev)
-        steps = 0
-        for _ in range(trie.max_depth):
-            steps += 1
-            b = nodes.shape[1]
-            start = trie.indptr[nodes]  # [N, b]
-            count = trie.indptr[nodes + 1] - start
-            valid = slot < count.unsqueeze(-1)  # [N, b, C]
-            edges = (start.unsqueeze(-1) + slot).clamp(max=trie.child_token.numel() - 1)
-            child_tok = trie.child_token[edges]
-            child = trie.child_node[edges]
-            tok_lp = lp.gather(2, torch.where(valid, child_tok, 0))
-            if floor is not None:
-                valid = valid & (tok_lp >= floor)
-            cand = torch.where(valid, scores.unsqueeze(-1) + tok_lp, NEG_INF).view(n, b * width)
-            leaf_val = trie.leaf_value[child].view(n, b * width)
-            is_leaf = leaf_val >= 0
-            # finished: merge leaves into the pool of the best k items
-            fin = torch.where(is_leaf, cand, NEG_INF)
-            pool_s, idx = torch.cat([pool_s, fin], 1).topk(k, dim=1)
-            pool_v = torch.cat([pool_v, leaf_val], 1).gather(1, idx)
-            # live: the best `beams` unfinished candidates become the next beams
-            live = torch.where(is_leaf, NEG_INF, cand)
-            nb = min(beams, b * width)
-            scores, pick = live.topk(nb, dim=1)
-            alive = torch.isfinite(scores)
-            best_live = scores[:, 0]
-            if not bool(alive.any()) or bool((pool_s[:, -1] >= best_live).all()):
-                break
-            parent = pick // width
-            nodes = torch.where(alive, child.view(n, -1).gather(1, pick), 0)
-            new_tok = torch.where(alive, child_tok.view(n, -1).gather(1, pick), 0)
-            suffix_k = [_take_beams(s, parent) for s in suffix_k]
-            suffix_v = [_take_beams(s, parent) for s in suffix_v]
-            lp, suffix_k, suffix_v = runner.beam_step(new_tok, prompt_kv, suffix_k, suffix_v)
+        lp = logprobs.unsqueeze(1)  # [N, b, V]
+        while (step := state.advance(lp)) is not None:
+            suffix_k = [_take_beams(s, step.parent) for s in suffix_k]
+            suffix_v = [_take_beams(s, step.parent) for s in suffix_v]
+            lp, suffix_k, suffix_v = runner.beam_step(step.tokens, prompt_kv, suffix_k, suffix_v)
         self.timings.decode_s += time.perf_counter() - t0
-        self.timings.steps.append(steps)
-        return pool_s, pool_v
+        self.timings.steps.append(state.steps)
+        return state.pool_scores, state.pool_values
 
     def _search_unconstrained(
         self, prompts: list[np.ndarray], steps: int, beams: int
@@ -426,9 +455,7 @@ class ConstrainedBeamSearch:
         scores = torch.zeros(n, 1, device=dev)
         seqs = torch.zeros(n, 1, 0, dtype=torch.long, device=dev)
         lp = logprobs.unsqueeze(1)
-        suffix_k = [torch.empty(n, runner.num_kv_heads, 1, 0, runner.head_dim, dtype=runner.dtype, device=dev)] * len(
-            runner.layers
-        )
+        suffix_k = [runner.empty_suffix(n)] * len(runner.layers)
         suffix_v = list(suffix_k)
         for step in range(steps):
             b = scores.shape[1]
