@@ -99,13 +99,21 @@ class EventProducer:
             failures, self.failures = self.failures, []
             raise DeliveryError(failures, undelivered)
 
+    def close(self) -> None:
+        """Release the client's connections (after `flush()`; anything still queued is purged)."""
+        self._producer.purge()
+        self._producer.close()
+
     def __enter__(self) -> EventProducer:
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is None:
-            self.flush()
-        else:
-            self._producer.flush(5.0)
+        try:
+            if exc_type is None:
+                self.flush()
+            else:
+                self._producer.flush(5.0)
+        finally:
+            self.close()
