@@ -98,7 +98,8 @@ def item_ci_candidates(item: Item) -> list[str]:
     head = item.product_type or leaf
     if head:
         out.extend(f"{attr} {head}" for attr in item.attributes[:4])
-    out.extend(title_key_phrases(item.title, item.brand))
+    if not item.product_type:  # real catalogues lack a product type; the title is the best stand-in
+        out.extend(title_key_phrases(item.title, item.brand))
     return [c for c in out if c.strip()]
 
 
@@ -178,19 +179,24 @@ def format_pairs(
     ci_set: CISet,
     assignment: Mapping[str, Sequence[int]],
     queries: Sequence[QueryIntent] = (),
+    cis_per_ad: int | None = None,
+    seed: int = 0,
 ) -> list[TextPair]:
     """Stage 2: ad -> CI and query -> CI in the inference prompt format (one pair per target CI).
 
     Query pairs come from the training queries (query text -> the CI of its intent) and from each CI as
-    its own query, so a query that *is* an intention maps onto it.
+    its own query, so a query that *is* an intention maps onto it. `cis_per_ad` caps the (long, costly)
+    ad pairs per ad with a seeded sample, to fit the CPU budget.
     """
+    rng = random.Random(seed)
     pairs: list[TextPair] = []
     for ad_id, cis in assignment.items():
         item = items.get(ad_id)
         if item is None:
             continue
         prompt = AD_PROMPT.format(text=ad_prompt_text(item))
-        pairs.extend(TextPair(prompt=prompt, response=ci_set.texts[ci], stage="format") for ci in cis)
+        chosen = list(cis) if cis_per_ad is None or len(cis) <= cis_per_ad else rng.sample(list(cis), cis_per_ad)
+        pairs.extend(TextPair(prompt=prompt, response=ci_set.texts[ci], stage="format") for ci in chosen)
     for ci_text in ci_set.texts:
         pairs.append(TextPair(prompt=QUERY_PROMPT.format(text=ci_text), response=ci_text, stage="format"))
     for q in queries:

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adgen.index.ci_index import CISet, build_ci_trie, ci_token_sequences
 from adgen.index.trie_arrays import TrieArrays
-from adgen.model.ci_data import TextPair
+from adgen.model.ci_data import QUERY_PROMPT, TextPair
 from adgen.model.decoding import ConstrainedBeamSearch
 from adgen.model.lm import LMConfig, build_lm, load_lm, save_lm
 from adgen.model.lm_training import LMTrainConfig, train_causal_lm
@@ -45,7 +45,7 @@ class CIModelConfig(BaseModel):
     knowledge_epochs: int = Field(1, ge=1)
     format_epochs: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(5e-3, gt=0)
     seed: int = 0
 
 
@@ -210,3 +210,17 @@ def assign_cis(
             best = max(probs, key=probs.__getitem__) if probs else None
             out.append({ci: p for ci, p in probs.items() if p >= min_prob or ci == best})
     return out
+
+
+def query_cis(
+    ci_model: CIModel,
+    trie: TrieArrays,
+    normalised_queries: Sequence[str],
+    top_cis: int,
+    beams: int,
+    score_floor: float | None,
+) -> list[dict[int, float]]:
+    """Per (normalised) query, its top-B CIs as probabilities over the returned beams (RARE online step)."""
+    prompts = [QUERY_PROMPT.format(text=q) for q in normalised_queries]
+    rows = ci_model.generate(prompts, trie, k=top_cis, beams=max(beams, top_cis), score_floor=score_floor)
+    return [probabilities(row) for row in rows]

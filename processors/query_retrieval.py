@@ -29,8 +29,8 @@ from adgen.catalogue import Item
 from adgen.config import RedisSettings, Settings
 from adgen.index.ci_index import CIIndex, build_ci_trie, load_latest_snapshot, normalise_text
 from adgen.index.trie_arrays import TrieArrays
-from adgen.model.ci_data import AD_PROMPT, QUERY_PROMPT, ad_prompt_text
-from adgen.model.ci_model import CIModel, assign_cis, probabilities
+from adgen.model.ci_data import AD_PROMPT, ad_prompt_text
+from adgen.model.ci_model import CIModel, assign_cis, query_cis
 from adgen.processors.feature_store import GUARDED_SET_LUA, version_ms
 from adgen.streams.events import MAX_TEXT_LEN
 
@@ -123,10 +123,8 @@ class SearchService:
     # -- queries ------------------------------------------------------------------------------------------
     def generate_cis(self, normalised: Sequence[str]) -> list[dict[int, float]]:
         """The model's top-B CIs (probabilities over the returned beams) for already-normalised queries."""
-        prompts = [QUERY_PROMPT.format(text=q) for q in normalised]
         cfg = self.config
-        rows = self.model.generate(prompts, self.trie, k=cfg.top_cis, beams=cfg.beams, score_floor=cfg.score_floor)
-        return [probabilities(row) for row in rows]
+        return query_cis(self.model, self.trie, normalised, cfg.top_cis, cfg.beams, cfg.score_floor)
 
     def search(self, raw: object, top_n: int | None = None) -> SearchResult:
         """Answer one raw query (raises QueryError for bad input)."""

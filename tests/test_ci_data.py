@@ -37,7 +37,9 @@ def test_item_candidates_cover_category_brand_type_attributes_and_title():
     assert "Acme Gloves" in cands
     assert "Acme nitrile gloves" in cands
     assert "powder free nitrile gloves" in cands
-    assert "nitrile exam" in cands  # title bigram, brand removed
+    assert "nitrile exam" not in cands  # structured fields present: no title n-grams
+    real = GLOVES.model_copy(update={"product_type": "", "attributes": ()})
+    assert "nitrile exam" in item_ci_candidates(real)  # real catalogue: title bigram, brand removed
     assert all(c != "Industrial & Scientific" for c in cands)
 
 
