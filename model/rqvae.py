@@ -39,7 +39,7 @@ class RQVAEConfig(BaseModel):
     num_levels: int = Field(3, ge=1, le=7)
     codebook_size: int = Field(64, ge=2)
     beta: float = Field(0.25, ge=0)
-    epochs: int = Field(150, ge=0)
+    epochs: int = Field(100, ge=0)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -190,7 +190,22 @@ def code_usage_metrics(codes: np.ndarray, codebook_size: int) -> tuple[list[floa
 def train_rqvae(
     embeddings: np.ndarray, config: RQVAEConfig, metrics_path: Path | None = None, progress: bool = True
 ) -> tuple[RQVAE, list[EpochMetrics]]:
-    """Train from scratch, deterministically for a given seed; metrics per epoch (and to JSON if asked)."""
+    """Train from scratch, deterministically for a given seed; metrics per epoch (and to JSON if asked).
+
+    Runs on one thread: these matmuls are small, and on a shared 2-core box a second thread made an epoch
+    8x slower in wall time (threads spin waiting for each other).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(embeddings, config, metrics_path, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    embeddings: np.ndarray, config: RQVAEConfig, metrics_path: Path | None, progress: bool
+) -> tuple[RQVAE, list[EpochMetrics]]:
     x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
     if x.ndim != 2 or x.shape[1] != config.input_dim or len(x) == 0:
         raise RQVAEError(f"expected a non-empty embedding matrix [N, {config.input_dim}], got {list(x.shape)}")
