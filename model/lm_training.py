@@ -57,7 +57,7 @@ class LMTrainConfig(BaseModel):
     stop_after_steps: int | None = Field(
         None, ge=1, description="Checkpoint and return after this many optimizer steps in total (time-boxed runs)."
     )
-    torch_threads: int = Field(2, ge=1)
+    torch_threads: int = Field(2, ge=1, description="1 is faster for tiny models on a busy machine.")
     desc: str = "train"
 
 

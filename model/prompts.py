@@ -247,3 +247,12 @@ def shuffled_profile_order(rng: random.Random) -> list[str]:
     order = list(PROFILE_FIELDS)
     rng.shuffle(order)
     return order
+
+
+def fixed_texts() -> list[str]:
+    """The builder's own words (instructions, headers, behaviour types) for the tokenizer's BPE corpus, so the
+    fixed parts of every prompt cost few tokens."""
+    words = " ".join(BEHAVIOUR_WORDS.values())
+    headers = "Profile: Interests: Behaviour: Next ad: Ad: Brand: Category: Type: Description: ID: days ago times"
+    fields = " ".join(f.replace("_", " ") for f in PROFILE_FIELDS)
+    return [t.format(soft="") for t in (*MAIN_TEMPLATES, *ALIGN_TEMPLATES)] + [words, headers, fields]

@@ -60,7 +60,7 @@ def test_training_memorises_responses_and_writes_metrics(tmp_path: Path, data):
     tok, examples = data
     model = _tiny_model(len(tok))
     before = response_logprobs(model, collate(examples, tok.pad_token_id, 64)).mean().item()
-    cfg = LMTrainConfig(out_dir=tmp_path, epochs=60, batch_size=3, lr=2e-2, warmup_ratio=0.0, seed=1)
+    cfg = LMTrainConfig(out_dir=tmp_path, epochs=60, batch_size=3, lr=2e-2, warmup_ratio=0.0, seed=1, torch_threads=1)
     metrics = train_causal_lm(model, tok, examples, cfg)
     after = response_logprobs(model, collate(examples, tok.pad_token_id, 64))
     assert after.mean().item() > before + 5
@@ -73,11 +73,13 @@ def test_training_memorises_responses_and_writes_metrics(tmp_path: Path, data):
 def test_resume_from_mid_run_checkpoint_matches_an_uninterrupted_run(tmp_path: Path, data):
     tok, examples = data
     full = _tiny_model(len(tok))
-    train_causal_lm(full, tok, examples, LMTrainConfig(out_dir=tmp_path / "full", epochs=4, batch_size=2, seed=3))
+    train_causal_lm(
+        full, tok, examples, LMTrainConfig(out_dir=tmp_path / "full", epochs=4, batch_size=2, seed=3, torch_threads=1)
+    )
 
     # stop mid-way through epoch 2 of the same 4-epoch schedule, then resume to the end
     part = _tiny_model(len(tok))
-    cfg = LMTrainConfig(out_dir=tmp_path / "part", epochs=4, batch_size=2, seed=3)
+    cfg = LMTrainConfig(out_dir=tmp_path / "part", epochs=4, batch_size=2, seed=3, torch_threads=1)
     first = train_causal_lm(part, tok, examples, cfg.model_copy(update={"stop_after_steps": 5}))
     assert (
         first["interrupted"] and json.loads((tmp_path / "part/checkpoint/state.json").read_text())["global_step"] == 5
@@ -92,7 +94,7 @@ def test_early_stopping_keeps_best_weights(tmp_path: Path, data):
     tok, examples = data
     model = _tiny_model(len(tok))
     scores = iter([0.5, 0.9, 0.2, 0.1, 0.0, 0.0])
-    cfg = LMTrainConfig(out_dir=tmp_path, epochs=6, batch_size=3, patience=2, monitor="ndcg@10")
+    cfg = LMTrainConfig(out_dir=tmp_path, epochs=6, batch_size=3, patience=2, monitor="ndcg@10", torch_threads=1)
     metrics = train_causal_lm(model, tok, examples, cfg, eval_fn=lambda m: {"ndcg@10": next(scores)})
     assert len(metrics["epochs"]) == 4 and metrics["best_epoch"] == 2
     best = _tiny_model(len(tok))
