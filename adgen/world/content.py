@@ -33,8 +33,14 @@ def content_id(index: int, rng: random.Random) -> str:
 
 
 def _plural(word: str) -> str:
-    if word.endswith(("s", "x", "ch", "sh")):
+    if word.endswith("shelf"):
+        return word[:-1] + "ves"
+    if word.endswith("knife set"):
+        return word + "s"
+    if word.endswith("s"):  # already plural ("hiking boots", "earbuds")
         return word
+    if word.endswith(("x", "ch", "sh")):
+        return word + "es"
     if word.endswith("y") and word[-2:-1] not in "aeiou":
         return word[:-1] + "ies"
     return word + "s"
