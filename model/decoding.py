@@ -353,7 +353,7 @@ class ConstrainedBeamSearch:
         for start in range(0, len(encoded), self.max_batch_prompts):
             chunk = encoded[start : start + self.max_batch_prompts]
             scores, items = self._search(chunk, trie, k, beams, score_floor)
-            out.extend(_to_results(scores, items, k))
+            out.extend(to_results(scores, items, k))
         return out
 
     @torch.inference_mode()
@@ -374,30 +374,10 @@ class ConstrainedBeamSearch:
 
     # -- validation and prefill ---------------------------------------------------------------------------
     def _check_trie(self, trie: TrieArrays) -> None:
-        if trie.num_values == 0 or trie.child_token.numel() == 0:
-            raise TrieError("the trie is empty (no items): nothing can be generated; build it from >= 1 sequence")
-        top = int(trie.child_token.max())
-        if top >= self.vocab_size:
-            raise TrieError(
-                f"trie uses token id {top} but the model's vocabulary has {self.vocab_size} tokens; "
-                "the trie and the checkpoint come from different tokenizers"
-            )
+        check_trie(trie, self.vocab_size)
 
     def _encode_prompts(self, prompts: Sequence[Prompt]) -> list[np.ndarray]:
-        if len(prompts) == 0:
-            raise DecodingError("no prompts given")
-        encoded = []
-        for i, p in enumerate(prompts):
-            arr = p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p)
-            arr = arr.astype(np.int64, copy=False).reshape(-1)
-            if arr.size == 0:
-                raise DecodingError(f"prompt {i} is empty; every prompt needs at least one token")
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0 or hi >= self.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise DecodingError(f"prompt {i} has token id {bad} outside the vocabulary [0, {self.vocab_size})")
-            encoded.append(arr)
-        return encoded
+        return encode_prompts(prompts, self.vocab_size)
 
     def _prefill(self, prompts: list[np.ndarray]) -> tuple[torch.Tensor, PromptKV]:
         """Prefill (after any cached prefix) in groups of similar remaining length, so a batch that mixes
@@ -471,6 +451,36 @@ class ConstrainedBeamSearch:
         self.timings.decode_s += time.perf_counter() - t0
         s_list, q_list = scores.tolist(), seqs.tolist()
         return [[(tuple(q), s) for q, s in zip(qs, ss, strict=True)] for qs, ss in zip(q_list, s_list, strict=True)]
+
+
+def check_trie(trie: TrieArrays, vocab_size: int) -> None:
+    """A trie the model can decode: at least one item, every token inside the vocabulary."""
+    if trie.num_values == 0 or trie.child_token.numel() == 0:
+        raise TrieError("the trie is empty (no items): nothing can be generated; build it from >= 1 sequence")
+    top = int(trie.child_token.max())
+    if top >= vocab_size:
+        raise TrieError(
+            f"trie uses token id {top} but the model's vocabulary has {vocab_size} tokens; "
+            "the trie and the checkpoint come from different tokenizers"
+        )
+
+
+def encode_prompts(prompts: Sequence[Prompt], vocab_size: int) -> list[np.ndarray]:
+    """Prompts as int64 arrays; an empty prompt or a token outside [0, vocab_size) is a DecodingError."""
+    if len(prompts) == 0:
+        raise DecodingError("no prompts given")
+    encoded = []
+    for i, p in enumerate(prompts):
+        arr = p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p)
+        arr = arr.astype(np.int64, copy=False).reshape(-1)
+        if arr.size == 0:
+            raise DecodingError(f"prompt {i} is empty; every prompt needs at least one token")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise DecodingError(f"prompt {i} has token id {bad} outside the vocabulary [0, {vocab_size})")
+        encoded.append(arr)
+    return encoded
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim_axis: int) -> torch.Tensor:
@@ -555,7 +565,7 @@ def _stack_past(hits: list, cached: list[int], runner: CausalLMRunner, device: t
     return PromptKV(keys, values, key_valid, lengths)
 
 
-def _to_results(scores: torch.Tensor, items: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+def to_results(scores: torch.Tensor, items: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
     """Best-first (item, score) lists without -inf slots; a repeated item keeps its best score."""
     out = []
     for ss, vv in zip(scores.tolist(), items.tolist(), strict=True):
