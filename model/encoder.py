@@ -146,7 +146,8 @@ class EmbeddingCache:
                 vecs = np.load(vecs_path, allow_pickle=False)
                 if len(keys) != len(vecs):
                     raise EncoderError(f"embedding cache shard {keys_path} has {len(keys)} keys but {len(vecs)} rows")
-                self._index.update(zip(keys.tolist(), vecs, strict=True))
+                # numpy drops trailing NUL bytes of fixed-width bytes values; digests may end in them
+                self._index.update(zip((k.ljust(32, b"\0") for k in keys.tolist()), vecs, strict=True))
         return self._index
 
     def get(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:

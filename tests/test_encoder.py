@@ -8,6 +8,7 @@ from adgen.catalogue import Item
 from adgen.model.ad_text import ad_text
 from adgen.model.encoder import (
     CachedEncoder,
+    EmbeddingCache,
     EncoderError,
     MeanPoolEncoder,
     SentenceTransformerEncoder,
@@ -84,3 +85,10 @@ def test_ad_text_follows_the_template_and_skips_the_catalogue_root() -> None:
         "The name of the ad is Trail shoe; The product type is sneaker; The first-level category is Shoes; "
         "The attributes include: red."
     )
+
+
+def test_cache_keys_ending_in_nul_bytes_survive_a_reload(tmp_path: Path) -> None:
+    keys = [b"\x01" * 31 + b"\x00", b"\x02" * 32]
+    EmbeddingCache(tmp_path, "enc").put(keys, np.eye(2, dtype=np.float32))
+    found = EmbeddingCache(tmp_path, "enc").get(keys)
+    assert found[0] is not None and found[0].tolist() == [1.0, 0.0]
