@@ -129,28 +129,54 @@ async def send_dead_letter(dead_letters: TopicT, letter: DeadLetter) -> None:
     await dead_letters.send(key=letter.kafka_key(), value=letter.to_bytes())
 
 
+def decode_or_dead_letter(
+    settings: Settings,
+    *,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> BaseModel | DeadLetter:
+    """The event, or the DeadLetter saying why not. Never raises for a bad message.
+
+    Even a bug in the codec (any exception, not just EventDecodeError) becomes a `decoder_error` dead
+    letter, logged with its traceback: one poisonous event must not stop a partition.
+    """
+    value = value if value is not None else b""
+    try:
+        return decode_event(
+            topic,
+            value,
+            key=key,
+            prefix=settings.kafka.topic_prefix,
+            max_message_bytes=settings.kafka.max_message_bytes,
+        )
+    except EventDecodeError as exc:
+        error = exc
+        log.warning("dead-lettered %s[%s]@%s: %s", topic, partition, offset, error)
+    except Exception as exc:
+        error = EventDecodeError("decoder_error", f"the codec raised {type(exc).__name__}: {exc} (a bug; report it)")
+        log.exception("codec crashed on %s[%s]@%s; dead-lettered", topic, partition, offset)
+    return DeadLetter.from_error(error, source_topic=topic, value=value, key=key, partition=partition, offset=offset)
+
+
 async def decoded_stream(stream: StreamT, dead_letters: TopicT, settings: Settings) -> AsyncIterator[BaseModel]:
     """Yield decoded events from a raw stream; send each bad one to the dead-letter topic and go on."""
-    prefix = settings.kafka.topic_prefix
-    max_bytes = settings.kafka.max_message_bytes
     async for raw in stream.events():
         message = raw.message
-        try:
-            value = raw.value if raw.value is not None else b""
-            event = decode_event(message.topic, value, key=raw.key, prefix=prefix, max_message_bytes=max_bytes)
-        except EventDecodeError as error:
-            log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
-            letter = DeadLetter.from_error(
-                error,
-                source_topic=message.topic,
-                value=value,
-                key=raw.key,
-                partition=message.partition,
-                offset=message.offset,
-            )
-            await send_dead_letter(dead_letters, letter)
+        result = decode_or_dead_letter(
+            settings,
+            topic=message.topic,
+            value=raw.value,
+            key=raw.key,
+            partition=message.partition,
+            offset=message.offset,
+        )
+        if isinstance(result, DeadLetter):
+            await send_dead_letter(dead_letters, result)
             continue
-        yield event
+        yield result
 
 
 __all__ = [
@@ -160,6 +186,7 @@ __all__ = [
     "create_app",
     "dead_letter_topic",
     "declare_topics",
+    "decode_or_dead_letter",
     "decoded_stream",
     "raw_topic",
     "send_dead_letter",

@@ -38,6 +38,7 @@ ErrorKind = Literal[
     "unknown_schema_version",
     "schema_violation",
     "wrong_key",
+    "decoder_error",  # the codec itself failed (a bug); the event still goes to the dead-letter topic
 ]
 
 DEFAULT_MAX_MESSAGE_BYTES = Settings.model_fields["kafka"].default.max_message_bytes

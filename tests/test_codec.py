@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adgen.streams.codec import EventDecodeError, decode_event, encode_event, topic_for
 from adgen.streams.dlq import MAX_ORIGINAL_BYTES, DeadLetter
@@ -95,3 +97,32 @@ def test_dead_letter_keeps_reason_origin_and_original_bytes_truncating_huge_ones
     big_letter = DeadLetter.from_error(error, source_topic="user-behavior", value=huge)
     assert big_letter.truncated and big_letter.original_size == len(huge)
     assert big_letter.original() == huge[:MAX_ORIGINAL_BYTES]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=300))
+def test_arbitrary_bytes_either_decode_or_raise_event_decode_error(payload: bytes) -> None:
+    try:
+        decode_event("user-behavior", payload)
+    except EventDecodeError as error:
+        assert error.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from([*CLICK, "schema_version", "extra"]), value=JSON_VALUES)
+def test_any_single_field_corruption_is_accepted_or_explained_never_crashes(field: str, value: object) -> None:
+    payload = raw({**CLICK, field: value})
+    try:
+        event = decode_event("user-behavior", payload, key=b"u1")
+    except EventDecodeError as error:
+        assert error.kind in {"unknown_type", "unknown_schema_version", "schema_violation", "wrong_key"}
+        assert field in error.reason or error.kind in {"unknown_type", "wrong_key"}
+    else:
+        assert event.event_id  # type: ignore[attr-defined]

@@ -9,7 +9,9 @@ import faust
 import pytest
 
 from adgen.config import Settings
-from adgen.streams.app import broker_credentials, create_app, declare_topics
+from adgen.streams import app as streams_app
+from adgen.streams.app import broker_credentials, create_app, declare_topics, decode_or_dead_letter
+from adgen.streams.dlq import DeadLetter
 
 
 def settings_with(tmp_path: Path, **kafka: object) -> Settings:
@@ -64,3 +66,25 @@ def test_topics_are_declared_raw_with_the_contract_partitions_and_prefix(tmp_pat
     assert topics.user_behavior.get_topic_name() == "stg-user-behavior"
     assert topics.user_behavior.partitions == 4 and topics.ad_updates.partitions == 2
     assert topics.dead_letter.value_serializer == "raw"
+
+
+def test_a_bad_message_becomes_a_dead_letter_and_a_good_one_an_event(tmp_path: Path) -> None:
+    settings = settings_with(tmp_path, topic_prefix="stg-")
+    good = b'{"type":"ad_request","event_id":"e1","event_time":"2026-11-22T10:00:00Z","user_id":"u1"}'
+    event = decode_or_dead_letter(settings, topic="stg-user-behavior", value=good, key=b"u1", partition=0, offset=5)
+    assert not isinstance(event, DeadLetter) and event.user_id == "u1"  # type: ignore[attr-defined]
+    letter = decode_or_dead_letter(settings, topic="stg-user-behavior", value=None, key=None, partition=1, offset=6)
+    assert isinstance(letter, DeadLetter) and letter.error_kind == "malformed_json" and letter.offset == 6
+
+
+def test_even_a_codec_crash_is_dead_lettered_instead_of_killing_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_codec(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(streams_app, "decode_event", broken_codec)
+    letter = decode_or_dead_letter(settings_with(tmp_path), topic="user-behavior", value=b"{}", key=b"u1", offset=9)
+    assert isinstance(letter, DeadLetter)
+    assert letter.error_kind == "decoder_error" and "RuntimeError: boom" in letter.error
+    assert letter.original() == b"{}" and letter.offset == 9
