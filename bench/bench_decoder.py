@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stream-users", type=int, default=48)
     parser.add_argument("--stream-batch", type=int, default=16)
     parser.add_argument("--cache-mb", type=int, default=256)
-    parser.add_argument("--skip-extras", action="store_true", help="only the (a)/(b)/(c) table")
+    parser.add_argument(
+        "--sections", nargs="+", default=["table", "cache", "precision"], choices=["table", "cache", "precision"]
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -360,11 +362,13 @@ def main(argv: list[str] | None = None) -> dict:
         "machine_matmul_gflops": machine,
         "models": [],
     }
-    for name in args.models:
-        result["models"].append(bench_model(name, MODELS[name], trie, items, prompts, args, machine))
-    if not args.skip_extras:
+    if "table" in args.sections:
+        for name in args.models:
+            result["models"].append(bench_model(name, MODELS[name], trie, items, prompts, args, machine))
+    if "cache" in args.sections:
         console.print("prefix cache stream (small model) ...")
         result["prefix_cache"] = bench_prefix_cache(MODELS["small"], trie, args)
+    if "precision" in args.sections:
         console.print("precision variants (small model) ...")
         result["precision"] = bench_precision(MODELS["small"], trie, prompts, args)
     result["machine_matmul_gflops_end"] = matmul_gflops()
