@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from tqdm import tqdm
 
+from adgen.config import load_settings
 from adgen.world import WorldConfig, generate_world
 from adgen.world.validate import WorldValidationError, validate_world
 
@@ -22,7 +23,7 @@ console = Console(stderr=True)
 def generate(
     users: Annotated[int, typer.Option(help="Number of users (streamed; memory does not grow with it).")] = 1000,
     ads: Annotated[int, typer.Option(help="Number of initial ads (plus a share added during the window).")] = 500,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("var/world"),
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: settings paths.world).")] = None,
     seed: Annotated[int, typer.Option(help="Same seed and options give byte-identical files.")] = 0,
     days: Annotated[int, typer.Option(help="Length of the event window in days.")] = 60,
     content: Annotated[int | None, typer.Option(help="Content items (default max(200, ads // 2)).")] = None,
@@ -30,6 +31,7 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="Replace a world already in OUT.")] = False,
 ) -> None:
     """Generate a seeded synthetic ad world with a progress bar; prints the manifest counts and the rate."""
+    out = out if out is not None else load_settings().paths.world
     config = WorldConfig(users=users, ads=ads, seed=seed, days=days, content=content, queries=queries)
     started = time.perf_counter()
     with tqdm(total=users, unit="user", desc="users", mininterval=0.5) as bar:
