@@ -18,7 +18,7 @@ from typing import Literal, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import AuthenticationError, BusyLoadingError, ConnectionError, TimeoutError
 
 from adgen.config import RedisSettings
 from adgen.processors.scheduler import LastGeneration
@@ -219,6 +219,10 @@ class FeatureStore:
         while True:
             try:
                 return await op()
+            except AuthenticationError as exc:  # a ConnectionError subclass, but retrying cannot fix it
+                raise FeatureStoreUnavailable(
+                    f"Redis at {self.settings.url} refused authentication ({what}): {exc}. Check ADGEN_REDIS__PASSWORD."
+                ) from exc
             except (ConnectionError, TimeoutError, BusyLoadingError, OSError) as exc:
                 attempt += 1
                 if self.give_up_after is not None and attempt > self.give_up_after:
