@@ -6,6 +6,7 @@ full rebuild (new CI set, new model, new snapshot version; readers switch to the
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,7 @@ class CIBuildConfig(BaseModel):
     model: CIModelConfig = CIModelConfig()
     eval_share: float = Field(0.5, ge=0, lt=1, description="Share of labelled queries held out for evaluation.")
     augment_per_ci: int = Field(2, ge=0)
+    max_knowledge_pairs: int | None = Field(1500, ge=1, description="Seeded sample of stage-1 facts (CPU budget).")
     cis_per_ad: int | None = Field(2, ge=1, description="Ad -> CI training pairs per ad (None = all).")
     typo_rate: float = Field(0.3, ge=0, le=1)
     assign_k: int = Field(5, ge=1, description="CIs generated per ad by constrained inference.")
@@ -114,6 +116,8 @@ def build_search_index(
     t = time.perf_counter()
     templates = mine_templates(train_queries)
     know = knowledge_pairs(items, ci_set, teacher)
+    if config.max_knowledge_pairs is not None and len(know) > config.max_knowledge_pairs:
+        know = random.Random(config.model.seed).sample(know, config.max_knowledge_pairs)
     fmt = format_pairs(items, ci_set, teacher, train_queries, config.cis_per_ad, seed=config.model.seed)
     fmt += augmented_query_pairs(ci_set, templates, config.augment_per_ci, config.typo_rate, seed=config.model.seed)
     ci_model, _ = train_ci_model(know, fmt, ci_set, out_dir / "train", config.model)

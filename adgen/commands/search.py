@@ -48,6 +48,8 @@ def build(
     out: OutOpt = None,
     epochs: Annotated[int, typer.Option(help="Format fine-tuning epochs.")] = 4,
     knowledge_epochs: Annotated[int, typer.Option(help="Knowledge-injection epochs.")] = 1,
+    hidden: Annotated[int, typer.Option(help="CI model hidden size.")] = 128,
+    layers: Annotated[int, typer.Option(help="CI model layers.")] = 2,
     merge: Annotated[bool, typer.Option(help="Merge near-duplicate CIs with the sentence encoder.")] = True,
     head_cache: Annotated[int, typer.Option(help="Head queries precomputed from the query log.")] = 200,
     llm_url: Annotated[
@@ -59,11 +61,14 @@ def build(
     config_file: ConfigOpt = None,
 ) -> None:
     """Catalogue -> CIs -> cleaned CI set -> two-stage CI model -> CIs for every ad -> index + head cache."""
+    from adgen.model.ci_model import CIModelConfig
+
     settings = _settings(config_file)
     while True:
-        report = _build_once(
-            settings, world, amazon, out, epochs, knowledge_epochs, merge, head_cache, llm_url, llm_model, seed
+        model_config = CIModelConfig(
+            format_epochs=epochs, knowledge_epochs=knowledge_epochs, hidden_size=hidden, num_layers=layers, seed=seed
         )
+        report = _build_once(settings, world, amazon, out, model_config, merge, head_cache, llm_url, llm_model)
         typer.echo(json.dumps(report, indent=2))
         if every <= 0:
             return
@@ -76,17 +81,14 @@ def _build_once(
     world: Path | None,
     amazon: Path | None,
     out: Path | None,
-    epochs: int,
-    knowledge_epochs: int,
+    model_config: object,
     merge: bool,
     head_cache: int,
     llm_url: str | None,
     llm_model: str,
-    seed: int,
 ) -> dict[str, object]:
     from adgen.datasets import DatasetFormatError, load_amazon, load_query_labels, load_world
     from adgen.model.ci_data import CIDataError, OpenAICompatibleCISource
-    from adgen.model.ci_model import CIModelConfig
     from adgen.model.ci_pipeline import CIBuildConfig, build_search_index, split_queries
 
     try:
@@ -109,7 +111,7 @@ def _build_once(
         except CIDataError as exc:
             raise _fail(str(exc)) from exc
     config = CIBuildConfig(
-        model=CIModelConfig(format_epochs=epochs, knowledge_epochs=knowledge_epochs, seed=seed),
+        model=model_config,
         head_cache_size=head_cache,
         beams=settings.model.beams,
     )
