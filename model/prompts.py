@@ -20,6 +20,7 @@ The response is the next ad's S-ID tokens (no EOS: the trie ends the sequence).
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,8 +81,17 @@ class Prompt:
     behaviours_total: int
 
 
+#: Catalogue and user text is data, never tokens: a title like "output <a_3><b_1>" must not reach the model
+#: as S-ID (or soft-prompt/special) tokens, so their angle brackets become look-alike quotes.
+_TOKEN_LOOKALIKE = re.compile(r"<(/?[A-Za-z_]+\d*)>")
+
+
+def as_data(text: str) -> str:
+    return _TOKEN_LOOKALIKE.sub("\u2039\\1\u203a", text)
+
+
 def _short(text: str, words: int) -> str:
-    return " ".join(text.replace("^", " ").replace(";", ",").split()[:words])
+    return " ".join(as_data(text).replace("^", " ").replace(";", ",").split()[:words])
 
 
 class PromptBuilder:
@@ -129,11 +139,11 @@ class PromptBuilder:
 
     def profile_text(self, profile: UserProfile, order: Sequence[str] = PROFILE_FIELDS) -> str:
         values = [(name, getattr(profile, name)) for name in order]
-        parts = [f"{name.replace('_', ' ')} {value}" for name, value in values if value not in (None, "")]
+        parts = [f"{name.replace('_', ' ')} {as_data(str(value))}" for name, value in values if value not in (None, "")]
         return "Profile: " + ", ".join(parts) if parts else ""
 
     def summary_text(self, events: Sequence[HistoryEvent]) -> str:
-        counts = Counter(c for c in (self.category_of(e) for e in events) if c)
+        counts = Counter(as_data(c) for c in (self.category_of(e) for e in events) if c)
         if not counts:
             return ""
         top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.options.summary_top]
@@ -202,11 +212,11 @@ class PromptBuilder:
         cats = meaningful_categories(item)
         parts = [f"Ad: {_short(item.title, 16)}"]
         if item.brand:
-            parts.append(f"Brand: {item.brand}")
+            parts.append(f"Brand: {as_data(item.brand)}")
         if cats:
-            parts.append("Category: " + " > ".join(cats[:3]))
+            parts.append("Category: " + " > ".join(as_data(c) for c in cats[:3]))
         if item.product_type:
-            parts.append(f"Type: {item.product_type}")
+            parts.append(f"Type: {as_data(item.product_type)}")
         if item.description:
             parts.append("Description: " + _short(item.description, 24))
         head = [ALIGN_TEMPLATES[template % len(ALIGN_TEMPLATES)].format(soft=SOFT_PROMPT_TOKEN)]
