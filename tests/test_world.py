@@ -19,7 +19,7 @@ from adgen.cli import app as cli_app
 from adgen.datasets import DatasetFormatError, load_query_labels, load_world
 from adgen.streams.events import AD_UPDATE_ADAPTER, SEARCH_QUERY_ADAPTER, AdDelete, AdUpsert
 from adgen.world import WorldConfig, generate_world
-from adgen.world.sorted_writer import SortedJsonlWriter
+from adgen.world.sorted_writer import RunWriter, merge_runs
 from adgen.world.validate import WorldValidationError, validate_world
 
 SMALL = {"users": 150, "ads": 120, "queries": 80}
@@ -240,16 +240,27 @@ def test_users_behaviour_follows_their_latent_interests(world_dir, world):
     assert hits / total > 0.85  # the rest is exploration noise
 
 
-def test_sorted_writer_spills_and_merges_to_the_same_order(tmp_path):
+def test_run_writer_spills_and_merge_gives_the_global_time_order(tmp_path):
     rng = random.Random(0)
     rows = [(rng.randrange(1000), f'{{"event_id":"e{i:05d}"}}') for i in range(500)]
-    writer = SortedJsonlWriter(tmp_path / "out.jsonl", tmp_path / "spill", buffer_lines=7, fan_in=3)
-    for ts, line in rows:
-        writer.add(ts, line)
-    assert writer.close() == 500
+    runs = []
+    for shard in range(3):  # several writers (as several processes would), each spilling many runs
+        writer = RunWriter(tmp_path / "spill", f"s{shard}", buffer_lines=7)
+        for ts, line in rows[shard::3]:
+            writer.add(ts, line)
+        runs += writer.finish()
+    assert len(runs) > 20
+    merge_runs(runs, tmp_path / "out.jsonl", tmp_path / "spill", fan_in=3)
     expected = [line for _, line in sorted(rows)]
     assert (tmp_path / "out.jsonl").read_text().splitlines() == expected
-    assert not (tmp_path / "spill" / "out").exists()
+    assert not list((tmp_path / "spill").iterdir())
+
+
+def test_worker_processes_and_shard_size_do_not_change_the_files(tmp_path):
+    config = WorldConfig(seed=4, users=90, ads=60, queries=30)
+    generate_world(config, tmp_path / "one", shard_users=1000)
+    generate_world(config, tmp_path / "two", workers=2, shard_users=25)
+    assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
 
 
 def test_cli_generates_a_world_and_refuses_to_overwrite_without_flag(tmp_path):

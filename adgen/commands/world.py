@@ -29,6 +29,7 @@ def generate(
     content: Annotated[int | None, typer.Option(help="Content items (default max(200, ads // 2)).")] = None,
     queries: Annotated[int, typer.Option(help="Labelled search queries.")] = 1000,
     overwrite: Annotated[bool, typer.Option(help="Replace a world already in OUT.")] = False,
+    workers: Annotated[int, typer.Option(help="Processes simulating user shards (same files for any value).")] = 1,
 ) -> None:
     """Generate a seeded synthetic ad world with a progress bar; prints the manifest counts and the rate."""
     out = out if out is not None else load_settings().paths.world
@@ -38,12 +39,11 @@ def generate(
         done = [0]
 
         def advance(n: int) -> None:
-            if n - done[0] >= 500 or n == users:
-                bar.update(n - done[0])
-                done[0] = n
+            bar.update(n - done[0])
+            done[0] = n
 
         try:
-            manifest = generate_world(config, out, overwrite=overwrite, on_user=advance)
+            manifest = generate_world(config, out, overwrite=overwrite, on_user=advance, workers=workers)
         except (FileExistsError, ValueError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
@@ -52,6 +52,7 @@ def generate(
         "out": str(out),
         "seconds": round(seconds, 2),
         "users_per_second": round(users / seconds, 1),
+        "workers": workers,
         "counts": manifest["counts"],
     }
     typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -4,6 +4,7 @@
 docs/data-formats.md; `adgen.datasets.load_world` reads it back as a `Dataset`.
 """
 
-from adgen.world.generator import GENERATOR_VERSION, WorldConfig, generate_world
+from adgen.world.config import WorldConfig
+from adgen.world.generator import GENERATOR_VERSION, generate_world
 
 __all__ = ["GENERATOR_VERSION", "WorldConfig", "generate_world"]

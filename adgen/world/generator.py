@@ -1,59 +1,31 @@
 """Write a whole synthetic ad world to a directory (format: docs/data-formats.md).
 
 Ads, content and labelled queries are built first (memory grows with the number of ads, ~1 KB each);
-users are then simulated one at a time and streamed out, so memory does not grow with the number of
-users. The manifest is written last: a directory with a manifest is a complete world.
+users are then simulated in shards of `SHARD_USERS` and streamed out through sorted run files, so memory
+does not grow with the number of users, and `workers > 1` spreads the shards over processes with
+byte-identical output. The manifest is written last: a directory with a manifest is a complete world.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 from collections import Counter
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic_core import to_json
-
-from adgen.world.ads import Ad, AdLifecycleConfig, AdSampler, make_ads
-from adgen.world.content import ContentSampler, make_content
-from adgen.world.queries import AdLookup, LabelledQuery, make_queries
-from adgen.world.sorted_writer import SortedJsonlWriter
+from adgen.world.ads import Ad
+from adgen.world.config import WorldConfig
+from adgen.world.queries import AdLookup, LabelledQuery
+from adgen.world.sorted_writer import merge_runs
 from adgen.world.taxonomy import SUB_CATEGORIES, TOP_CATEGORIES
-from adgen.world.users import UserSimulator, WorldClock
+from adgen.world.user_shards import SHARD_USERS, ShardResult, build_parts, dumps, simulate_shard
+from adgen.world.users import WorldClock
 
-GENERATOR_VERSION = "1.0.0"
-
-
-class WorldConfig(BaseModel):
-    """Everything that determines a world: the same config gives byte-identical files."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    users: int = Field(1000, ge=1, le=100_000_000)
-    ads: int = Field(500, ge=1, le=20_000_000)
-    seed: int = 0
-    days: int = Field(60, ge=2, le=3650)
-    start: datetime = Field(datetime(2026, 9, 1, tzinfo=UTC), description="Aware start of the event window.")
-    content: int | None = Field(None, ge=1, description="Content items; default max(200, ads // 2).")
-    queries: int = Field(1000, ge=0, description="Labelled search queries (fewer if distinct texts run out).")
-    min_events: int = Field(20, ge=1)
-    max_events: int = Field(80, ge=1)
-    added_share: float = Field(0.05, ge=0, le=1)
-    deleted_share: float = Field(0.03, ge=0, le=1)
-    ecpm_change_share: float = Field(0.10, ge=0, le=10)
-
-    @property
-    def content_count(self) -> int:
-        return self.content if self.content is not None else max(200, self.ads // 2)
-
-
-def _dumps(obj: Any) -> str:
-    """Compact UTF-8 JSON (pydantic-core's serializer: same text as json.dumps, several times faster)."""
-    return to_json(obj).decode()
+GENERATOR_VERSION = "1.1.0"
 
 
 def generate_world(
@@ -61,65 +33,48 @@ def generate_world(
     out: Path,
     overwrite: bool = False,
     on_user: Callable[[int], None] | None = None,
+    workers: int = 1,
+    shard_users: int = SHARD_USERS,
 ) -> dict[str, Any]:
-    """Generate the world into `out`; returns the manifest. `on_user(n)` reports progress (n users done)."""
-    if config.min_events > config.max_events:
-        raise ValueError(f"min_events ({config.min_events}) must not exceed max_events ({config.max_events})")
-    if config.start.tzinfo is None:
-        raise ValueError("start must carry a timezone, e.g. 2026-09-01T00:00:00Z")
+    """Generate the world into `out`; returns the manifest. `on_user(n)` reports progress (n users done).
+
+    `workers` and `shard_users` change speed and peak memory, never the files.
+    """
+    if workers < 1 or shard_users < 1:
+        raise ValueError(f"workers and shard_users must be at least 1, got {workers} and {shard_users}")
     out = Path(out)
     if (out / "manifest.json").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a world (manifest.json); pass overwrite=True / --overwrite")
-    for sub in ("catalogue", "truth", "events", "queries"):
+    for sub in ("catalogue", "truth", "events", "queries", ".spill"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
 
-    start = int(config.start.timestamp())
-    clock = WorldClock(start=start, end=start + config.days * 86_400)
-    lifecycle = AdLifecycleConfig(config.added_share, config.deleted_share, config.ecpm_change_share)
-    ads = make_ads(config.seed, config.ads, clock.start, clock.end, lifecycle)
-    content = make_content(config.seed, config.content_count)
-    queries = make_queries(config.seed, ads[: config.ads], config.queries)
-
+    parts = build_parts(config)
+    clock, ads, content, queries = parts.clock, parts.ads, parts.content, parts.queries
     _write_catalogue(out, ads[: config.ads], content)
     update_counts = _write_ad_updates(out, ads, clock)
     _write_labels(out, queries, AdLookup(ads))
 
-    queries_by_sub: dict[int, list[LabelledQuery]] = {}
-    for query in queries:
-        queries_by_sub.setdefault(query.intent.sub, []).append(query)
-    simulator = UserSimulator(
-        seed=config.seed,
-        clock=clock,
-        ads=AdSampler(ads),
-        content=ContentSampler(content),
-        queries_by_sub=queries_by_sub,
-        min_events=config.min_events,
-        max_events=config.max_events,
-    )
-    spill = out / ".spill"
-    behavior = SortedJsonlWriter(out / "events" / "user-behavior.jsonl", spill)
-    searches = SortedJsonlWriter(out / "events" / "search-queries.jsonl", spill)
+    scratch = out / ".spill"
+    results: dict[int, ShardResult] = {}
+    done = 0
+    for result in _run_shards(config, scratch, workers, shard_users):
+        results[result.shard] = result
+        done += result.users
+        if on_user is not None:
+            on_user(done)
+    ordered = [results[i] for i in range(len(results))]
+    _concatenate([r.users_file for r in ordered], out / "users.jsonl")
+    _concatenate([r.truth_file for r in ordered], out / "truth" / "interests.jsonl")
+    merge_runs([run for r in ordered for run in r.behavior_runs], out / "events" / "user-behavior.jsonl", scratch)
+    merge_runs([run for r in ordered for run in r.search_runs], out / "events" / "search-queries.jsonl", scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+    n_behavior = sum(r.behavior_events for r in ordered)
+    n_searches = sum(r.search_events for r in ordered)
     kinds: Counter[str] = Counter()
-    with (
-        (out / "users.jsonl").open("w", encoding="utf-8") as users_file,
-        (out / "truth" / "interests.jsonl").open("w", encoding="utf-8") as truth_file,
-    ):
-        for index in range(config.users):
-            user = simulator.simulate(index)
-            users_file.write(_dumps(user.user) + "\n")
-            truth_file.write(_dumps(user.truth) + "\n")
-            for ts, event in user.behavior:
-                kinds[str(event["type"])] += 1
-                behavior.add(ts, _dumps(event))
-            for ts, event in user.searches:
-                searches.add(ts, _dumps(event))
-            if on_user is not None:
-                on_user(index + 1)
-    n_behavior = behavior.close()
-    n_searches = searches.close()
-    shutil.rmtree(spill, ignore_errors=True)
+    for r in ordered:
+        kinds.update(r.kinds)
 
     manifest = {
         "generator": "adgen.world",
@@ -193,7 +148,7 @@ def _write_ad_updates(out: Path, ads: list[Ad], clock: WorldClock) -> dict[str, 
                 event = {**envelope, "type": "ad_delete", "ad_id": ad.ad_id}
             else:
                 event = {**envelope, "type": "ad_upsert", **ad.upsert_fields(ecpm)}
-            handle.write(_dumps(event) + "\n")
+            handle.write(dumps(event) + "\n")
     counts["total"] = len(rows)
     return dict(counts)
 
@@ -207,4 +162,29 @@ def _write_labels(out: Path, queries: list[LabelledQuery], lookup: AdLookup) -> 
                 "intent": query.intent.label,
                 "relevance": lookup.relevance(query.intent),
             }
-            handle.write(_dumps(row) + "\n")
+            handle.write(dumps(row) + "\n")
+
+
+def _run_shards(config: WorldConfig, scratch: Path, workers: int, shard_users: int) -> Iterator[ShardResult]:
+    """Shard results as they complete: in this process for one worker, else in spawned processes."""
+    bounds = [
+        (i, first, min(first + shard_users, config.users))
+        for i, first in enumerate(range(0, config.users, shard_users))
+    ]
+    if workers == 1 or len(bounds) == 1:
+        for shard, first, stop in bounds:
+            yield simulate_shard(config, shard, first, stop, scratch)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(simulate_shard, config, shard, first, stop, scratch) for shard, first, stop in bounds]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def _concatenate(parts: list[Path], target: Path) -> None:
+    with target.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as handle:
+                shutil.copyfileobj(handle, out)
+            part.unlink()
