@@ -52,7 +52,7 @@ class RQVAEConfig(BaseModel):
     def sized_for(cls, num_items: int, input_dim: int, **overrides: object) -> RQVAEConfig:
         """Codebooks sized to the catalogue: K^M should dwarf N so the collision code stays short."""
         k = 64 if num_items <= 20_000 else 128 if num_items <= 200_000 else 256
-        return cls(input_dim=input_dim, codebook_size=k, **overrides)
+        return cls.model_validate({"input_dim": input_dim, "codebook_size": k, **overrides})
 
 
 class EpochMetrics(BaseModel):
