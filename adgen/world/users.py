@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adgen.catalogue import UserProfile
 from adgen.world.ads import TIER_AFFINITY, Ad, AdSampler
@@ -171,6 +171,19 @@ class SimulatedUser:
 
 
 @dataclass(slots=True)
+class _UserState:
+    """What a user's sessions share: tendencies, interests and the ads clicked so far."""
+
+    prior: list[float]
+    start_mix: dict[int, float]
+    end_mix: dict[int, float]
+    brands: dict[int, str | None]
+    level: int
+    click_rate: float
+    clicked: dict[int, list[Ad]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class UserSimulator:
     """Everything shared by all users (read-only); `simulate(i)` depends only on (seed, i)."""
 
@@ -189,55 +202,30 @@ class UserSimulator:
         prior = _top_prior(band, profile.sex or "")
         start_mix, end_mix = make_interests(rng, prior)
         brands = {s: self._preferred_brand(rng, s, level) for s in sorted(set(start_mix) | set(end_mix))}
+        user = _UserState(prior, start_mix, end_mix, brands, level, click_rate=(0.75, 0.65, 0.55)[band])
         target = rng.randint(self.min_events, self.max_events)
-        n_sessions = max(3, round(target / 4.0))
         span = self.clock.end - self.clock.start - 7200
-        times = sorted(self.clock.start + 3600 + rng.randrange(span) for _ in range(n_sessions))
+        times = sorted(self.clock.start + 3600 + rng.randrange(span) for _ in range(max(3, round(target / 4.2))))
+        sessions = [self._session(rng, t, user) for t in times]
+        # Keep the count within [min_events, max_events]: drop or add whole sessions at random times, so
+        # the activity stays spread over the window.
+        total = 1 + sum(len(behavior) for behavior, _ in sessions)  # 1: the profile update
+        while total > self.max_events and len(sessions) > 1:
+            behavior, _ = sessions.pop(rng.randrange(len(sessions)))
+            total -= len(behavior)
+        while total < self.min_events:
+            extra = self._session(rng, self.clock.start + 3600 + rng.randrange(span), user)
+            sessions.append(extra)
+            total += len(extra[0])
+        sessions.sort(key=lambda session: session[0][0][0])
 
-        behavior: list[tuple[int, dict[str, object]]] = []
-        searches: list[tuple[int, dict[str, object]]] = []
         profile_fields = profile.model_dump()
-        behavior.append((times[0] - 60, {"type": "profile_update", **profile_fields}))
-        click_rate = (0.75, 0.65, 0.55)[band]
-        clicked: dict[int, list[Ad]] = {}
-        for t in times:
-            frac = (t - self.clock.start) / (self.clock.end - self.clock.start)
-            subs, weights = _mixture_at(start_mix, end_mix, frac)
-            sub = _draw_sub(rng, prior, set()) if rng.random() < EXPLORE_RATE else rng.choices(subs, weights=weights)[0]
-            behavior.append((t, {"type": "ad_request", "slot": rng.choice(("feed", "feed", "video", "search"))}))
-            now = t
-            complete_rate = 0.35 + 0.5 * weights[subs.index(sub)] if sub in subs else 0.3
-            for _ in range(1 + min(3, int(rng.expovariate(1.0)))):
-                item = self.content.pick(rng, sub)
-                if item is None:
-                    break
-                now += rng.randint(5, 120)
-                fields = {"content_id": item.content_id, "title": item.title, "category": item.categories[0]}
-                behavior.append((now, {"type": "content_play", **fields}))
-                if rng.random() < complete_rate:
-                    now += rng.randint(60, 900)
-                    behavior.append((now, {"type": "content_complete", **fields}))
-            if rng.random() < 0.25:
-                now += rng.randint(10, 120)
-                phrase = rng.choice(SUB_CATEGORIES[sub].product_types)
-                behavior.append((now, {"type": "content_search", "query": render_query(rng, phrase)}))
-            if rng.random() < click_rate:
-                ad_sub = sub if rng.random() < 0.85 else rng.choices(subs, weights=weights)[0]
-                now += rng.randint(5, 300)
-                ad = self._pick_ad(rng, ad_sub, level, brands.get(ad_sub), clicked.get(ad_sub, []), now)
-                if ad is not None:
-                    clicked.setdefault(ad_sub, []).append(ad)
-                    behavior.append((now, {"type": "ad_click", "ad_id": ad.ad_id}))
-                    if rng.random() < _LEVEL_CONVERSION[level] * (0.6 + 0.4 * TIER_AFFINITY[level][ad.tier]):
-                        value = round(ad.bid * 25 * rng.lognormvariate(0.0, 0.6), 2)
-                        behavior.append(
-                            (now + rng.randint(60, 3600), {"type": "ad_conversion", "ad_id": ad.ad_id, "value": value})
-                        )
-            queries = self.queries_by_sub.get(sub)
-            if queries and rng.random() < 0.2:
-                # head queries: rank r chosen with weight 1/(r+1)
-                query = rng.choices(queries, cum_weights=_harmonic_cumsum(len(queries)))[0]
-                searches.append((now + rng.randint(1, 60), {"query_id": query.query_id, "text": query.text}))
+        first_time = sessions[0][0][0][0]
+        behavior = [(first_time - 60, {"type": "profile_update", **profile_fields})]
+        searches: list[tuple[int, dict[str, object]]] = []
+        for session_behavior, session_searches in sessions:
+            behavior += session_behavior
+            searches += session_searches
 
         last = self.clock.end - 1  # sessions near the end may run past it; clamping keeps the order
         behavior.sort(key=lambda pair: pair[0])
@@ -255,6 +243,51 @@ class UserSimulator:
             "consumption_level": profile.consumption_level,
         }
         return SimulatedUser({"user_id": uid, "profile": profile_fields}, truth, events, search_events)
+
+    def _session(
+        self, rng: random.Random, t: int, user: _UserState
+    ) -> tuple[list[tuple[int, dict[str, object]]], list[tuple[int, dict[str, object]]]]:
+        """One visit at time t: an ad request, content about one interest, maybe a search, a click, a query."""
+        behavior: list[tuple[int, dict[str, object]]] = []
+        searches: list[tuple[int, dict[str, object]]] = []
+        frac = (t - self.clock.start) / (self.clock.end - self.clock.start)
+        subs, weights = _mixture_at(user.start_mix, user.end_mix, frac)
+        explore = rng.random() < EXPLORE_RATE
+        sub = _draw_sub(rng, user.prior, set()) if explore else rng.choices(subs, weights=weights)[0]
+        behavior.append((t, {"type": "ad_request", "slot": rng.choice(("feed", "feed", "video", "search"))}))
+        now = t
+        complete_rate = 0.35 + 0.5 * weights[subs.index(sub)] if sub in subs else 0.3
+        for _ in range(1 + min(3, int(rng.expovariate(1.0)))):
+            item = self.content.pick(rng, sub)
+            if item is None:
+                break
+            now += rng.randint(5, 120)
+            fields = {"content_id": item.content_id, "title": item.title, "category": item.categories[0]}
+            behavior.append((now, {"type": "content_play", **fields}))
+            if rng.random() < complete_rate:
+                now += rng.randint(60, 900)
+                behavior.append((now, {"type": "content_complete", **fields}))
+        if rng.random() < 0.25:
+            now += rng.randint(10, 120)
+            phrase = rng.choice(SUB_CATEGORIES[sub].product_types)
+            behavior.append((now, {"type": "content_search", "query": render_query(rng, phrase)}))
+        if rng.random() < user.click_rate:
+            ad_sub = sub if rng.random() < 0.85 else rng.choices(subs, weights=weights)[0]
+            now += rng.randint(5, 300)
+            ad = self._pick_ad(rng, ad_sub, user.level, user.brands.get(ad_sub), user.clicked.get(ad_sub, []), now)
+            if ad is not None:
+                user.clicked.setdefault(ad_sub, []).append(ad)
+                behavior.append((now, {"type": "ad_click", "ad_id": ad.ad_id}))
+                if rng.random() < _LEVEL_CONVERSION[user.level] * (0.6 + 0.4 * TIER_AFFINITY[user.level][ad.tier]):
+                    value = round(ad.bid * 25 * rng.lognormvariate(0.0, 0.6), 2)
+                    conversion = {"type": "ad_conversion", "ad_id": ad.ad_id, "value": value}
+                    behavior.append((now + rng.randint(60, 3600), conversion))
+        queries = self.queries_by_sub.get(sub)
+        if queries and rng.random() < 0.2:
+            # head queries: rank r chosen with weight 1/(r+1)
+            query = rng.choices(queries, cum_weights=_harmonic_cumsum(len(queries)))[0]
+            searches.append((now + rng.randint(1, 60), {"query_id": query.query_id, "text": query.text}))
+        return behavior, searches
 
     def _event(self, event_id: str, ts: int, uid: str, fields: dict[str, object]) -> tuple[int, dict[str, object]]:
         event: dict[str, object] = {
