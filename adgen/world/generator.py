@@ -70,6 +70,7 @@ def generate_world(
     merge_runs([run for r in ordered for run in r.behavior_runs], out / "events" / "user-behavior.jsonl", scratch)
     merge_runs([run for r in ordered for run in r.search_runs], out / "events" / "search-queries.jsonl", scratch)
     shutil.rmtree(scratch, ignore_errors=True)
+    build_parts.cache_clear()  # the ads and samplers are only needed while users are simulated
     n_behavior = sum(r.behavior_events for r in ordered)
     n_searches = sum(r.search_events for r in ordered)
     kinds: Counter[str] = Counter()
