@@ -161,6 +161,13 @@ class SnapshotStore:
                     raise
                 _fsync_dir(self.root)
                 return Snapshot(self.path_of(version), manifest)
+        except OSError as exc:  # disk full, unwritable: say where, and that the published versions are intact
+            shutil.rmtree(tmp, ignore_errors=True)
+            free = shutil.disk_usage(self.root).free
+            raise SnapshotError(
+                f"cannot write a {self.kind} snapshot under {self.root} ({free} bytes free there): {exc}; "
+                f"nothing was published, the newest existing version stays in use"
+            ) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
