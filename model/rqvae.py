@@ -271,6 +271,12 @@ def load_rqvae(directory: Path) -> tuple[RQVAE, str]:
     if not config_path.is_file() or not weights.is_file():
         raise RQVAEError(f"no RQ-VAE in {directory}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
     meta = json.loads(config_path.read_text())
+    actual = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    if actual != str(meta.get("version")):  # save_rqvae's version is the weights' checksum
+        raise RQVAEError(
+            f"{weights} is corrupt or was replaced: sha256 prefix {actual} != version {meta.get('version')!r} "
+            f"recorded in {config_path}; refusing to load it"
+        )
     model = RQVAE(RQVAEConfig.model_validate(meta["config"]))
     try:
         model.load_state_dict(load_file(str(weights)))
