@@ -263,6 +263,9 @@ def fixed_texts() -> list[str]:
     """The builder's own words (instructions, headers, behaviour types) for the tokenizer's BPE corpus, so the
     fixed parts of every prompt cost few tokens."""
     words = " ".join(BEHAVIOUR_WORDS.values())
-    headers = "Profile: Interests: Behaviour: Next ad: Ad: Brand: Category: Type: Description: ID: days ago times"
+    headers = "\n".join(
+        ["", "Profile:", "Interests:", "Behaviour: 3 days ago^", "Next ad:", "Ad:", "Brand:", "Category:"]
+    )
+    headers += "\n".join(["", "Type:", "Description:", "ID:", "age sex residence 12 times, 5 days ago; 0 days ago"])
     fields = " ".join(f.replace("_", " ") for f in PROFILE_FIELDS)
     return [t.format(soft="") for t in (*MAIN_TEMPLATES, *ALIGN_TEMPLATES)] + [words, headers, fields]

@@ -1,0 +1,407 @@
+"""The LEADRE training pipeline from one YAML config: data -> S-IDs -> tokenizer -> curriculum -> eval -> DPO.
+
+Every stage writes into `out_dir` and is resumable: the S-ID index and tokenizer are reused when present,
+each curriculum stage has its own checkpoint (a finished stage is skipped on re-run), and every stage
+writes a metrics JSON. Baselines (popularity, SASRec) run on the same split and the same sampled users.
+
+Layout of `out_dir`: index/ (S-ID snapshot), tokenizer/, stage{i}_{tasks}/ (metrics.json, checkpoint/,
+best/), model/ (final safetensors + config + tokenizer), eval/ (eval.json, eval.png), dpo/, summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from adgen.catalogue import AD_KINDS, Dataset, Split, leave_one_out
+from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
+from adgen.model.baselines import PopularityRecommender, SASRecConfig, SASRecRecommender, ad_ids
+from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, sample_examples, write_report
+from adgen.model.lm import LMConfig, build_lm, count_parameters, load_lm, save_lm
+from adgen.model.lm_training import LMTrainConfig, train_causal_lm
+from adgen.model.metrics import ranking_metrics
+from adgen.model.prompts import PromptBuilder, PromptOptions, fixed_texts
+from adgen.model.tasks import TaskOptions, curriculum_stages, stage_examples
+from adgen.model.tokenizer import build_tokenizer, extend_tokenizer, load_tokenizer, save_tokenizer
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["world", "amazon", "jsonl"]
+    path: Path
+    events: Path | None = Field(None, description="Events JSONL for source=jsonl.")
+    max_users: int | None = Field(None, ge=1, description="Seeded subset of users (CPU budget).")
+    min_ads: int = Field(3, ge=3)
+    merge_conversions: bool = Field(
+        True, description="Drop a click that the next ad event converts (same ad): else 'next ad' = 'this ad'."
+    )
+
+
+class SidConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: Path | None = Field(None, description="Existing index snapshot store to reuse (else built here).")
+    levels: int = Field(3, ge=1)
+    codebook_size: int | None = None
+    epochs: int = Field(100, ge=1)
+    encoder: str = "all-MiniLM-L6-v2"
+    embedding_cache: Path = Path("var/cache/embeddings")
+    seed: int = 0
+
+
+class TokenizerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int = Field(4096, ge=300)
+    min_frequency: int = Field(2, ge=1)
+
+
+class ModelSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Path | None = Field(None, description="Local HF causal-LM dir to fine-tune instead of the built-in.")
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int | None = None
+    max_positions: int = 512
+    seed: int = 0
+
+
+class TrainSection(BaseModel):
+    """Shared LMTrainConfig fields; `stage_epochs` sets epochs per stage by its task names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage_epochs: dict[str, int] = {"ex": 2, "im": 2, "main": 6, "ex+im+main": 8}
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    bf16: bool = False
+    patience: int = 2
+    torch_threads: int = 2
+    valid_users: int = Field(300, ge=1, description="Validation users for early stopping (NDCG@10).")
+
+
+class EvalSection(EvalOptions):
+    beams: int = Field(20, ge=1)
+    baselines: list[Literal["popularity", "sasrec"]] = ["popularity", "sasrec"]
+    sasrec: SASRecConfig = SASRecConfig()
+
+
+class DPOSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    beta: float = Field(0.1, gt=0)
+    pair_source: Literal["model", "category"] = "model"
+    candidates: int = Field(5, ge=2)
+    max_users: int | None = 1000
+    epochs: int = Field(1, ge=1)
+    batch_size: int = 16
+    lr: float = 1e-4
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    out_dir: Path
+    seed: int = 0
+    data: DataConfig
+    sids: SidConfig = SidConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelSection = ModelSection()
+    prompts: PromptOptions = PromptOptions()
+    tasks: TaskOptions = TaskOptions()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    dpo: DPOSection = DPOSection()
+
+
+def load_config(path: Path, **overrides: Any) -> PipelineConfig:
+    """A YAML pipeline config; `overrides` replace top-level sections or values."""
+    raw = _read_yaml(Path(path))
+    raw.update(overrides)
+    return PipelineConfig.model_validate(raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """YAML with an optional `base: other.yaml` (relative to this file) deep-merged underneath (ablations)."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    base = raw.pop("base", None)
+    return _merge(_read_yaml(path.parent / base), raw) if base else raw
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# -- stages ---------------------------------------------------------------------------------------------
+def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    from adgen import datasets
+
+    if cfg.source == "world":
+        data = datasets.load_world(cfg.path)
+    elif cfg.source == "amazon":
+        data = datasets.load_amazon(cfg.path)
+    else:
+        data = datasets.load_jsonl(cfg.path, cfg.events)
+    if cfg.merge_conversions:
+        data = merge_click_conversions(data)
+    if cfg.max_users is not None and len(data.users) > cfg.max_users:
+        keep = sorted(random.Random(seed).sample(sorted(data.users), cfg.max_users))
+        data = data.model_copy(update={"users": {u: data.users[u] for u in keep}})
+    return data
+
+
+def merge_click_conversions(data: Dataset) -> Dataset:
+    """Remove each ad click whose next ad event is a conversion of the same ad (one interaction, not two).
+
+    Without this, leave-one-out makes the conversion a target right after its own click, and "predict the
+    next ad" degenerates into "repeat the last ad" for a large share of users.
+    """
+    users = {}
+    for user_id, user in data.users.items():
+        events = user.events
+        ad_pos = [i for i, e in enumerate(events) if e.kind in AD_KINDS]
+        drop = {
+            i
+            for i, j in zip(ad_pos, ad_pos[1:], strict=False)
+            if events[i].kind == "ad_click" and events[j].kind == "ad_conversion" and events[i].ref == events[j].ref
+        }
+        kept = [e for i, e in enumerate(events) if i not in drop]
+        users[user_id] = user.model_copy(update={"events": kept})
+    return data.model_copy(update={"users": users})
+
+
+def build_sid_map(data: Dataset, cfg: SidConfig, out_dir: Path) -> SemanticIdMap:
+    """Load the S-ID index (from `cfg.index` or out_dir/index) or build it with the index room's code."""
+    from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
+
+    store_dir = cfg.index or out_dir / "index"
+    store = SnapshotStore(store_dir, kind=INDEX_KIND)
+    if store.versions():
+        sid_map = read_index_snapshot(store.latest()).sid_map
+        missing = [i for i in data.items if i not in sid_map]
+        if missing:
+            raise ValueError(f"the index in {store_dir} lacks {len(missing)} catalogue ads, e.g. {missing[:3]}")
+        return sid_map
+    if cfg.index is not None:
+        raise FileNotFoundError(f"no index snapshot in {cfg.index}; run `adgen index build` or drop sids.index")
+    from adgen.index.ad_index import build_ad_index
+    from adgen.model.ad_text import ad_text
+    from adgen.model.encoder import CachedEncoder, load_encoder
+    from adgen.model.rqvae import RQVAEConfig
+
+    items = sorted(data.items.values(), key=lambda i: i.item_id)  # deleted ads too: histories mention them
+    encoder = CachedEncoder(load_encoder(cfg.encoder), cfg.embedding_cache)
+    embeddings = encoder.encode([ad_text(i) for i in items])
+    overrides: dict[str, Any] = {"num_levels": cfg.levels, "epochs": cfg.epochs, "seed": cfg.seed}
+    if cfg.codebook_size is not None:
+        overrides["codebook_size"] = cfg.codebook_size
+    rq_cfg = RQVAEConfig.sized_for(len(items), encoder.dim, **overrides)
+    ad_index, report = build_ad_index(items, embeddings, rq_cfg, out_dir / "rqvae")
+    ad_index.snapshot(store)
+    (out_dir / "index_report.json").write_text(report.model_dump_json(indent=1))
+    return ad_index.sid_map
+
+
+def live_map(sid_map: SemanticIdMap, deleted: set[str]) -> SemanticIdMap:
+    """The map without deleted ads: what generation may return (prompts still name deleted ads)."""
+    if not deleted:
+        return sid_map
+    sids, ids = sid_map.to_arrays()
+    keep = [i for i, item in enumerate(ids) if item not in deleted]
+    return SemanticIdMap.from_arrays(sids[keep], [ids[i] for i in keep], sid_map.codebook_sizes)
+
+
+def tokenizer_corpus(data: Dataset) -> list[str]:
+    """Texts the BPE learns from: ad and content text, profile values and the prompt's own words."""
+    texts = fixed_texts() * 1000  # the fixed words must become single tokens: every prompt repeats them
+    for item in data.items.values():
+        texts.append(" ".join([item.title, item.brand, *item.categories, item.product_type, *item.attributes]))
+        if item.description:
+            texts.append(item.description[:400])
+    texts += [c.title + " " + " ".join(c.categories) for c in data.content.values()]
+    for user in data.users.values():
+        p = user.profile
+        texts.append(", ".join(str(v) for v in (p.age, p.sex, p.residence, p.education, p.occupation) if v))
+        texts += [e.title for e in user.events if e.kind == "content_search" and e.title]
+    return texts
+
+
+def prepare_model(cfg: PipelineConfig, data: Dataset, sid_map: SemanticIdMap) -> tuple[Any, Any]:
+    """Tokenizer + model: built-in (fresh BPE + fresh Llama) or a local HF checkpoint extended with S-IDs."""
+    vocab = sid_vocabulary(sid_map.codebook_sizes)
+    tok_dir = cfg.out_dir / "tokenizer"
+    if cfg.model.checkpoint is not None:
+        model = load_lm(cfg.model.checkpoint)
+        model.train()
+        tok = (
+            load_tokenizer(tok_dir)
+            if tok_dir.exists()
+            else extend_tokenizer(load_tokenizer(cfg.model.checkpoint), vocab)
+        )
+        model.resize_token_embeddings(len(tok))
+    else:
+        if (tok_dir / "tokenizer.json").exists():
+            tok = load_tokenizer(tok_dir)
+        else:
+            tok = build_tokenizer(tokenizer_corpus(data), vocab, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        m = cfg.model
+        model = build_lm(
+            LMConfig(
+                vocab_size=len(tok),
+                hidden_size=m.hidden_size,
+                num_layers=m.num_layers,
+                num_heads=m.num_heads,
+                intermediate_size=m.intermediate_size,
+                max_positions=m.max_positions,
+                pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                seed=m.seed,
+            )
+        )
+    save_tokenizer(tok, tok_dir)
+    return model, tok
+
+
+class Run:
+    """Everything one pipeline run builds, in order; each method is one stage."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+        t = time.perf_counter()
+        self.data = load_dataset(cfg.data, cfg.seed)
+        self.split: Split = leave_one_out(self.data, cfg.data.min_ads)
+        self.sid_map = build_sid_map(self.data, cfg.sids, self.out)
+        self.model, self.tok = prepare_model(cfg, self.data, self.sid_map)
+        self.builder = PromptBuilder(self.tok, self.data.items, self.sid_map.sid_of, self.data.content, cfg.prompts)
+        self.serve_map = live_map(self.sid_map, set(self.data.deleted_at))
+        self.profiles = {u: h.profile for u, h in self.data.users.items()}
+        self.test = sample_examples(self.split.test, cfg.eval.max_users, cfg.seed)
+        self.valid = sample_examples(self.split.valid, cfg.train.valid_users, cfg.seed + 1)
+        self.timings["prepare_s"] = time.perf_counter() - t
+        (self.out / "config.json").write_text(cfg.model_dump_json(indent=1))
+
+    def recommender(self, name: str = "leadre") -> GenerativeRecommender:
+        return GenerativeRecommender(
+            self.model, self.tok, self.builder, self.serve_map, self.profiles, beams=self.cfg.eval.beams, name=name
+        )
+
+    def valid_ndcg(self, model: torch.nn.Module) -> dict[str, float]:
+        rankings = self.recommender().recommend(self.valid, 10)
+        return ranking_metrics(rankings, [e.target for e in self.valid], [1, 10])
+
+    def train(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        t = cfg.train
+        reports = []
+        for i, stage in enumerate(curriculum_stages(cfg.tasks.curriculum)):
+            key = "+".join(stage)
+            examples = stage_examples(
+                stage, self.builder, self.data, self.split.train, list(self.data.items), cfg.tasks
+            )
+            lm_cfg = LMTrainConfig(
+                out_dir=self.out / f"stage{i}_{key.replace('+', '_')}",
+                epochs=t.stage_epochs.get(key, t.stage_epochs.get("main", 4)),
+                batch_size=t.batch_size,
+                grad_accum=t.grad_accum,
+                lr=t.lr,
+                weight_decay=t.weight_decay,
+                warmup_ratio=t.warmup_ratio,
+                bf16=t.bf16,
+                seed=cfg.seed + i,
+                patience=t.patience,
+                max_len=cfg.prompts.max_prompt_tokens + 16,
+                torch_threads=t.torch_threads,
+                desc=f"stage {i} {key}",
+            )
+            eval_fn = self.valid_ndcg if "main" in stage else None
+            started = time.perf_counter()
+            metrics = train_causal_lm(self.model, self.tok, examples, lm_cfg, eval_fn=eval_fn)
+            reports.append(
+                {"stage": key, "examples": len(examples), "seconds": time.perf_counter() - started, **metrics}
+            )
+        self.timings["train_s"] = sum(r["seconds"] for r in reports)
+        save_lm(self.model, self.out / "model")
+        save_tokenizer(self.tok, self.out / "model")
+        return reports
+
+    def load_trained(self) -> None:
+        path = self.out / "model"
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"no trained model in {path}; run `adgen train --config ...` first")
+        self.model = load_lm(path)
+
+    def evaluate(self, extra: dict[str, GenerativeRecommender] | None = None) -> dict[str, dict[str, Any]]:
+        cfg = self.cfg
+        started = time.perf_counter()
+        results = {"leadre": evaluate_recommender(self.recommender(), self.test, self.data, cfg.eval)}
+        candidates = sorted(self.data.active_items())
+        if "popularity" in cfg.eval.baselines:
+            pop = PopularityRecommender(candidates).fit([e.history for e in self.split.valid])
+            results["popularity"] = evaluate_recommender(pop, self.test, self.data, cfg.eval)
+        if "sasrec" in cfg.eval.baselines:
+            sas = SASRecRecommender(candidates, cfg.eval.sasrec)
+            fit = sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, self.out / "sasrec")
+            results["sasrec"] = {
+                **evaluate_recommender(sas, self.test, self.data, cfg.eval),
+                "train_s": fit["train_seconds"],
+            }
+        for name, rec in (extra or {}).items():
+            results[name] = evaluate_recommender(rec, self.test, self.data, cfg.eval)
+        self.timings["eval_s"] = time.perf_counter() - started
+        write_report(results, self.out / "eval", cfg.name, cfg.eval.ks)
+        return results
+
+    def summary(self, **parts: Any) -> dict[str, Any]:
+        out = {
+            "name": self.cfg.name,
+            "data": {
+                "source": self.cfg.data.source,
+                "users": len(self.data.users),
+                "items": len(self.data.items),
+                "train_examples": len(self.split.train),
+                "test_users_evaluated": len(self.test),
+            },
+            "model_parameters": count_parameters(self.model),
+            "vocab_size": len(self.tok),
+            "codebook_sizes": list(self.sid_map.codebook_sizes),
+            "timings": self.timings,
+            **parts,
+        }
+        (self.out / "summary.json").write_text(json.dumps(out, indent=1, default=str))
+        return out
+
+
+def run_pipeline(cfg: PipelineConfig, evaluate: bool = True) -> dict[str, Any]:
+    """Train through the curriculum, evaluate against baselines, optionally DPO; returns the summary."""
+    torch.manual_seed(cfg.seed)
+    run = Run(cfg)
+    stages = run.train()
+    results = run.evaluate() if evaluate else {}
+    dpo_report = None
+    if cfg.dpo.enabled:
+        from adgen.model.dpo import run_dpo
+
+        dpo_report = run_dpo(run)
+    return run.summary(stages=stages, results=results, dpo=dpo_report)
