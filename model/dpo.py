@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from adgen.catalogue import Item, SplitExample
-from adgen.model.evaluate import GenerativeRecommender, evaluate_recommender, top_category
+from adgen.model.evaluate import evaluate_recommender, top_category
 from adgen.model.lm_training import collate, response_logprobs
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ best/), model/ (final safetensors + config + tokenizer), eval/ (eval.json, eval.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -95,7 +96,7 @@ class TrainSection(BaseModel):
 
 class EvalSection(EvalOptions):
     beams: int = Field(20, ge=1)
-    baselines: list[Literal["popularity", "sasrec"]] = ["popularity", "sasrec"]
+    baselines: list[Literal["popularity", "sasrec"]] = Field(default_factory=lambda: ["popularity", "sasrec"])
     sasrec: SASRecConfig = SASRecConfig()
 
 
@@ -180,7 +181,7 @@ def merge_click_conversions(data: Dataset) -> Dataset:
         ad_pos = [i for i, e in enumerate(events) if e.kind in AD_KINDS]
         drop = {
             i
-            for i, j in zip(ad_pos, ad_pos[1:], strict=False)
+            for i, j in itertools.pairwise(ad_pos)
             if events[i].kind == "ad_click" and events[j].kind == "ad_conversion" and events[i].ref == events[j].ref
         }
         kept = [e for i, e in enumerate(events) if i not in drop]
