@@ -97,3 +97,13 @@ def test_kmeans_finds_separated_clusters() -> None:
     pts = torch.cat([torch.randn(50, 2, generator=g) * 0.1 + c for c in centres_true])
     centres = kmeans(pts, 2, 20, torch.Generator().manual_seed(1))
     assert sorted(round(v) for v in centres[:, 0].tolist()) == [-5, 5]
+
+
+def test_numpy_inference_matches_the_torch_quantiser() -> None:
+    x = _clustered(n=300, seed=3)
+    model, _ = train_rqvae(x, _config(epochs=2), progress=False)
+    with torch.no_grad():
+        _, torch_codes, _, _ = model.quantise(model.encoder(torch.from_numpy(x)))
+    assert np.array_equal(model.codes(x), torch_codes.numpy())
+    single = np.stack([model.codes(x[i : i + 1])[0] for i in range(len(x))])
+    assert np.array_equal(single, model.codes(x))  # one ad at a time == the whole batch
