@@ -1,0 +1,311 @@
+"""A whole adgen stack for fault injection and soak runs: a seeded world, a built index, an untrained
+(valid-but-meaningless) checkpoint, a dedicated Tansu broker + redis-server, and `adgen worker`
+subprocesses that can be killed, restarted and run two at a time in one consumer group.
+
+The oracle is the events themselves: `expected_windows()` replays every good event through the pure
+window logic, and `mismatches()` compares each user's Redis features (and newest ad list) with it. A lost
+event shows as a short window, a double-applied one as a wrong count or fingerprint.
+Also used by bench/soak.py (imported by path), so it holds no pytest code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from adgen.config import Settings
+from adgen.index.semantic_ids import sid_vocabulary
+from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
+from adgen.processors.feature_store import FeatureKeys, UserAds
+from adgen.processors.generation import write_untrained_checkpoint
+from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
+from adgen.runtime import EmbeddedRuntime
+from adgen.runtime.processes import free_port
+from adgen.streams.events import USER_BEHAVIOR_ADAPTER, AdRequest
+from adgen.streams.producer import EventProducer
+
+ADGEN = str(Path(sys.executable).with_name("adgen"))
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5) -> float:
+    """Seconds until `check()` held; AssertionError naming `what` on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            if check():
+                return time.monotonic() - started
+        except (OSError, ValueError, redis.RedisError):
+            pass
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} (summed per name under 'name')."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, value = line.rsplit(" ", 1)
+        out[name_labels] += float(value)
+        out[name_labels.split("{", 1)[0]] += float(value)
+    return dict(out)
+
+
+@dataclass
+class Assets:
+    """What a worker needs on disk (built once, reused by every stack)."""
+
+    root: Path
+    world: Path
+    checkpoint: Path
+
+    def env(self) -> dict[str, str]:
+        var = self.root / "var"
+        return {
+            "ADGEN_PATHS__ROOT": str(var),
+            "ADGEN_PATHS__INDEX": str(var / "index"),
+            "ADGEN_PATHS__MODELS": str(var / "models"),
+            "ADGEN_PATHS__EMBEDDING_CACHE": str(var / "cache"),
+            "ADGEN_PATHS__SNAPSHOTS": str(var / "snapshots"),
+            "ADGEN_MODEL__CHECKPOINT": str(self.checkpoint),
+            "HF_HUB_OFFLINE": "1",
+        }
+
+
+def build_assets(root: Path, users: int = 20, ads: int = 40, seed: int = 7) -> Assets:
+    """World -> index -> untrained checkpoint (about a minute on a busy 2-core box)."""
+    root.mkdir(parents=True, exist_ok=True)
+    world = root / "world"
+    assets = Assets(root, world, root / "ckpt")
+    env = {**os.environ, **assets.env()}
+    subprocess.run(
+        [ADGEN, "world", "generate", "--users", str(users), "--ads", str(ads), "--queries", "5"]
+        + ["--seed", str(seed), "--out", str(world)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    subprocess.run(
+        [ADGEN, "index", "build", "--world", str(world), "--epochs", "20"], env=env, check=True, capture_output=True
+    )
+    snap = read_index_snapshot(SnapshotStore(root / "var" / "index", INDEX_KIND).latest())
+    with open(world / "catalogue/items.jsonl") as f:
+        titles = [json.loads(line)["title"] for line in f]
+    write_untrained_checkpoint(assets.checkpoint, sid_vocabulary(snap.sid_map.codebook_sizes), titles * 3)
+    return assets
+
+
+@dataclass
+class WorkerProc:
+    name: str
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        self.last_metrics = scrape(self.metrics_port)
+        return self.last_metrics
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class Stack:
+    """One broker + one redis-server (dedicated to this stack) and any number of workers."""
+
+    assets: Assets
+    root: Path
+    runtime: EmbeddedRuntime
+    settings: Settings
+    env: dict[str, str]
+    workers: dict[str, WorkerProc] = field(default_factory=dict)
+    extra_events: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
+    runs: int = 0
+    converges: int = 0
+
+    @classmethod
+    def start(cls, assets: Assets, root: Path, **env: str) -> Stack:
+        root.mkdir(parents=True, exist_ok=True)
+        runtime = EmbeddedRuntime(Settings(), root / "runtime")
+        settings = runtime.start()
+        full_env = {
+            **os.environ,
+            **assets.env(),
+            "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "ADGEN_KAFKA__EMBEDDED": "true",
+            "ADGEN_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
+            "ADGEN_REDIS__URL": settings.redis.url,
+            "ADGEN_REDIS__RETRY_BACKOFF_S": "0.1",
+            "ADGEN_MODEL__TOP_K": "5",
+            "ADGEN_MODEL__BEAMS": "5",
+            "ADGEN_WORKER__LOG_LEVEL": "WARNING",
+            "ADGEN_BUDGET__MIN_REGEN_INTERVAL_S": "0",
+            **env,
+        }
+        return cls(assets, root, runtime, settings, full_env)
+
+    def stop(self) -> None:
+        for name in list(self.workers):
+            self.kill(name, signal.SIGTERM)
+        self.runtime.stop()
+
+    # -- workers -------------------------------------------------------------------------------------------
+    def start_worker(self, name: str = "w1", wait: bool = True, **env: str) -> WorkerProc:
+        """`adgen worker` with its own state dir (RocksDB) and metrics port; waits until its index is live."""
+        self.runs += 1
+        port = free_port()
+        log_path = self.root / f"worker-{name}-{self.runs}.log"
+        worker_env = {
+            **self.env,
+            "ADGEN_PATHS__STATE": str(self.root / f"state-{name}"),
+            "ADGEN_WORKER__METRICS_PORT": str(port),
+            "ADGEN_WORKER__WEB_PORT": str(free_port()),
+            **env,
+        }
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen([ADGEN, "worker"], env=worker_env, stdout=log, stderr=log)
+        worker = WorkerProc(name, process, port, log_path)
+        self.workers[name] = worker
+        if wait:
+
+            def up() -> bool:
+                if not worker.alive():
+                    raise AssertionError(f"worker {name} exited: {log_path.read_text()[-3000:]}")
+                return worker.metrics().get("adgen_index_live_ads", 0) > 0
+
+            wait_for(up, 240, f"worker {name} start-up")
+        return worker
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> WorkerProc:
+        worker = self.workers.pop(name)
+        if worker.alive():
+            try:
+                worker.metrics()
+            except OSError:
+                pass
+            worker.process.send_signal(sig)
+            worker.process.wait(timeout=60)
+        return worker
+
+    # -- events --------------------------------------------------------------------------------------------
+    def produce_world(self, rate: float) -> subprocess.Popen[bytes]:
+        """Replay the world's topics at `rate` events/s in the background (`adgen produce`)."""
+        return subprocess.Popen(
+            [ADGEN, "produce", str(self.assets.world), "--rate", str(rate)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def produce(self, events: Iterable[Any]) -> None:
+        events = list(events)
+        with EventProducer(self.settings) as producer:
+            for event in events:
+                producer.send(event)
+        for event in events:
+            if hasattr(event, "user_id"):
+                self.extra_events[event.user_id].append(event)
+
+    def world_user_events(self) -> dict[str, list[Any]]:
+        by_user: dict[str, list[Any]] = defaultdict(list)
+        with open(self.assets.world / "events/user-behavior.jsonl", "rb") as f:
+            for line in f:
+                event = USER_BEHAVIOR_ADAPTER.validate_json(line)
+                by_user[event.user_id].append(event)
+        return by_user
+
+    def good_event_count(self) -> int:
+        counts = [
+            sum(1 for _ in open(p, "rb")) for p in (self.assets.world / "events").glob("*.jsonl") if p.stat().st_size
+        ]
+        return sum(counts) + sum(len(v) for v in self.extra_events.values())
+
+    # -- the oracle ----------------------------------------------------------------------------------------
+    def expected_windows(self) -> dict[str, UserWindow]:
+        by_user = self.world_user_events()
+        limits = WindowLimits(days=self.settings.window.days, max_events=self.settings.window.max_events)
+        users = set(by_user) | set(self.extra_events)
+        return {u: apply_events(UserWindow(user_id=u), [*by_user[u], *self.extra_events[u]], limits) for u in users}
+
+    @property
+    def keys(self) -> FeatureKeys:
+        return FeatureKeys(namespace=self.settings.redis.namespace, env=self.settings.redis.env)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.env["ADGEN_REDIS__URL"], socket_timeout=5)
+
+    def mismatches(self, require_lists: bool) -> list[str]:
+        """Users whose Redis state differs from what the events imply (empty list: exact)."""
+        r = self.redis()
+        bad = []
+        try:
+            for user, window in sorted(self.expected_windows().items()):
+                raw = r.hget(self.keys.user_window(user), "data")
+                if raw is None:
+                    bad.append(f"{user}: no window features")
+                    continue
+                features = json.loads(raw)
+                if features["window_events"] != len(window.events) or features["arpu"] != window.profile.arpu:
+                    bad.append(f"{user}: window {features['window_events']} != {len(window.events)} events")
+                    continue
+                if require_lists:
+                    ads = r.hget(self.keys.user_ads(user), "data")
+                    if ads is None:
+                        bad.append(f"{user}: no ad list")
+                    elif UserAds.model_validate_json(ads).window_fingerprint != window.fingerprint:
+                        bad.append(f"{user}: ad list built from a different window")
+        finally:
+            r.close()
+        return bad
+
+    def request_all(self, tag: str, at: datetime) -> None:
+        """One ad request per user after everything else, so each newest list must reflect the whole window."""
+        users = sorted(self.expected_windows())
+        self.produce(
+            AdRequest(event_id=f"{tag}-{u}", event_time=at + timedelta(milliseconds=i), user_id=u)
+            for i, u in enumerate(users)
+        )
+
+    def converge(self, timeout_s: float = 240) -> float:
+        """Seconds until Redis holds exactly the state the events imply, lists included."""
+        t1 = wait_for(lambda: not self.mismatches(require_lists=False), timeout_s, "windows to converge")
+        self.converges += 1
+        self.request_all(f"final{self.converges}", datetime(2031, 1, 1, tzinfo=UTC) + timedelta(hours=self.converges))
+        t2 = wait_for(lambda: not self.mismatches(require_lists=True), timeout_s, "every list to reflect its window")
+        return t1 + t2
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        topic = self.settings.kafka.topic_prefix + "dead-letter"
+        consumer = Consumer(
+            {"bootstrap.servers": self.settings.kafka.bootstrap_servers, "group.id": f"dlq-{time.time_ns()}"}
+        )
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        letters = []
+        idle = 0
+        while idle < 4:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                idle += 1
+            elif msg.error() is None:
+                letters.append(json.loads(msg.value()))
+        consumer.close()
+        return letters
