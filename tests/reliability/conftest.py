@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import stack` (also how bench/soak.py loads it)
 
-from stack import Assets, build_assets  # noqa: E402
+from stack import Assets, build_assets
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ Also used by bench/soak.py (imported by path), so it holds no pytest code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -95,9 +96,9 @@ def build_assets(root: Path, users: int = 20, ads: int = 40, seed: int = 7) -> A
     world = root / "world"
     assets = Assets(root, world, root / "ckpt")
     env = {**os.environ, **assets.env()}
+    generate = ["world", "generate", "--users", str(users), "--ads", str(ads), "--queries", "5", "--seed", str(seed)]
     subprocess.run(
-        [ADGEN, "world", "generate", "--users", str(users), "--ads", str(ads), "--queries", "5"]
-        + ["--seed", str(seed), "--out", str(world)],
+        [ADGEN, *generate, "--out", str(world)],
         check=True,
         capture_output=True,
         env=env,
@@ -198,10 +199,8 @@ class Stack:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> WorkerProc:
         worker = self.workers.pop(name)
         if worker.alive():
-            try:
+            with contextlib.suppress(OSError):  # keep its last counters for the report
                 worker.metrics()
-            except OSError:
-                pass
             worker.process.send_signal(sig)
             worker.process.wait(timeout=60)
         return worker
@@ -234,10 +233,11 @@ class Stack:
         return by_user
 
     def good_event_count(self) -> int:
-        counts = [
-            sum(1 for _ in open(p, "rb")) for p in (self.assets.world / "events").glob("*.jsonl") if p.stat().st_size
-        ]
-        return sum(counts) + sum(len(v) for v in self.extra_events.values())
+        total = sum(len(v) for v in self.extra_events.values())
+        for path in (self.assets.world / "events").glob("*.jsonl"):
+            with open(path, "rb") as f:
+                total += sum(1 for _ in f)
+        return total
 
     # -- the oracle ----------------------------------------------------------------------------------------
     def expected_windows(self) -> dict[str, UserWindow]:
