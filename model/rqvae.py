@@ -132,6 +132,18 @@ class RQVAE(nn.Module):
         z_q, codes, qloss, _ = self.quantise(self.encoder(x))
         return self.decoder(z_q), codes, qloss
 
+    def _numpy_weights(self) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+        """Numpy views of the encoder and codebooks, cached until any parameter changes (tensor version)."""
+        stamp = tuple(p._version for p in self.parameters())
+        cached = getattr(self, "_np_cache", None)
+        if cached is None or cached[0] != stamp:
+            linear = [m for m in self.encoder if isinstance(m, nn.Linear)]
+            layers = [(m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in linear]
+            books = self.codebooks.detach().numpy()
+            cached = (stamp, layers, books, np.square(books).sum(axis=-1))
+            self._np_cache = cached
+        return cached[1], cached[2], cached[3]
+
     def codes(self, embeddings: np.ndarray | torch.Tensor, batch_size: int = 16384) -> np.ndarray:
         """Semantic codes [N, M] (int64) for embeddings [N, input_dim]; the frozen-model path for new ads.
 
@@ -143,15 +155,12 @@ class RQVAE(nn.Module):
         x = x.astype(np.float32, copy=False)
         if x.ndim != 2 or x.shape[1] != self.config.input_dim:
             raise RQVAEError(f"expected embeddings [N, {self.config.input_dim}], got {list(x.shape)}")
-        linear = [m for m in self.encoder if isinstance(m, nn.Linear)]
-        layers = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in linear]
-        books = self.codebooks.detach().numpy()
-        book_norms = np.square(books).sum(axis=-1)
+        layers, books, book_norms = self._numpy_weights()
         out = np.empty((len(x), self.config.num_levels), dtype=np.int64)
         for start in range(0, len(x), batch_size):
             h = x[start : start + batch_size]
             for i, (weight, bias) in enumerate(layers):
-                h = h @ weight.T + bias
+                h = h @ weight + bias
                 if i < len(layers) - 1:
                     np.maximum(h, 0, out=h)
             for level in range(self.config.num_levels):
