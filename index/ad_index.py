@@ -24,6 +24,7 @@ from adgen.index.snapshot import (
     Snapshot,
     SnapshotStore,
     read_index_snapshot,
+    read_model_files,
     write_index_snapshot,
 )
 from adgen.model.ad_text import ad_text
@@ -73,7 +74,7 @@ class AdIndex:
     sid_map: SemanticIdMap
     rqvae: RQVAE
     model_version: str
-    model_dir: Path
+    model_files: dict[str, bytes]  # the frozen RQ-VAE's safetensors + JSON, re-published with every snapshot
     encoder: TextEncoder | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -108,7 +109,7 @@ class AdIndex:
         self.sid_map.remove(item_id)
 
     def snapshot(self, store: SnapshotStore, **meta: Any) -> Snapshot:
-        return write_index_snapshot(store, self.sid_map, self.model_dir, self.model_version, {**self.meta, **meta})
+        return write_index_snapshot(store, self.sid_map, self.model_files, self.model_version, {**self.meta, **meta})
 
     @classmethod
     def from_snapshot(cls, restored: IndexSnapshot, encoder: TextEncoder | None = None) -> AdIndex:
@@ -119,7 +120,7 @@ class AdIndex:
                 f"but carries model {version}"
             )
         meta = dict(restored.snapshot.manifest.meta)
-        return cls(restored.sid_map, rqvae, version, restored.model_dir, encoder, meta)
+        return cls(restored.sid_map, rqvae, version, read_model_files(restored.model_dir), encoder, meta)
 
     @classmethod
     def load_latest(cls, store: SnapshotStore, encoder: TextEncoder | None = None) -> AdIndex:
@@ -164,4 +165,5 @@ def build_ad_index(
         seconds=timings,
     )
     (model_dir / "build_report.json").write_text(json.dumps(report.model_dump(), indent=1))
-    return AdIndex(sid_map, model, version, model_dir, meta={"items_at_build": len(items)}), report
+    ad_index = AdIndex(sid_map, model, version, read_model_files(model_dir), meta={"items_at_build": len(items)})
+    return ad_index, report

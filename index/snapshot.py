@@ -123,6 +123,7 @@ class SnapshotStore:
         arrays: Mapping[str, np.ndarray] | None = None,
         documents: Mapping[str, Any] | None = None,
         files: Mapping[str, Path] | None = None,
+        blobs: Mapping[str, bytes] | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> Snapshot:
         """Publish a new version atomically (temp dir, fsync, rename); returns it verified."""
@@ -136,6 +137,8 @@ class SnapshotStore:
                 (tmp / f"{self._checked(name)}.json").write_text(json.dumps(doc))
             for name, src in (files or {}).items():
                 shutil.copyfile(src, tmp / self._checked(name))
+            for name, data in (blobs or {}).items():
+                (tmp / self._checked(name)).write_bytes(data)
             entries = {}
             for path in sorted(tmp.iterdir()):
                 _fsync_file(path)
@@ -264,10 +267,22 @@ INDEX_KIND = "sid-index"
 RQVAE_FILES = ("rqvae.safetensors", "rqvae.json")
 
 
+def read_model_files(directory: Path) -> dict[str, bytes]:
+    """The saved RQ-VAE's files, held in memory so a live index never depends on a directory that a
+    later `prune` may delete."""
+    return {name: (Path(directory) / name).read_bytes() for name in RQVAE_FILES}
+
+
 def write_index_snapshot(
-    store: SnapshotStore, sid_map: SemanticIdMap, model_dir: Path, model_version: str, meta: Mapping[str, Any]
+    store: SnapshotStore,
+    sid_map: SemanticIdMap,
+    model_files: Mapping[str, bytes],
+    model_version: str,
+    meta: Mapping[str, Any],
 ) -> Snapshot:
-    """Publish the S-ID map, its trie (token offset 0) and the frozen RQ-VAE that assigns new ads."""
+    """Publish the S-ID map, its trie (token offset 0) and the frozen RQ-VAE (`read_model_files`)."""
+    if set(model_files) != set(RQVAE_FILES):
+        raise SnapshotError(f"an index snapshot needs the RQ-VAE files {RQVAE_FILES}, got {sorted(model_files)}")
     sids, item_ids = sid_map.to_arrays()
     trie, _ = sid_map.trie_arrays(0)
     return store.write(
@@ -288,7 +303,7 @@ def write_index_snapshot(
                 "map_version": sid_map.version,
             },
         },
-        files={name: Path(model_dir) / name for name in RQVAE_FILES},
+        blobs=model_files,
         meta=dict(meta),
     )
 

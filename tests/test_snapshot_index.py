@@ -12,6 +12,7 @@ from adgen.index.snapshot import (
     SnapshotError,
     SnapshotStore,
     read_index_snapshot,
+    read_model_files,
     write_index_snapshot,
 )
 from adgen.model.rqvae import RQVAE, RQVAEConfig, load_rqvae, save_rqvae
@@ -95,7 +96,7 @@ def test_index_snapshot_restores_map_trie_and_frozen_model(tmp_path: Path) -> No
     version = save_rqvae(model, tmp_path / "model")
     sid_map = SemanticIdMap.build(["a", "b", "c"], np.array([[0, 1], [0, 1], [2, 3]]), (4, 4, 8))
     store = SnapshotStore(tmp_path / "index", kind=INDEX_KIND)
-    snap = write_index_snapshot(store, sid_map, tmp_path / "model", version, {"source": "unit"})
+    snap = write_index_snapshot(store, sid_map, read_model_files(tmp_path / "model"), version, {"source": "unit"})
     restored = read_index_snapshot(store.latest())
     assert restored.snapshot.version == snap.version
     assert {i: restored.sid_map.sid_of(i) for i in "abc"} == {i: sid_map.sid_of(i) for i in "abc"}
@@ -105,3 +106,19 @@ def test_index_snapshot_restores_map_trie_and_frozen_model(tmp_path: Path) -> No
     frozen, frozen_version = load_rqvae(restored.model_dir)
     x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
     assert frozen_version == version and np.array_equal(frozen.codes(x), model.codes(x))
+
+
+def test_live_index_keeps_publishing_after_its_source_snapshot_is_pruned(tmp_path: Path) -> None:
+    from adgen.index.ad_index import AdIndex
+
+    model = RQVAE(RQVAEConfig(input_dim=8, hidden_dims=(8,), latent_dim=4, num_levels=2, codebook_size=4))
+    version = save_rqvae(model, tmp_path / "model")
+    store = SnapshotStore(tmp_path / "index", kind=INDEX_KIND)
+    sid_map = SemanticIdMap.build(["a"], np.array([[0, 1]]), (4, 4, 8))
+    write_index_snapshot(store, sid_map, read_model_files(tmp_path / "model"), version, {})
+    live = AdIndex.load_latest(store)
+    for n in range(3):
+        live.add_embedding(f"ad{n}", np.full(8, n, dtype=np.float32))
+        live.snapshot(store)
+        store.prune(keep=1)  # deletes the snapshot the live index was loaded from
+    assert store.latest().version == 4 and len(read_index_snapshot(store.latest()).sid_map) == 4
