@@ -286,10 +286,7 @@ def bench_generation(args: argparse.Namespace, work: Path) -> dict:
             elapsed = time.perf_counter() - started
             # latency at a stated load: fresh requests arriving at args.rate users/s, served by the run loop
             await store.client.flushdb()
-            later = [
-                w.model_copy(update={"last_request_ts": w.last_request_ts + 3600, "last_request_id": "r2"})
-                for w in windows
-            ]
+            later = [w.replace(last_request_ts=w.last_request_ts + 3600, last_request_id="r2") for w in windows]
             submitted: dict[str, float] = {}
             stop = False
             loop_task = asyncio.ensure_future(service.run(lambda: stop))
