@@ -96,7 +96,8 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
     except ValueError as exc:  # S-ID tokens missing from the tokenizer, etc.
         raise WorkerSetupError(f"index and model do not fit together: {exc}") from exc
 
-    app = create_app(settings)
+    search = load_search(settings)
+    app = create_app(settings, web_enabled=search is not None)
     topics = declare_topics(app, settings)
     notices = raw_topic(app, INDEX_SNAPSHOTS, settings)
     table = declare_window_table(app, settings)
@@ -111,6 +112,11 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
         metrics,
         on_windows=generation.observe,
     )
+    if search is not None:
+        from adgen.processors.query_retrieval import SearchRedisStore, register_search_agent, register_search_view
+
+        register_search_agent(app, topics, settings, search, SearchRedisStore(settings.redis))
+        register_search_view(app, search)
     caught_up = asyncio.Event()
     worker = Worker(settings, app, topics, table, metrics, store, live, generation, windows, snapshots, caught_up)
 
@@ -127,6 +133,8 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
             await send_dead_letter(topics.dead_letter, letter)
             metrics.dead_letters.labels(AD_UPDATES.name).inc()
         metrics.events.labels(AD_UPDATES.name).inc(applied)
+        if search is not None and records:
+            await update_search_index(search, live, records)
         if records:
             await store.write_ads(records)
             metrics.index_updates.inc(len(records))
@@ -196,6 +204,30 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
             generation.observe(pending)
 
     return worker
+
+
+def load_search(settings: Settings) -> Any:
+    """The RARE search service when a CI build exists under <paths.index>/ci (from `adgen ci build`), else None."""
+    root = settings.paths.index / "ci"
+    if not ((root / "snapshots").is_dir() and (root / "model").is_dir()):
+        return None
+    from adgen.processors.query_retrieval import SearchConfig, SearchService
+
+    return SearchService.from_snapshot(root / "snapshots", root / "model", SearchConfig(beams=settings.model.beams))
+
+
+async def update_search_index(search: Any, live: LiveAdIndex, records: list[AdRecord]) -> None:
+    """New ads get CIs by constrained inference (ads the CI build already covers keep theirs); deleted or
+    paused ads leave the CI->ads index. A failure here is logged, never allowed to stop ad indexing."""
+    try:
+        gone = [r.ad_id for r in records if r.status != "active"]
+        new = [live.items[r.ad_id] for r in records if r.status == "active" and r.ad_id not in search.index.ad_cis]
+        for ad_id in gone:
+            search.remove_ad(ad_id)
+        if new:
+            await asyncio.to_thread(search.upsert_ads, new)
+    except Exception:
+        log.exception("search index update failed for %d ad records", len(records))
 
 
 def _utcnow() -> Any:
