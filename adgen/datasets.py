@@ -37,6 +37,8 @@ M = TypeVar("M", bound=BaseModel)
 
 _TAG_RE = re.compile(r"<[^>]+>")
 _SPACE_RE = re.compile(r"\s+")
+# Levels are joined by a bare comma; names may hold ", " ("Tapes, Adhesives & Sealants").
+_CATEGORY_SEP_RE = re.compile(r",(?!\s)")
 
 
 class DatasetFormatError(ValueError):
@@ -175,7 +177,9 @@ def load_amazon(directory: str | Path, name: str = "amazon-scientific") -> Datas
 
     The data has no timestamps, so each user's interactions get synthetic times one day apart (order is
     what the protocol needs); every interaction is an `ad_click` (products stand in for ads). Item ids
-    stay as the file's keys; text is stripped of HTML and extra whitespace.
+    stay as the file's keys; text is stripped of HTML and extra whitespace. Item categories keep the full
+    path; an event's `category` skips a first level shared by every item (Amazon's "Industrial &
+    Scientific"), which would make every interest summary the same.
     """
     directory = Path(directory)
     item_file = _single(directory, "*.item.json")
@@ -185,7 +189,8 @@ def load_amazon(directory: str | Path, name: str = "amazon-scientific") -> Datas
     for item_id, raw in raw_items.items():
         if not isinstance(raw, dict) or "title" not in raw:
             raise DatasetFormatError(f"{item_file}: item {item_id!r}: expected an object with a 'title'")
-        categories = tuple(c for c in (clean_text(p) for p in str(raw.get("categories", "")).split(",")) if c)
+        parts = _CATEGORY_SEP_RE.split(str(raw.get("categories", "")))
+        categories = tuple(c for c in (clean_text(part) for part in parts) if c)
         items[item_id] = Item(
             item_id=item_id,
             title=clean_text(raw["title"]),
@@ -193,6 +198,8 @@ def load_amazon(directory: str | Path, name: str = "amazon-scientific") -> Datas
             brand=clean_text(raw.get("brand", "")),
             categories=categories,
         )
+    shared_root = _shared_root(items)
+    event_category = {item_id: _informative_category(item, shared_root) for item_id, item in items.items()}
     users: dict[str, UserHistory] = {}
     for user_id, sequence in _read_json_object(inter_file).items():
         if not isinstance(sequence, list):
@@ -208,11 +215,22 @@ def load_amazon(directory: str | Path, name: str = "amazon-scientific") -> Datas
                     kind="ad_click",
                     ref=item.item_id,
                     title=item.title,
-                    category=item.top_category,
+                    category=event_category[item.item_id],
                 )
             )
         users[str(user_id)] = UserHistory(user_id=str(user_id), events=events)
     return Dataset(name=name, items=items, users=users)
+
+
+def _shared_root(items: dict[str, Item]) -> str | None:
+    """The first-level category if every categorised item has the same one, else None."""
+    roots = {item.categories[0] for item in items.values() if item.categories}
+    return roots.pop() if len(roots) == 1 else None
+
+
+def _informative_category(item: Item, shared_root: str | None) -> str:
+    categories = item.categories[1:] if shared_root and item.top_category == shared_root else item.categories
+    return categories[0] if categories else item.top_category
 
 
 def _single(directory: Path, pattern: str) -> Path:

@@ -144,3 +144,14 @@ def test_leave_one_out_does_not_target_the_conversion_of_the_click_just_before(t
     assert [e.target for e in split.train] == ["a1"]
     assert [e.target for e in split.valid] == ["a2"] and [e.target for e in split.test] == ["a3"]
     assert [e.kind for e in split.valid[0].history][-1] == "ad_conversion"  # still in the history
+
+
+def test_amazon_category_names_with_commas_stay_whole_and_events_skip_the_shared_root(amazon):
+    assert amazon.items["5"].categories == (
+        "Industrial & Scientific",
+        "Tapes, Adhesives & Sealants",
+        "Cyanoacrylate Adhesives",
+    )
+    categories = {e.category for u in amazon.users.values() for e in u.events}
+    assert "Industrial & Scientific" not in categories and "Tapes, Adhesives & Sealants" in categories
+    assert len(categories - {""}) >= 20
