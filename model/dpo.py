@@ -50,6 +50,7 @@ class DPOConfig(BaseModel):
     lr: float = Field(1e-4, gt=0)
     max_len: int = 256
     seed: int = 0
+    torch_threads: int = Field(2, ge=1)
 
 
 def dpo_loss(
@@ -114,6 +115,7 @@ def train_dpo(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[Preference
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pad = tokenizer.pad_token_id
+    torch.set_num_threads(min(config.torch_threads, 2))
     torch.manual_seed(config.seed)
     model.eval()
     with torch.no_grad():  # the frozen reference, evaluated once
@@ -199,6 +201,7 @@ def run_dpo(run: Run) -> dict[str, Any]:
             lr=cfg.lr,
             max_len=run.cfg.prompts.max_prompt_tokens + 16,
             seed=run.cfg.seed,
+            torch_threads=run.cfg.train.torch_threads,
         ),
     )
     after = evaluate_recommender(run.recommender("leadre+dpo"), run.test, run.data, run.cfg.eval)
