@@ -1,0 +1,167 @@
+"""Generation service on a real redis-server and the real decoder (tiny random-init model: valid ads,
+meaningless order): priority under a tight budget, debounce, deleted ads, guarded publishing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adgen.catalogue import Item
+from adgen.config import BudgetSettings, ModelSettings, RedisSettings, WindowSettings
+from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
+from adgen.processors.ad_indexer import IndexView
+from adgen.processors.feature_store import FeatureStore
+from adgen.processors.generation import GenerationService, LeadreGenerator, write_untrained_checkpoint
+from adgen.processors.metrics import WorkerMetrics
+from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
+from adgen.runtime import RedisServer
+from adgen.streams.events import AdClick, AdRequest, ContentComplete, ProfileUpdate
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+SIZES = (8, 8, 4)
+ADS = [f"ad{i:02d}" for i in range(40)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Live:
+    def __init__(self, view: IndexView) -> None:
+        self.view = view
+
+
+def make_view(sid_map: SemanticIdMap, offset: int, version: str) -> IndexView:
+    trie, leaf_items = sid_map.trie_arrays(offset)
+    items = {a: Item(item_id=a, title=f"product {a}", categories=(f"Cat{int(a[2:]) % 4}",)) for a in ADS}
+    return IndexView(version, trie, tuple(leaf_items), {a: SIDS[a] for a in ADS}, items, frozenset(leaf_items), T0)
+
+
+SIDS: dict[str, tuple[int, ...]] = {}
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory: pytest.TempPathFactory) -> LeadreGenerator:
+    root = tmp_path_factory.mktemp("gen")
+    corpus = [f"product {a} Cat{i % 4}" for i, a in enumerate(ADS)] * 3
+    ckpt = write_untrained_checkpoint(root / "ckpt", sid_vocabulary(fresh_sid_map().codebook_sizes), corpus)
+    return LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=5), WindowSettings())
+
+
+def fresh_sid_map() -> SemanticIdMap:
+    """A fresh map per test (tests mutate it), same codes every time."""
+    codes = np.random.default_rng(0).integers(0, 8, size=(len(ADS), 2))
+    sid_map = SemanticIdMap.build(ADS, codes, SIZES)
+    SIDS.update({a: sid_map.sid_of(a) for a in ADS})
+    return sid_map
+
+
+@pytest.fixture
+def redis_settings(tmp_path: Path) -> Iterator[RedisSettings]:
+    with RedisServer(tmp_path / "redis") as srv:
+        yield RedisSettings(url=srv.url, env="test")
+
+
+def window(user: str, arpu: float, request_minutes: float, extra: int = 0) -> UserWindow:
+    events: list = [ProfileUpdate(event_id=f"{user}-p", event_time=T0, user_id=user, age=30, arpu=arpu)]
+    for j in range(4 + extra):
+        at = T0 + timedelta(minutes=j + 1)
+        events.append(AdClick(event_id=f"{user}-c{j}", event_time=at, user_id=user, ad_id=ADS[(j * 3) % len(ADS)]))
+        events.append(
+            ContentComplete(event_id=f"{user}-v{j}", event_time=at, user_id=user, content_id=f"v{j}", category="Cat1")
+        )
+    events.append(
+        AdRequest(
+            event_id=f"{user}-r{request_minutes}", event_time=T0 + timedelta(minutes=request_minutes), user_id=user
+        )
+    )
+    return apply_events(UserWindow(user_id=user), events, WindowLimits())
+
+
+def service_for(generator, redis_settings, view, budget: BudgetSettings, clock: Clock) -> GenerationService:
+    return GenerationService(budget, Live(view), generator, FeatureStore(redis_settings), WorkerMetrics(), clock=clock)
+
+
+def test_high_value_users_are_served_first_within_the_budget(generator, redis_settings) -> None:
+    sid_map = fresh_sid_map()
+    view = make_view(sid_map, generator.token_offset(sid_vocabulary(SIZES)), "v1")
+    clock = Clock()
+    budget = BudgetSettings(user_groups=25, generations_per_second=2, burst=2, batch_size=4, min_regen_interval_s=0)
+    arpus = [0.2, 500.0, 3.0, 40.0, 0.9, 120.0, 8.0, 15.0]
+
+    async def go() -> list[list[str]]:
+        service = service_for(generator, redis_settings, view, budget, clock)
+        service.observe([(window(f"u{i}", a, 100), True) for i, a in enumerate(arpus)])
+        rounds = []
+        while len(service.scheduler.queue):
+            before = set(service.scheduler.queue._where)
+            assert await service.step(clock()) <= 2  # never more than the budget allows
+            rounds.append(sorted(before - set(service.scheduler.queue._where)))
+            clock.now += 1.0
+        lists = await service.store.user_ads([f"u{i}" for i in range(len(arpus))])
+        assert all(v is not None and len(v.ads) == 5 for v in lists.values())
+        by_arpu = sorted(range(len(arpus)), key=lambda i: arpus[i])
+        groups = [lists[f"u{i}"].priority_group for i in by_arpu]
+        assert groups == sorted(groups) and groups[0] < groups[-1]  # the published group follows ARPU
+        await service.store.close()
+        return rounds
+
+    rounds = asyncio.run(go())
+    by_value = [f"u{i}" for i in sorted(range(len(arpus)), key=lambda i: -arpus[i])]
+    assert rounds == [sorted(by_value[i : i + 2]) for i in range(0, len(arpus), 2)]
+
+
+def test_unchanged_window_is_not_regenerated_but_a_changed_one_is(generator, redis_settings) -> None:
+    view = make_view(fresh_sid_map(), generator.token_offset(sid_vocabulary(SIZES)), "v1")
+    clock = Clock()
+    budget = BudgetSettings(generations_per_second=100, burst=100, min_regen_interval_s=0)
+
+    async def go() -> None:
+        service = service_for(generator, redis_settings, view, budget, clock)
+        service.observe([(window("u1", 5.0, 100), True)])
+        assert await service.step(clock()) == 1
+        first = (await service.store.user_ads(["u1"]))["u1"]
+        service.observe([(window("u1", 5.0, 200), True)])  # newer request, same behaviour
+        assert await service.step(clock()) == 0
+        service.observe([(window("u1", 5.0, 300, extra=1), True)])  # one more click since
+        assert await service.step(clock()) == 1
+        second = (await service.store.user_ads(["u1"]))["u1"]
+        assert second.request_time > first.request_time and second.window_fingerprint != first.window_fingerprint
+        await service.store.close()
+
+    asyncio.run(go())
+
+
+def test_a_list_holding_a_deleted_ad_is_regenerated_without_it(generator, redis_settings) -> None:
+    sid_map = fresh_sid_map()
+    offset = generator.token_offset(sid_vocabulary(SIZES))
+    live = Live(make_view(sid_map, offset, "v1"))
+    clock = Clock()
+    budget = BudgetSettings(generations_per_second=100, burst=100, min_regen_interval_s=10**6)
+
+    async def go() -> None:
+        service = GenerationService(budget, live, generator, FeatureStore(redis_settings), WorkerMetrics(), clock=clock)
+        service.observe([(window("u1", 5.0, 100), True)])
+        await service.step(clock())
+        first = (await service.store.user_ads(["u1"]))["u1"]
+        victim = first.ads[0].ad_id
+        sid_map.remove(victim)
+        live.view = make_view(sid_map, offset, "v2")
+        service.observe([(window("u1", 5.0, 101), True)])  # unchanged window, well within the interval
+        assert await service.step(clock()) == 1
+        second = (await service.store.user_ads(["u1"]))["u1"]
+        assert victim not in {a.ad_id for a in second.ads} and second.index_version == "v2"
+        assert all(a.ad_id in live.view.live and tuple(a.sid) == SIDS[a.ad_id] for a in second.ads)
+        await service.store.close()
+
+    asyncio.run(go())
