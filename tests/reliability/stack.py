@@ -144,9 +144,12 @@ class Stack:
     converges: int = 0
 
     @classmethod
-    def start(cls, assets: Assets, root: Path, **env: str) -> Stack:
+    def start(cls, assets: Assets, root: Path, broker: Callable[[Path], Any] | None = None, **env: str) -> Stack:
+        """`broker(log_path)` replaces the in-memory Tansu (e.g. adgen.runtime.s3.TansuS3Broker)."""
         root.mkdir(parents=True, exist_ok=True)
         runtime = EmbeddedRuntime(Settings(), root / "runtime")
+        if broker is not None:
+            runtime.broker = broker(root / "runtime" / "tansu.log")
         settings = runtime.start()
         full_env = {
             **os.environ,
