@@ -58,8 +58,8 @@ class JsonlEvent(BaseModel):
     category: str | None = None
 
 
-class WorldUser(BaseModel):
-    """One row of a world's users.jsonl."""
+class UserRow(BaseModel):
+    """One row of a users file (a world's users.jsonl, or the generic format's optional profiles)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -136,8 +136,16 @@ def load_items_jsonl(path: str | Path) -> dict[str, Item]:
     return items
 
 
-def load_jsonl(items_path: str | Path, events_path: str | Path | None = None, name: str | None = None) -> Dataset:
+def load_jsonl(
+    items_path: str | Path,
+    events_path: str | Path | None = None,
+    name: str | None = None,
+    users_path: str | Path | None = None,
+) -> Dataset:
     """Generic format: an items file (Item fields) and an events file ({user_id, ts, kind, ref, title?, category?}).
+
+    An optional users file ({user_id, profile: UserProfile fields}) adds profiles; users without events
+    are kept with empty histories.
 
     Ad events must reference a known item; missing titles and categories are filled from the item, so a
     minimal log of (user, time, kind, id) is enough. Each user's events are sorted by `ts` (stable).
@@ -161,9 +169,21 @@ def load_jsonl(items_path: str | Path, events_path: str | Path | None = None, na
             users.setdefault(event.user_id, []).append(
                 HistoryEvent(ts=event.ts, kind=event.kind, ref=event.ref, title=title or "", category=category or "")
             )
+    profiles: dict[str, UserProfile] = {}
+    if users_path is not None:
+        users_path = Path(users_path)
+        for line_no, row in _iter_jsonl(users_path):
+            user = _validate(UserRow, row, users_path, line_no)
+            if user.user_id in profiles:
+                raise DatasetFormatError(f"{users_path}:{line_no}: field 'user_id': duplicate id {user.user_id!r}")
+            profiles[user.user_id] = user.profile
     histories = {
-        user_id: UserHistory(user_id=user_id, events=sorted(events, key=lambda e: e.ts))
-        for user_id, events in users.items()
+        user_id: UserHistory(
+            user_id=user_id,
+            profile=profiles.get(user_id, UserProfile()),
+            events=sorted(users.get(user_id, []), key=lambda e: e.ts),
+        )
+        for user_id in [*users, *(u for u in profiles if u not in users)]
     }
     return Dataset(name=name or items_path.stem, items=items, users=histories)
 
@@ -296,7 +316,7 @@ def load_world(directory: str | Path, name: str | None = None) -> Dataset:
     users_path = directory / "users.jsonl"
     histories = {
         u.user_id: UserHistory(user_id=u.user_id, profile=u.profile)
-        for u in (_validate(WorldUser, r, users_path, n) for n, r in _iter_jsonl(users_path))
+        for u in (_validate(UserRow, r, users_path, n) for n, r in _iter_jsonl(users_path))
     }
 
     behavior_path = directory / "events" / "user-behavior.jsonl"

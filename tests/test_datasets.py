@@ -155,3 +155,20 @@ def test_amazon_category_names_with_commas_stay_whole_and_events_skip_the_shared
     categories = {e.category for u in amazon.users.values() for e in u.events}
     assert "Industrial & Scientific" not in categories and "Tapes, Adhesives & Sealants" in categories
     assert len(categories - {""}) >= 20
+
+
+def test_jsonl_loader_adds_optional_profiles_and_rejects_bad_profile_rows(jsonl_files, tmp_path):
+    users = _write(
+        tmp_path / "users.jsonl",
+        [
+            {"user_id": "u1", "profile": {"age": 31, "consumption_level": "high", "arpu": 12.5}},
+            {"user_id": "u3", "profile": {"sex": "female"}},
+        ],
+    )
+    dataset = load_jsonl(*jsonl_files, users_path=users)
+    assert dataset.users["u1"].profile.age == 31 and dataset.users["u1"].profile.arpu == 12.5
+    assert dataset.users["u2"].profile.age is None
+    assert dataset.users["u3"].events == [] and dataset.users["u3"].profile.sex == "female"
+    _write(users, [{"user_id": "u1", "profile": {"arpu": -3}}])
+    with pytest.raises(DatasetFormatError, match=r"users.jsonl:1: field 'profile.arpu'"):
+        load_jsonl(*jsonl_files, users_path=users)
