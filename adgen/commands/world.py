@@ -12,8 +12,6 @@ from rich.console import Console
 from tqdm import tqdm
 
 from adgen.config import load_settings
-from adgen.world import WorldConfig, generate_world
-from adgen.world.validate import WorldValidationError, validate_world
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console(stderr=True)
@@ -32,6 +30,8 @@ def generate(
     workers: Annotated[int, typer.Option(help="Processes simulating user shards (same files for any value).")] = 1,
 ) -> None:
     """Generate a seeded synthetic ad world with a progress bar; prints the manifest counts and the rate."""
+    from adgen.world import WorldConfig, generate_world  # imported here: keeps every other `adgen` command fast
+
     out = out if out is not None else load_settings().paths.world
     config = WorldConfig(users=users, ads=ads, seed=seed, days=days, content=content, queries=queries)
     started = time.perf_counter()
@@ -61,6 +61,8 @@ def generate(
 @app.command()
 def validate(directory: Annotated[Path, typer.Argument(help="World directory.")]) -> None:
     """Check every line against the event contracts, the time order and the manifest counts."""
+    from adgen.world.validate import WorldValidationError, validate_world
+
     try:
         report = validate_world(directory)
     except WorldValidationError as exc:
