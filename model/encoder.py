@@ -10,6 +10,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -113,8 +114,12 @@ def resolve_encoder_path(spec: str) -> Path:
     return path
 
 
+@lru_cache(maxsize=4)
 def load_encoder(spec: str = DEFAULT_ENCODER, device: str = "cpu") -> TextEncoder:
-    """A sentence-transformers model if the directory has modules.json, else HF mean pooling."""
+    """A sentence-transformers model if the directory has modules.json, else HF mean pooling.
+
+    Cached per process: loading takes seconds and the encoder is frozen, so every caller can share one.
+    """
     path = resolve_encoder_path(spec)
     if (path / "modules.json").is_file():
         return SentenceTransformerEncoder(path, device)
