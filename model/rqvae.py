@@ -84,11 +84,13 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
     if x.shape[0] < k:
         extra = x[torch.randint(0, x.shape[0], (k - x.shape[0],), generator=generator)]
         x = torch.cat([x, extra + 1e-3 * torch.randn(extra.shape, generator=generator)])
-    centroids = x[torch.randint(0, x.shape[0], (1,), generator=generator)]
+    chosen = [x[torch.randint(0, x.shape[0], (1,), generator=generator)]]
+    d2 = (x - chosen[0]).pow(2).sum(dim=1)  # squared distance to the nearest chosen centroid, kept up to date
     for _ in range(1, k):
-        d2 = torch.cdist(x, centroids).min(dim=1).values.pow(2)
         probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / len(d2))
-        centroids = torch.cat([centroids, x[torch.multinomial(probs, 1, generator=generator)]])
+        chosen.append(x[torch.multinomial(probs, 1, generator=generator)])
+        d2 = torch.minimum(d2, (x - chosen[-1]).pow(2).sum(dim=1))
+    centroids = torch.cat(chosen)
     for _ in range(iters):
         assign = torch.cdist(x, centroids).argmin(dim=1)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
