@@ -14,7 +14,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from adgen.catalogue import Item
-from adgen.world.taxonomy import SUB_CATEGORIES, SUBS_BY_TOP, TIERS, TOP_CATEGORIES
+from adgen.world.taxonomy import SUB_CATEGORIES, SUBS_BY_TOP, TIERS, TOP_CATEGORIES, compatible
 
 TIER_CTR = (0.9, 1.0, 1.25)
 TIER_BID = (0.35, 0.8, 1.6)  # cost per click, in currency units
@@ -107,7 +107,12 @@ def make_ad(seed: int, index: int, created: int) -> Ad:
     top = rng.choices(TOP_CATEGORIES, weights=[t.popularity for t in TOP_CATEGORIES])[0]
     sub = SUB_CATEGORIES[rng.choice(SUBS_BY_TOP[top.index])]
     brand, tier = rng.choice(top.brands)
-    attributes = tuple(rng.sample(top.attributes, k=rng.choice((2, 2, 3))))
+    wanted = rng.choice((2, 2, 3))
+    chosen: list[str] = []
+    for attribute in rng.sample(top.attributes, k=len(top.attributes)):
+        if len(chosen) < wanted and compatible(attribute, chosen):
+            chosen.append(attribute)
+    attributes = tuple(chosen)
     pctr = top.base_ctr * TIER_CTR[tier] * rng.lognormvariate(0.0, 0.35)
     bid = round(TIER_BID[tier] * rng.lognormvariate(0.0, 0.3), 2) or 0.01
     return Ad(

@@ -10,6 +10,15 @@ from dataclasses import dataclass
 # Brand tiers: 0 = budget, 1 = mid-range, 2 = premium. Consumption level picks the preferred tier.
 TIERS: tuple[str, ...] = ("budget", "mid", "premium")
 
+# Attribute phrases that contradict each other: an ad carries at most one of each group.
+EXCLUSIVE_ATTRIBUTES: tuple[frozenset[str], ...] = (
+    frozenset({"for ages 3+", "for ages 8+"}),
+    frozenset({"hardcover", "paperback", "audiobook"}),
+    frozenset({"beginner", "advanced"}),
+    frozenset({"self-paced", "live classes"}),
+    frozenset({"recycled", "leather"}),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class SubCategory:
@@ -311,6 +320,11 @@ def _build() -> tuple[tuple[TopCategory, ...], tuple[SubCategory, ...]]:
         for sub_name, product_types in sub_map.items():
             subs.append(SubCategory(len(subs), t_index, (name, sub_name), product_types))
     return tuple(tops), tuple(subs)
+
+
+def compatible(attribute: str, chosen: list[str]) -> bool:
+    """False if `attribute` contradicts one already chosen (see EXCLUSIVE_ATTRIBUTES)."""
+    return not any(attribute in group and group.intersection(chosen) for group in EXCLUSIVE_ATTRIBUTES)
 
 
 TOP_CATEGORIES, SUB_CATEGORIES = _build()
