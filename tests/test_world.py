@@ -69,6 +69,10 @@ def test_every_event_line_validates_is_time_sorted_and_counts_match_manifest(wor
     assert report.lines["events/user-behavior.jsonl"] == counts["events"]["user-behavior"]
     assert manifest["seed"] == 7 and manifest["generator_version"]
     assert manifest["time_range"] == {"start": "2026-09-01T00:00:00Z", "end": "2026-10-31T00:00:00Z", "days": 60}
+    for name in ("user-behavior", "ad-updates", "search-queries"):  # sorted, so first and last bound all
+        lines = (world_dir / "events" / f"{name}.jsonl").read_text().splitlines()
+        times = [json.loads(lines[0])["event_time"], json.loads(lines[-1])["event_time"]]
+        assert "2026-09-01T00:00:00Z" <= times[0] <= times[1] < "2026-10-31T00:00:00Z"
     per_user = Counter(json.loads(line)["user_id"] for line in (world_dir / "events" / "user-behavior.jsonl").open())
     assert len(per_user) == 1000 and min(per_user.values()) >= 20 and max(per_user.values()) <= 80
     assert set(report.user_behavior_by_type) == {
