@@ -78,6 +78,7 @@ def child(variant: str, expected: int, result_path: Path) -> None:
     from adgen.processors.feature_store import FeatureStore
     from adgen.processors.metrics import WorkerMetrics
     from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
+    from adgen.processors.worker_app import WINDOW_BATCH_SIZE, WINDOW_BATCH_WITHIN_S
     from adgen.streams.app import create_app, declare_topics
     from adgen.streams.codec import decode_event
 
@@ -103,7 +104,7 @@ def child(variant: str, expected: int, result_path: Path) -> None:
     @app.agent(topics.user_behavior)
     async def agent(stream: faust.StreamT) -> None:
         if variant == "drain":
-            async for batch in stream.take_events(2000, within=0.05):
+            async for batch in stream.take_events(WINDOW_BATCH_SIZE, within=WINDOW_BATCH_WITHIN_S):
                 count(len(batch))
         elif variant == "naive":
             async for raw in stream.events():
@@ -115,7 +116,9 @@ def child(variant: str, expected: int, result_path: Path) -> None:
                     table[key] = apply_events(window, [event], limits).to_bytes()
                 count(1)
         else:
-            async for batch in decoded_batches(stream, topics.dead_letter, settings, metrics, 2000, 0.05):
+            async for batch in decoded_batches(
+                stream, topics.dead_letter, settings, metrics, WINDOW_BATCH_SIZE, WINDOW_BATCH_WITHIN_S
+            ):
                 await windows.apply_batch(batch)
                 count(len(batch))
 

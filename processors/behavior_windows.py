@@ -129,12 +129,12 @@ class BehaviorWindows:
         features: list[UserWindowFeatures] = []
         for user_id, events in by_user.items():
             key = user_id.encode()
-            raw_row = self.table.get(key)
-            window = UserWindow.from_bytes(raw_row) if raw_row else UserWindow(user_id=user_id)
-            new = apply_events(window, events, self.limits, self.ad_lookup)
-            if new == window:
-                continue  # a pure replay: nothing to write
-            with acting_for(last_of[user_id]):
+            with acting_for(last_of[user_id]):  # read and write the user's own partition
+                raw_row = self.table.get(key)
+                window = UserWindow.from_bytes(raw_row) if raw_row else UserWindow(user_id=user_id)
+                new = apply_events(window, events, self.limits, self.ad_lookup)
+                if new == window:
+                    continue  # a pure replay: nothing to write
                 self.table[key] = new.to_bytes()
             updates.append((new, new.last_request_id != window.last_request_id))
             features.append(

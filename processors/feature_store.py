@@ -42,6 +42,31 @@ if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) else redis.
 return 1
 """
 
+# The same rule for many keys in one call: KEYS[i] with ARGV[4i-3..4i] = version, payload, ttl, strict.
+# Returns how many keys were newer and written. (One call per chunk of keys keeps a window batch to a few
+# round trips; on Redis Cluster the keys of one call would have to share a hash slot.)
+GUARDED_SET_MANY_LUA = """
+local applied = 0
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 4
+  local n = tonumber(ARGV[base + 1])
+  local cur = redis.call('HGET', key, 'v')
+  local newer = true
+  if cur then
+    local c = tonumber(cur)
+    if c > n or (ARGV[base + 4] == '1' and c == n) then newer = false end
+  end
+  if newer then
+    redis.call('HSET', key, 'v', ARGV[base + 1], 'data', ARGV[base + 2])
+    local ttl = tonumber(ARGV[base + 3])
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
+    applied = applied + 1
+  end
+end
+return applied
+"""
+KEYS_PER_CALL = 256
+
 
 def version_ms(moment: datetime | float) -> int:
     """Event time as integer milliseconds: the version every guarded write compares."""
@@ -209,7 +234,7 @@ class FeatureStore:
         if settings.ssl_ca_certs is not None:
             options["ssl_ca_certs"] = str(settings.ssl_ca_certs)
         self.client = aioredis.Redis.from_url(settings.url, **options)
-        self._guarded_set = self.client.register_script(GUARDED_SET_LUA)
+        self._guarded_set_many = self.client.register_script(GUARDED_SET_MANY_LUA)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -243,8 +268,12 @@ class FeatureStore:
 
         async def run() -> int:
             pipe = self.client.pipeline(transaction=False)
-            for key, version, payload, ttl, strict in items:
-                await self._guarded_set(keys=[key], args=[version, payload, ttl, 1 if strict else 0], client=pipe)
+            for start in range(0, len(items), KEYS_PER_CALL):
+                chunk = items[start : start + KEYS_PER_CALL]
+                args: list[object] = []
+                for _, version, payload, ttl, strict in chunk:
+                    args += [version, payload, ttl, 1 if strict else 0]
+                await self._guarded_set_many(keys=[c[0] for c in chunk], args=args, client=pipe)
             return sum(int(r) for r in await pipe.execute())
 
         started = time.perf_counter()

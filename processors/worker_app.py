@@ -40,8 +40,8 @@ from adgen.streams.topics import AD_UPDATES, INDEX_SNAPSHOTS
 log = logging.getLogger(__name__)
 
 #: Behaviour events per window batch and the longest a partial batch waits.
-WINDOW_BATCH_SIZE = 2000
-WINDOW_BATCH_WITHIN_S = 0.05
+WINDOW_BATCH_SIZE = 5000
+WINDOW_BATCH_WITHIN_S = 0.5
 #: The ad-updates reader counts as caught up at its first empty poll after this long.
 CATCH_UP_MIN_S = 2.0
 

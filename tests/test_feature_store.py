@@ -173,3 +173,16 @@ def test_reader_gives_a_clear_error_when_redis_is_unreachable() -> None:
         await store.close()
 
     asyncio.run(go())
+
+
+def test_a_large_mixed_batch_applies_exactly_the_newer_writes(server: RedisServer) -> None:
+    async def go() -> None:
+        store = FeatureStore(settings_for(server))
+        assert await store.write_user_ads([user_ads(f"u{i}", 10, [("a", [1])]) for i in range(600)]) == 600
+        mixed = [user_ads(f"u{i}", 10 + (1 if i % 3 == 0 else -1), [("b", [2])]) for i in range(600)]
+        assert await store.write_user_ads(mixed) == 200
+        got = await store.user_ads([f"u{i}" for i in range(600)])
+        assert all(got[f"u{i}"].ads[0].ad_id == ("b" if i % 3 == 0 else "a") for i in range(600))
+        await store.close()
+
+    asyncio.run(go())
