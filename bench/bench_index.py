@@ -114,13 +114,14 @@ def bench_1m(n: int, beams: int, token_offset: int, repeats: int, reference_buil
     out["train_rqvae_20k_s"], (model, _) = timed(lambda: train_rqvae(train, config, progress=False))
 
     torch.set_num_threads(1)
-    codes = np.empty((n, 3), dtype=np.int64)
-    start = time.perf_counter()
+    embeddings = np.empty((n, 384), dtype=np.float32)  # stands in for the embedding cache; not timed
     for s in range(0, n, 100_000):
         chunk = rng.standard_normal((min(100_000, n - s), 384), dtype=np.float32)
-        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
-        codes[s : s + len(chunk)] = model.codes(chunk)
+        embeddings[s : s + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    start = time.perf_counter()
+    codes = model.codes(embeddings, batch_size=50_000)
     out["rqvae_inference_s"] = time.perf_counter() - start
+    del embeddings
     ids = [f"ad{i:07d}" for i in range(n)]
     sizes = (256, 256, 256, collision_level_size(codes, None))
     out["codebook_sizes"] = list(sizes)
@@ -129,7 +130,8 @@ def bench_1m(n: int, beams: int, token_offset: int, repeats: int, reference_buil
     out["assign_sids_s"], sid_map = timed(lambda: SemanticIdMap.build(ids, codes, sizes))
     out["live_map_rss_bytes"] = rss_bytes() - rss0
     out["materialise_trie_s"], (trie, _leaf_items) = timed(lambda: sid_map.trie_arrays(token_offset))
-    out["build_total_s"] = out["rqvae_inference_s"] + out["assign_sids_s"] + out["materialise_trie_s"]
+    out["trie_build_s"] = out["assign_sids_s"] + out["materialise_trie_s"]
+    out["build_total_s"] = out["rqvae_inference_s"] + out["trie_build_s"]
     out["trie_nodes"] = trie.num_nodes
     out["trie_bytes"] = trie_nbytes(trie)
     out["trie_bytes_per_ad"] = out["trie_bytes"] / n
@@ -233,7 +235,8 @@ def main() -> None:
     big = bench_1m(args.items, args.beams, args.token_offset, args.repeats, not args.skip_reference_builder)
     result["synthetic"] = big
     result["targets"] = {
-        "trie_build_under_60s": big["build_total_s"] < 60,
+        "trie_build_under_60s": big["trie_build_s"] < 60,
+        "build_incl_rqvae_under_60s": big["build_total_s"] < 60,
         "trie_under_200MB": big["trie_bytes"] < 200e6,
         "insert_under_1ms": big["insert_ms_with_rqvae"] < 1.0,
     }
@@ -241,6 +244,7 @@ def main() -> None:
     for col in ("measure", "ours", "baseline", "ratio"):
         table.add_column(col)
     rows = [
+        ("build: S-IDs + trie from codes (s)", big["trie_build_s"], None, None),
         ("build: RQ-VAE inference + S-IDs + trie (s)", big["build_total_s"], None, None),
         (
             "CSR construction (s) vs from_sequences",

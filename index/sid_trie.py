@@ -28,8 +28,11 @@ def build_fixed_depth_trie(tokens: np.ndarray, values: np.ndarray) -> TrieArrays
         row = int(np.argwhere(tokens < 0)[0, 0])
         raise TrieError(f"negative token id in sequence for value {int(values[row])}")
     n, depth = tokens.shape
-    order = np.lexsort(tokens.T[::-1])
-    t, v = tokens[order], values[order]
+    if _is_sorted(tokens):  # callers that keep S-ID order (SemanticIdMap) skip the sort
+        t, v = tokens, values
+    else:
+        order = np.lexsort(tokens.T[::-1])
+        t, v = tokens[order], values[order]
     starts = np.ones((n, depth), dtype=bool)
     starts[1:] = np.logical_or.accumulate(t[1:] != t[:-1], axis=1)
     if not starts[:, -1].all():
@@ -56,6 +59,15 @@ def build_fixed_depth_trie(tokens: np.ndarray, values: np.ndarray) -> TrieArrays
         depth,
         int(child_count.max()),
     )
+
+
+def _is_sorted(tokens: np.ndarray) -> bool:
+    """Rows in non-decreasing lexicographic order (equal rows are left for the duplicate check)."""
+    if len(tokens) < 2:
+        return True
+    diff = tokens[1:] - tokens[:-1]
+    first = (diff != 0).argmax(axis=1)
+    return bool((diff[np.arange(len(diff)), first] >= 0).all())
 
 
 def trie_nbytes(trie: TrieArrays) -> int:

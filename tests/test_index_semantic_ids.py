@@ -153,3 +153,26 @@ def test_inserting_in_id_order_equals_building_the_whole_catalogue() -> None:
     full = SemanticIdMap.build(ids, codes, (3, 3, 32))
     assert _arrays_equal(live.trie_arrays(7)[0], full.trie_arrays(7)[0])
     assert live.trie_arrays(7)[1] == full.trie_arrays(7)[1]
+
+
+def test_bulk_build_equals_adding_one_by_one_in_item_id_order() -> None:
+    rng = np.random.default_rng(4)
+    ids = [f"x{n}" for n in rng.permutation(300)]
+    codes = rng.integers(0, 3, (300, 2))
+    bulk = SemanticIdMap.build(ids, codes, (3, 3, 64))
+    one_by_one = SemanticIdMap((3, 3, 64))
+    for i in sorted(range(300), key=ids.__getitem__):
+        one_by_one.add(ids[i], codes[i].tolist())
+    assert {i: bulk.sid_of(i) for i in ids} == {i: one_by_one.sid_of(i) for i in ids}
+    assert _arrays_equal(bulk.trie_arrays()[0], one_by_one.trie_arrays()[0])
+    bulk.remove(ids[0])  # the bulk-built map stays a normal live map
+    assert bulk.add(ids[0], codes[0].tolist()) == one_by_one.sid_of(ids[0])
+
+
+def test_bulk_build_reports_overflow_and_duplicates() -> None:
+    with pytest.raises(CollisionOverflowError, match=r"'c': all 2 collision codes under semantic prefix \(1, 1\)"):
+        SemanticIdMap.build(["b", "a", "c"], np.array([[1, 1]] * 3), (2, 2, 2))
+    with pytest.raises(SemanticIdError, match="'a' appears more than once"):
+        SemanticIdMap.build(["a", "a"], np.array([[0, 0], [1, 1]]), (2, 2, 2))
+    with pytest.raises(SemanticIdError, match="outside"):
+        SemanticIdMap.build(["a"], np.array([[0, 5]]), (2, 2, 2))
