@@ -177,7 +177,8 @@ def stats(index: IndexOpt = None, config_file: ConfigOpt = None) -> None:
     except RuntimeError as exc:
         _fail(str(exc))
     if live.current is None:
-        _fail(f"no snapshot under {store.root}; run `adgen index build`")
+        why = f": {live.last_error}" if live.last_error else ""
+        _fail(f"no valid snapshot under {store.root}{why}; run `adgen index build`")
     restored = read_index_snapshot(live.current)
     sids, _ = restored.sid_map.to_arrays()
     sizes = restored.sid_map.codebook_sizes
