@@ -292,6 +292,8 @@ class Run:
         self.timings: dict[str, float] = {}
         t = time.perf_counter()
         self.data = load_dataset(cfg.data, cfg.seed)
+        if cfg.dpo.enabled and not any(item.ecpm > 0 for item in self.data.items.values()):
+            raise ValueError(f"dpo.enabled needs ads with eCPM, but every eCPM in {cfg.data.path} is 0; disable dpo")
         self.split: Split = leave_one_out(self.data, cfg.data.min_ads)
         self.sid_map = build_sid_map(self.data, cfg.sids, self.out)
         self.model, self.tok = prepare_model(cfg, self.data, self.sid_map)

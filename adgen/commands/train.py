@@ -56,7 +56,11 @@ def train(
 
     cfg = _load(config, out_dir)
     console.print_json(cfg.model_dump_json())
-    summary = run_pipeline(cfg, evaluate=evaluate)
+    try:
+        summary = run_pipeline(cfg, evaluate=evaluate)
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=1) from exc
     _table(summary.get("results") or {})
     if summary.get("dpo"):
         _table({"before dpo": summary["dpo"]["before"], "after dpo": summary["dpo"]["after"]})
