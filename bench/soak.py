@@ -1,5 +1,7 @@
 """Soak: a sustained, fixed-rate mix of every input (behaviour events, ad requests, profile and ad updates,
-search queries) against one real `adgen worker` on the embedded Tansu broker and redis-server.
+search queries) against one real `adgen worker` on the embedded Tansu broker and redis-server. In the
+second half, garbage (bad UTF-8, truncated JSON, wrong types, oversized) is mixed into user-behavior on
+top of the good load: the good-event throughput of the two halves is compared (a ratio in the report).
 
     .venv/bin/python bench/soak.py --minutes 10 --rate 60 [--out var/runs/soak/soak.json]
 
@@ -43,6 +45,21 @@ from adgen.streams.events import (  # noqa: E402
     SearchQuery,
 )
 from adgen.streams.producer import EventProducer  # noqa: E402
+
+#: Bad messages mixed into user-behavior in the second half of the run (decoder must dead-letter them).
+GARBAGE: list[tuple[bytes | None, bytes]] = [
+    (b"u1", b"\xff\xfe not utf-8"),
+    (b"u1", b'{"type": "ad_click", "event_id": "x"'),
+    (b"u1", b'{"type": ["ad_click"]}'),
+    (b"u1", b'{"type": "ad_click", "event_id": "g", "event_time": "2026-01-01T00:00:00", "user_id": "u1", "ad_id": 5}'),
+    (
+        b"u1",
+        b'{"type": "content_search", "event_id": "g", "event_time": "2026-01-01T00:00:00Z", "user_id": "u1", '
+        b'"query": "' + b"x" * 5000 + b'"}',
+    ),
+    (None, b"[]"),
+    (b"u2", b"x" * 70_000),
+]
 
 #: Share of each kind in the offered load.
 MIX = {
@@ -147,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         end = started + args.minutes * 60
         next_sample = started + args.sample_s
-        sent_total, sent_at_sample = 0, 0
+        sent_total, sent_at_sample, garbage_sent = 0, 0, 0
         before = worker.metrics()
         before_t = started
         while True:
@@ -155,9 +172,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if now >= end:
                 break
             due = int((now - started) * args.rate) - sent_total
+            garbage_phase = now - started >= args.minutes * 30
             for _ in range(max(0, due)):
                 producer.send(maker.next())
                 sent_total += 1
+                if garbage_phase and maker.rng.random() < args.garbage_share:  # on top of the good load
+                    key, value = GARBAGE[garbage_sent % len(GARBAGE)]
+                    producer.send_raw("user-behavior", key, value)
+                    garbage_sent += 1
             if now >= next_sample:
                 m = worker.metrics()
                 dt = now - before_t
@@ -165,6 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 committed_lag = probe.committed_lag()
                 sample = {
                     "t_s": round(now - started, 1),
+                    "garbage_phase": now - started >= args.minutes * 30,
                     "offered_per_s": (sent_total - sent_at_sample) / dt,
                     "consumed_per_s": (m.get("adgen_events_total", 0) - before.get("adgen_events_total", 0)) / dt,
                     "consumer_lag": lag,
@@ -193,7 +216,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         search_lag = _search_topic_backlog(stack)
     finally:
         stack.stop()
-    return judge(args, samples, sent_total, search_lag)
+    result = judge(args, samples, sent_total, search_lag)
+    result["garbage_sent"] = garbage_sent
+    return result
 
 
 class LagProbe:
@@ -236,6 +261,8 @@ def _search_topic_backlog(stack: Stack) -> int:
 
 def judge(args: argparse.Namespace, samples: list[dict[str, Any]], sent: int, search_backlog: int) -> dict[str, Any]:
     warm = [s for s in samples if s["t_s"] > args.warmup_s] or samples
+    clean = [s for s in warm if not s["garbage_phase"]]
+    dirty = [s for s in warm if s["garbage_phase"]]
     third = max(1, len(warm) // 3)  # short runs: first vs last third; long runs: first vs last minute
     per_minute = max(1, int(60 / args.sample_s))
     baseline, last = warm[: min(third, per_minute)], warm[-min(third, per_minute) :]
@@ -261,6 +288,10 @@ def judge(args: argparse.Namespace, samples: list[dict[str, Any]], sent: int, se
         "max_consumer_lag": max((s["consumer_lag"] for s in warm), default=0.0),
         "max_committed_lag": max((s["committed_lag"] for s in warm), default=0.0),
         "max_lag_s_of_input": max_lag_s,
+        "good_consumed_per_s_clean_half": mean(clean, "consumed_per_s"),
+        "good_consumed_per_s_garbage_half": mean(dirty, "consumed_per_s"),
+        "garbage_half_over_clean_half": mean(dirty, "consumed_per_s") / max(mean(clean, "consumed_per_s"), 1e-9),
+        "dead_letters": samples[-1]["dead_letters"] if samples else 0.0,
         "rss_baseline_mb": rss_base,
         "rss_end_mb": rss_end,
         "rss_end_over_baseline": rss_end / rss_base if rss_base else None,
@@ -315,6 +346,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--ads", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--garbage-share", type=float, default=0.2, help="Bad messages per good one, 2nd half.")
     parser.add_argument("--work", type=Path, default=REPO / "var" / "soak")
     parser.add_argument("--out", type=Path, default=REPO / "var" / "runs" / "soak" / "soak.json")
     args = parser.parse_args()

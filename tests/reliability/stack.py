@@ -303,12 +303,13 @@ class Stack:
         )
         consumer.assign([TopicPartition(topic, 0, 0)])
         letters = []
-        idle = 0
-        while idle < 4:
+        idle, deadline = 0, time.monotonic() + 60
+        while idle < 4 and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
-            if msg is None:
+            if msg is None or msg.error() is not None:
                 idle += 1
-            elif msg.error() is None:
+            else:
+                idle = 0
                 letters.append(json.loads(msg.value()))
         consumer.close()
         return letters
