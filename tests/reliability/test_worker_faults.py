@@ -24,7 +24,7 @@ from adgen.runtime.redis_server import redis_binary
 pytestmark = pytest.mark.integration
 
 
-def _kill_loop(stack: Stack, kills: int, seed: int, rate: float) -> dict[str, float]:
+def _kill_loop(stack: Stack, kills: int, seed: int, rate: float, startup_kills: float) -> dict[str, float]:
     """Replay the world while SIGKILLing the worker at random moments (some during its own start-up)."""
     rng = random.Random(seed)
     stack.start_worker("w1")
@@ -33,7 +33,7 @@ def _kill_loop(stack: Stack, kills: int, seed: int, rate: float) -> dict[str, fl
     for _ in range(kills):
         time.sleep(rng.uniform(0.3, 3.0))
         stack.kill("w1", signal.SIGKILL)
-        if rng.random() < 0.25:  # also die before the restarted worker has even joined the group
+        if rng.random() < startup_kills:  # also die before the restarted worker has even joined the group
             during_startup += 1
             stack.start_worker("w1", wait=False)
             time.sleep(rng.uniform(1.0, 4.0))
@@ -44,10 +44,10 @@ def _kill_loop(stack: Stack, kills: int, seed: int, rate: float) -> dict[str, fl
     return {"kills": kills, "kills_during_startup": during_startup, "converge_s": converge_s}
 
 
-def _run_kill_test(assets: Assets, root: Path, kills: int, rate: float) -> None:
+def _run_kill_test(assets: Assets, root: Path, kills: int, rate: float, startup_kills: float) -> None:
     stack = Stack.start(assets, root)
     try:
-        result = _kill_loop(stack, kills, seed=kills, rate=rate)
+        result = _kill_loop(stack, kills, seed=kills, rate=rate, startup_kills=startup_kills)
         assert stack.mismatches(require_lists=True) == []
         assert stack.dead_letters() == [], "a good event was dead-lettered"
         print(f"\n[faults] worker SIGKILL x{kills}: {result}")
@@ -58,14 +58,14 @@ def _run_kill_test(assets: Assets, root: Path, kills: int, rate: float) -> None:
 def test_worker_sigkilled_twice_at_random_points_ends_with_every_event_applied_once(
     assets: Assets, tmp_path: Path
 ) -> None:
-    _run_kill_test(assets, tmp_path, kills=2, rate=200)
+    _run_kill_test(assets, tmp_path, kills=2, rate=200, startup_kills=0.0)
 
 
 @pytest.mark.slow
 def test_worker_sigkilled_20_times_at_random_points_ends_with_every_event_applied_once(
     assets: Assets, tmp_path: Path
 ) -> None:
-    _run_kill_test(assets, tmp_path, kills=20, rate=8)
+    _run_kill_test(assets, tmp_path, kills=20, rate=8, startup_kills=0.25)
 
 
 @pytest.mark.slow
@@ -174,3 +174,45 @@ def test_broker_sigkilled_and_restarted_on_s3_storage_the_worker_resumes_and_los
             print("\n[faults] broker SIGKILL + restart on s3:// storage: state exact, worker survived")
         finally:
             stack.stop()
+
+
+@pytest.mark.slow
+def test_snapshot_disk_full_in_a_running_worker_keeps_it_serving_and_keeps_the_previous_snapshot(
+    assets: Assets, tmp_path: Path
+) -> None:
+    """The hourly snapshot timer hits ENOSPC (a full 1 MiB tmpfs holds the index): the worker must log it
+    and keep processing; the snapshot it started from stays the newest valid one."""
+    import shutil
+
+    from adgen.index.snapshot import INDEX_KIND, SnapshotStore
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        shutil.copytree(assets.root / "var" / "index", disk / "index")
+        filler = disk / "filler"
+        with open(filler, "wb") as f:  # leave (almost) no space
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        before = SnapshotStore(disk / "index", INDEX_KIND).latest().version
+        stack = Stack.start(
+            assets, tmp_path / "stack", ADGEN_PATHS__INDEX=str(disk / "index"), ADGEN_WORKER__SNAPSHOT_INTERVAL_S="2"
+        )
+        try:
+            worker = stack.start_worker("w1")
+            stack.produce_world(0).wait()
+            time.sleep(8)  # several snapshot attempts
+            assert worker.alive(), f"the worker died on a full disk: {worker.log_path.read_text()[-2000:]}"
+            stack.converge()
+            assert stack.mismatches(require_lists=True) == []
+            assert SnapshotStore(disk / "index", INDEX_KIND).latest().version == before
+            assert "snapshot" in worker.log_path.read_text().lower()
+        finally:
+            stack.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
