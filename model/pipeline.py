@@ -376,7 +376,7 @@ class Run:
         write_report(results, self.out / "eval", cfg.name, cfg.eval.ks)
         return results
 
-    def summary(self, **parts: Any) -> dict[str, Any]:
+    def summary(self, filename: str = "summary.json", **parts: Any) -> dict[str, Any]:
         out = {
             "name": self.cfg.name,
             "data": {
@@ -392,7 +392,7 @@ class Run:
             "timings": self.timings,
             **parts,
         }
-        (self.out / "summary.json").write_text(json.dumps(out, indent=1, default=str))
+        (self.out / filename).write_text(json.dumps(out, indent=1, default=str))
         return out
 
 

@@ -83,6 +83,6 @@ def evaluate_cmd(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from exc
     results = run.evaluate()
-    run.summary(results=results, evaluated_only=True)
+    run.summary("summary_eval.json", results=results)
     _table(results)
     console.print(json.dumps({"report": str(cfg.out_dir / "eval" / "eval.json")}))
