@@ -302,14 +302,19 @@ class Stack:
             {"bootstrap.servers": self.settings.kafka.bootstrap_servers, "group.id": f"dlq-{time.time_ns()}"}
         )
         consumer.assign([TopicPartition(topic, 0, 0)])
-        letters = []
+        letters, errors = [], []
         idle, deadline = 0, time.monotonic() + 60
         while idle < 4 and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
-            if msg is None or msg.error() is not None:
+            if msg is None:
+                idle += 1
+            elif msg.error() is not None:
+                errors.append(str(msg.error()))
                 idle += 1
             else:
                 idle = 0
                 letters.append(json.loads(msg.value()))
         consumer.close()
+        if errors and not letters:
+            raise AssertionError(f"could not read the dead-letter topic {topic}: {errors[:3]}")
         return letters
