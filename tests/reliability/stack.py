@@ -288,12 +288,21 @@ class Stack:
             for i, u in enumerate(users)
         )
 
-    def converge(self, timeout_s: float = 240) -> float:
+    def converge(self, timeout_s: float = 300) -> float:
         """Seconds until Redis holds exactly the state the events imply, lists included."""
-        t1 = wait_for(lambda: not self.mismatches(require_lists=False), timeout_s, "windows to converge")
-        self.converges += 1
-        self.request_all(f"final{self.converges}", datetime(2031, 1, 1, tzinfo=UTC) + timedelta(hours=self.converges))
-        t2 = wait_for(lambda: not self.mismatches(require_lists=True), timeout_s, "every list to reflect its window")
+        try:
+            t1 = wait_for(lambda: not self.mismatches(require_lists=False), timeout_s, "windows to converge")
+            self.converges += 1
+            at = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(hours=self.converges)
+            self.request_all(f"final{self.converges}", at)
+            t2 = wait_for(lambda: not self.mismatches(require_lists=True), timeout_s, "every list to match its window")
+        except AssertionError as exc:
+            for worker in self.workers.values():
+                with contextlib.suppress(OSError):
+                    worker.metrics()
+            state = {n: {k: v for k, v in w.last_metrics.items() if "{" not in k} for n, w in self.workers.items()}
+            wrong = self.mismatches(require_lists=True)[:8]
+            raise AssertionError(f"{exc}; still wrong: {wrong}; workers: {state}") from None
         return t1 + t2
 
     def dead_letters(self) -> list[dict[str, Any]]:

@@ -14,12 +14,14 @@ import random
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from stack import Assets, Stack, wait_for
 
 from adgen.runtime.redis_server import redis_binary
+from adgen.streams.events import AdClick, AdRequest
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +42,15 @@ def _kill_loop(stack: Stack, kills: int, seed: int, rate: float, startup_kills: 
             stack.kill("w1", signal.SIGKILL)
         stack.start_worker("w1")
     assert producer.wait(timeout=600) == 0
+    # ids nobody has seen: a click on an ad the index never had, a brand-new user; both are valid events
+    at = datetime(2030, 6, 1, tzinfo=UTC)
+    stack.produce(
+        [
+            AdClick(event_id="ghost-click", event_time=at, user_id="u00000001", ad_id="no-such-ad"),
+            AdClick(event_id="ghost-user", event_time=at, user_id="never-seen-user", ad_id="no-such-ad-2"),
+            AdRequest(event_id="ghost-rq", event_time=at + timedelta(seconds=1), user_id="never-seen-user"),
+        ]
+    )
     converge_s = stack.converge()
     return {"kills": kills, "kills_during_startup": during_startup, "converge_s": converge_s}
 
