@@ -51,6 +51,7 @@ class PrefixCacheStats:
     reused_tokens: int = 0
     inserted: int = 0
     evicted: int = 0
+    superseded: int = 0
 
 
 class PrefixKVCache:
@@ -129,6 +130,12 @@ class PrefixKVCache:
             return
         hashes = self._block_hashes(tokens, len(tokens))
         with self._lock:
+            # an entry whose tokens are a prefix of this prompt is superseded: this one holds its K/V too
+            for old_id in {self._by_hash.get(d) for d in hashes} - {None}:
+                old = self._entries[old_id]
+                if len(old.tokens) <= len(tokens) and np.array_equal(old.tokens, tokens[: len(old.tokens)]):
+                    self._remove(old_id)
+                    self.stats.superseded += 1
             entry_id = self._next_id
             self._next_id += 1
             self._entries[entry_id] = _Entry(tokens, keys, values, hashes, nbytes)
@@ -140,12 +147,15 @@ class PrefixKVCache:
                 self._evict_oldest()
 
     def _evict_oldest(self) -> None:
-        entry_id, entry = self._entries.popitem(last=False)
+        self._remove(next(iter(self._entries)))
+        self.stats.evicted += 1
+
+    def _remove(self, entry_id: int) -> None:
+        entry = self._entries.pop(entry_id)
         for digest in entry.hashes:
             if self._by_hash.get(digest) == entry_id:
                 del self._by_hash[digest]
         self._bytes -= entry.nbytes
-        self.stats.evicted += 1
 
     def clear(self) -> None:
         with self._lock:

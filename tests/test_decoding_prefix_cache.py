@@ -75,6 +75,20 @@ def test_a_prompt_that_diverges_mid_block_reuses_exactly_the_common_prefix(tiny_
     assert cache.lookup(np.array(prompt(8, 32))) is None  # different first block: no hit
 
 
+def test_a_longer_prompt_supersedes_the_cached_prompt_it_extends():
+    cache = PrefixKVCache(block_size=8, min_reuse=8)
+    first = np.array(prompt(30, 32))
+    longer = np.concatenate([first, prompt(31, 10)])
+    other = np.array(prompt(32, 32))
+    for p in (first, other):
+        cache.insert(p, [torch.zeros(2, len(p), 4)], [torch.zeros(2, len(p), 4)])
+    cache.insert(longer, [torch.ones(2, len(longer), 4)], [torch.ones(2, len(longer), 4)])
+    assert len(cache) == 2 and cache.stats.superseded == 1
+    hit = cache.lookup(np.concatenate([first, [5]]))
+    assert hit is not None and hit.length == 32 and float(hit.keys[0].sum()) > 0  # served by the longer entry
+    assert cache.lookup(np.concatenate([other, [5]])) is not None
+
+
 def test_lru_stays_within_its_byte_budget_and_evicts_the_least_recently_used(tiny_lm):
     entry_bytes = 2 * 2 * (2 * 32 * 4) * 4  # (k + v) x layers x [heads, tokens, dim] x float32
     cache = PrefixKVCache(max_bytes=3 * entry_bytes, block_size=8, min_reuse=8)
