@@ -118,6 +118,7 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
         register_search_agent(app, topics, settings, search, SearchRedisStore(settings.redis))
         register_search_view(app, search)
     caught_up = asyncio.Event()
+    index_lock = asyncio.Lock()  # ad-update batches (apply + Redis + offsets) vs snapshots
     worker = Worker(settings, app, topics, table, metrics, store, live, generation, windows, snapshots, caught_up)
 
     @app.agent(topics.user_behavior, name="behavior-windows")
@@ -167,7 +168,7 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
                 caught_up.set()
 
         try:
-            await run_ad_indexer(live, reader, applied, idle, lambda: False)
+            await run_ad_indexer(live, reader, applied, idle, lambda: False, index_lock)
         finally:
             reader.close()
 
@@ -179,7 +180,11 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
     async def snapshot_timer() -> None:
         if not caught_up.is_set():
             return
-        notice = await snapshot_once(live, snapshots)
+        try:
+            notice = await snapshot_once(live, snapshots)
+        except (SnapshotError, OSError) as exc:  # disk full/unwritable: an exception here would crash the worker
+            log.error("index snapshot failed; still serving, retrying at the next tick: %s", exc)
+            return
         metrics.snapshots.inc()
         await notices.send(key=notice.kind.encode(), value=notice.model_dump_json().encode())
 
