@@ -58,3 +58,24 @@ def test_dense_ranks_by_cosine_of_the_given_encoder():
     dense = DenseRetriever(ITEMS, encode)
     assert dense("multimeter").ads[0] == "c"
     assert len(dense("multimeter").ads) == 3
+
+
+def test_batched_retrieval_gives_the_same_report_as_one_by_one():
+    queries = [LabelledQuery(query_id=str(i), text=t, relevance={"a": 2}) for i, t in enumerate(["x", "y", "z"])]
+    answers = {"x": Retrieved(ads=["a"], num_cis=1), "y": Retrieved(ads=["b", "a"], num_cis=2), "z": Retrieved(ads=[])}
+    single = evaluate("s", answers.__getitem__, queries, ks=(1, 2), progress=False)
+    batched = evaluate(
+        "b",
+        answers.__getitem__,
+        queries,
+        ks=(1, 2),
+        progress=False,
+        retrieve_many=lambda qs: [answers[q] for q in qs],
+        batch_size=2,
+    )
+    assert (single.hr, single.map, single.acr, single.avg_cis_per_query) == (
+        batched.hr,
+        batched.map,
+        batched.acr,
+        batched.avg_cis_per_query,
+    )
