@@ -267,26 +267,31 @@ async def run_ad_indexer(
     on_applied: Callable[[list[AdRecord], list[DeadLetter], int], Any],
     on_idle: Callable[[], None],
     should_stop: Callable[[], bool],
+    lock: asyncio.Lock | None = None,
 ) -> None:
     """Poll -> apply (in a thread: encoding is CPU work) -> hand records and dead letters to `on_applied`.
 
     `on_idle` runs after every empty poll: the worker uses the first one to decide the index has caught up
     with what the topic held at start-up, so behaviour windows see ad titles and categories from then on.
     """
+    lock = lock or asyncio.Lock()
     while not should_stop():
         good, bad = await asyncio.to_thread(reader.poll)
         if not good and not bad:
             on_idle()
             continue
-        records = await asyncio.to_thread(live.apply, [e for e, _, _ in good]) if good else []
-        for _, partition, offset in good:
-            live.offsets[partition] = max(live.offsets.get(partition, 0), offset + 1)
-        for letter in bad:
-            if letter.partition is not None and letter.offset is not None:
-                live.offsets[letter.partition] = max(live.offsets.get(letter.partition, 0), letter.offset + 1)
-        result = on_applied(records, bad, len(good))
-        if asyncio.iscoroutine(result):
-            await result
+        # apply, publish, then advance the offsets, all under the lock the snapshot timer takes: a snapshot
+        # never covers an update whose Redis records were not written yet
+        async with lock:
+            records = await asyncio.to_thread(live.apply, [e for e, _, _ in good]) if good else []
+            result = on_applied(records, bad, len(good))
+            if asyncio.iscoroutine(result):
+                await result
+            for _, partition, offset in good:
+                live.offsets[partition] = max(live.offsets.get(partition, 0), offset + 1)
+            for letter in bad:
+                if letter.partition is not None and letter.offset is not None:
+                    live.offsets[letter.partition] = max(live.offsets.get(letter.partition, 0), letter.offset + 1)
 
 
 def utc_now() -> datetime:

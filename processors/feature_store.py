@@ -267,14 +267,14 @@ class FeatureStore:
             return 0
 
         async def run() -> int:
-            pipe = self.client.pipeline(transaction=False)
-            for start in range(0, len(items), KEYS_PER_CALL):
-                chunk = items[start : start + KEYS_PER_CALL]
-                args: list[object] = []
-                for _, version, payload, ttl, strict in chunk:
-                    args += [version, payload, ttl, 1 if strict else 0]
-                await self._guarded_set_many(keys=[c[0] for c in chunk], args=args, client=pipe)
-            return sum(int(r) for r in await pipe.execute())
+            async with self.client.pipeline(transaction=False) as pipe:  # reset even when execute fails
+                for start in range(0, len(items), KEYS_PER_CALL):
+                    chunk = items[start : start + KEYS_PER_CALL]
+                    args: list[object] = []
+                    for _, version, payload, ttl, strict in chunk:
+                        args += [version, payload, ttl, 1 if strict else 0]
+                    await self._guarded_set_many(keys=[c[0] for c in chunk], args=args, client=pipe)
+                return sum(int(r) for r in await pipe.execute())
 
         started = time.perf_counter()
         applied = await self._retrying(f"write {kind}", run)
@@ -331,10 +331,10 @@ class FeatureStore:
 
     async def _hget_many(self, keys: Sequence[str]) -> list[bytes | None]:
         async def run() -> list[bytes | None]:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hget(key, "data")
-            return list(await pipe.execute())
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(key, "data")
+                return list(await pipe.execute())
 
         return await self._retrying("read", run) if keys else []
 

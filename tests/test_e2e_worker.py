@@ -41,6 +41,7 @@ from adgen.streams.events import (
     USER_BEHAVIOR_ADAPTER,
     AdDelete,
     AdRequest,
+    AdUpsert,
     ContentComplete,
 )
 from adgen.streams.producer import EventProducer
@@ -333,3 +334,43 @@ def test_redis_down_for_10s_retries_with_backoff_and_loses_nothing(stack: Stack)
     stack.runtime.redis.start()  # same port and data dir: the saved data comes back
     wait_for(lambda: redis_matches_expected(stack), 180, "the backlog to reach Redis after the outage")
     assert metric(stack, "adgen_redis_retries_total") > before
+
+
+def test_snapshot_timer_announces_a_snapshot_and_a_restart_resumes_from_its_offsets(stack: Stack) -> None:
+    stack.kill_worker(signal.SIGTERM)
+    stack.start_worker(ADGEN_WORKER__SNAPSHOT_INTERVAL_S="3")
+    store = SnapshotStore(Path(stack.env["ADGEN_PATHS__INDEX"]), INDEX_KIND)
+
+    def worker_snapshot() -> bool:
+        return store.latest().manifest.meta.get("written_by") == "worker"
+
+    wait_for(worker_snapshot, 60, "a snapshot written by the worker")
+    meta = store.latest().manifest.meta
+    offsets = meta["ad_updates_offsets"]
+    assert set(offsets) == {"0", "1"} and all(v > 0 for v in offsets.values())  # both partitions were read
+    assert len(meta["catalogue"]) >= ADS
+    consumer = Consumer({"bootstrap.servers": stack.settings.kafka.bootstrap_servers, "group.id": "e2e-snap"})
+    consumer.assign([TopicPartition("index-snapshots", 0, 0)])
+    notice = None
+    deadline = time.monotonic() + 30
+    while notice is None and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            notice = json.loads(msg.value())
+    consumer.close()
+    assert notice is not None and notice["kind"] == INDEX_KIND and Path(notice["path"]).is_dir()
+    # restart from that snapshot, then a brand-new ad must still reach the live index and Redis
+    stack.kill_worker(signal.SIGTERM)
+    stack.start_worker()
+    new_ad = AdUpsert(
+        event_id="e2e-new-ad",
+        event_time=datetime(2030, 5, 1, tzinfo=UTC),
+        ad_id="ad-e2e-new",
+        name="Trail running shoe with a carbon plate",
+        category_path=["Sports", "Running"],
+    )
+    stack.produce([new_ad])
+    r = stack.redis()
+    wait_for(lambda: r.hget(stack.keys.ad("ad-e2e-new"), "data") is not None, 60, "the new ad in Redis")
+    record = json.loads(r.hget(stack.keys.ad("ad-e2e-new"), "data"))
+    assert record["status"] == "active" and record["sid"]
