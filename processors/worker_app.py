@@ -181,7 +181,8 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
         if not caught_up.is_set():
             return
         try:
-            notice = await snapshot_once(live, snapshots)
+            async with index_lock:  # never between an ad batch's apply and its Redis write
+                notice = await snapshot_once(live, snapshots)
         except (SnapshotError, OSError) as exc:  # disk full/unwritable: an exception here would crash the worker
             log.error("index snapshot failed; still serving, retrying at the next tick: %s", exc)
             return
