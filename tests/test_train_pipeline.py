@@ -132,3 +132,30 @@ def test_click_then_conversion_of_the_same_ad_counts_once():
         ("ad_click", "b"),
         ("ad_click", "b"),
     ]
+
+
+def test_local_hf_checkpoint_gets_its_own_tokenizer_extended_with_sids_and_embeddings_resized(tmp_path: Path):
+    from adgen.catalogue import Dataset, Item
+    from adgen.index.semantic_ids import sid_vocabulary
+    from adgen.model.lm import LMConfig, build_lm, save_lm
+    from adgen.model.pipeline import PipelineConfig, prepare_model
+    from adgen.model.tokenizer import build_tokenizer, save_tokenizer, token_offset
+
+    base_tok = build_tokenizer(["a local model's own corpus"] * 5, vocab_size=300)
+    ckpt = tmp_path / "ckpt"
+    save_lm(build_lm(LMConfig(vocab_size=len(base_tok), hidden_size=16, num_layers=1, num_heads=2)), ckpt)
+    save_tokenizer(base_tok, ckpt)
+    sid_map = SemanticIdMap.build(["x", "y"], [[0, 1], [1, 0]], (2, 2, 2))
+    cfg = PipelineConfig.model_validate(
+        {
+            "name": "hf",
+            "out_dir": str(tmp_path / "run"),
+            "data": {"source": "world", "path": "."},
+            "model": {"checkpoint": str(ckpt)},
+        }
+    )
+    data = Dataset(name="d", items={i: Item(item_id=i, title=i) for i in ("x", "y")}, users={})
+    model, tok = prepare_model(cfg, data, sid_map)
+    vocab = sid_vocabulary(sid_map.codebook_sizes)
+    assert token_offset(tok, vocab) == len(base_tok)  # appended after the checkpoint's own vocabulary
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) == len(base_tok) + len(vocab)
