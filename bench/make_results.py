@@ -78,6 +78,16 @@ def sizes(summary: dict[str, Any] | None) -> str:
     )
 
 
+def verdict(leadre: dict[str, Any] | None, sasrec: dict[str, Any] | None) -> str:
+    """One computed sentence: does the generative model beat SASRec on NDCG@10, and by what ratio."""
+    if not leadre or not sasrec:
+        return "Verdict: not available (a run is missing)."
+    a, b = leadre["ndcg@10"], sasrec["ndcg@10"]
+    word = "beats" if a > b else "does not beat"
+    ratio = f"{a / b:.2f}x" if b > 0 else "n/a"
+    return f"Verdict: the generative model {word} SASRec on NDCG@10 ({a:.4f} vs {b:.4f}, ratio {ratio})."
+
+
 def results_of(summary: dict[str, Any] | None, model: str = "leadre") -> dict[str, Any] | None:
     if summary is None:
         return None
@@ -102,7 +112,14 @@ def build(runs: Path) -> str:
     if world:
         res = world.get("results") or {}
         rows = [(name, res.get(name)) for name in ("leadre", "sasrec", "popularity")]
-        out += [table(rows, RANK_KEYS), "", table(rows, LIST_KEYS), ""]
+        out += [
+            table(rows, RANK_KEYS),
+            "",
+            table(rows, LIST_KEYS),
+            "",
+            verdict(res.get("leadre"), res.get("sasrec")),
+            "",
+        ]
         dpo = world.get("dpo")
         if dpo:
             out += [
@@ -152,6 +169,8 @@ def build(runs: Path) -> str:
     rows = [(label, results_of(amazon[name], model)) for label, name, model in AMAZON]
     rows += [("SASRec", results_of(main, "sasrec")), ("most popular", results_of(main, "popularity"))]
     out += [table(rows, ["hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10"]), ""]
+    best = max((r for _, r in rows[:2] if r), key=lambda r: r.get("ndcg@10", 0.0), default=None)
+    out += [verdict(best, results_of(main, "sasrec")), ""]
     return "\n".join(out) + "\n"
 
 
