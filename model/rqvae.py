@@ -44,6 +44,7 @@ class RQVAEConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     kmeans_init: bool = True
+    warmup_steps: int = Field(0, ge=0, description="Autoencoder-only steps before the k-means init.")
     reseed_dead_codes: bool = True
     kmeans_iters: int = Field(50, ge=1)
     seed: int = 0
@@ -232,6 +233,31 @@ def train_rqvae(
         torch.set_num_threads(threads)
 
 
+def _warm_up(
+    model: RQVAE, x: torch.Tensor, config: RQVAEConfig, opt: torch.optim.Optimizer, generator: torch.Generator
+) -> None:
+    """Train encoder + decoder without quantisation for `warmup_steps` minibatches.
+
+    A fresh encoder maps every ad to nearly the same latent (spread ~0.003 against a bias of ~0.05), so
+    k-means on it is arbitrary and the first optimiser steps move the latents past the clusters. A short
+    autoencoder warm-up spreads the latents first, so the k-means init lands on real structure. It helps
+    tiny catalogues (tens to hundreds of ads, a step or two per epoch); on Amazon Scientific 200 warm-up
+    steps raised collisions from 17.9 % to 20.4 %, so it is off by default.
+    """
+    step = 0
+    while step < config.warmup_steps:
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), config.batch_size):
+            if step == config.warmup_steps:
+                break
+            batch = x[order[start : start + config.batch_size]]
+            loss = (model.decoder(model.encoder(batch)) - batch).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+
+
 def _train(
     embeddings: np.ndarray, config: RQVAEConfig, metrics_path: Path | None, progress: bool
 ) -> tuple[RQVAE, list[EpochMetrics]]:
@@ -241,9 +267,10 @@ def _train(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = RQVAE(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    _warm_up(model, x, config, opt, generator)
     if config.kmeans_init:
         model._init_codebooks(x, generator)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[EpochMetrics] = []
     bar = tqdm(range(config.epochs), desc="rq-vae", disable=not progress, unit="epoch")
     for epoch in bar:

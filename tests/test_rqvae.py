@@ -107,3 +107,10 @@ def test_numpy_inference_matches_the_torch_quantiser() -> None:
     assert np.array_equal(model.codes(x), torch_codes.numpy())
     single = np.stack([model.codes(x[i : i + 1])[0] for i in range(len(x))])
     assert np.array_equal(single, model.codes(x))  # one ad at a time == the whole batch
+
+
+def test_autoencoder_warm_up_before_kmeans_raises_utilisation() -> None:
+    _, cold = train_rqvae(_clustered(), _config(), progress=False)
+    _, warm = train_rqvae(_clustered(), _config(warmup_steps=200), progress=False)
+    assert min(warm[-1].utilisation) > min(cold[-1].utilisation)
+    assert warm[-1].reconstruction_loss < cold[-1].reconstruction_loss

@@ -75,6 +75,7 @@ def build(
     codebook_size: Annotated[int | None, typer.Option(help="Codes per level K (default: sized to catalogue).")] = None,
     epochs: Annotated[int, typer.Option(help="RQ-VAE training epochs.")] = 100,
     collision_size: Annotated[int | None, typer.Option(help="Collision codes (default: 2x largest group).")] = None,
+    warmup_steps: Annotated[int, typer.Option(help="Autoencoder steps before k-means (tiny catalogues).")] = 0,
     seed: Annotated[int | None, typer.Option(help="Seed (default: model.seed).")] = None,
     config_file: ConfigOpt = None,
 ) -> None:
@@ -91,6 +92,7 @@ def build(
     embeddings = enc.encode([ad_text(i) for i in items])
     timings["embed"] = time.perf_counter() - start
     overrides: dict[str, object] = {
+        "warmup_steps": warmup_steps,
         "num_levels": levels,
         "epochs": epochs,
         "seed": settings.model.seed if seed is None else seed,
