@@ -7,15 +7,17 @@ top of the good load: the good-event throughput of the two halves is compared (a
 
 Every `--sample-s` seconds it records offered and consumed throughput, request->features p99 and Redis
 write p99 (from the worker's histograms, per interval), consumer lag and the worker's RSS. It prints a
-table, writes JSON (+ a PNG plot next to it) and judges the run against a baseline measured in the same
-run, the first minute after warm-up: RSS(end)/RSS(baseline) must stay under --max-rss-growth (memory
-flat) and lag must stay under --max-lag-s seconds of input (lag bounded). Exit code 1 if either fails.
-Runs shorter than three minutes compare the first and last third of the samples instead.
+table, writes JSON (+ a PNG plot next to it) and judges the run against baselines measured in the same
+run: memory is flat if RSS over the last minute is within --max-rss-growth of RSS over the minute at
+half-time (the first half is allowed to fill the worker's bounded caches, e.g. the 256 MiB prefix K/V
+cache of the decoder; the growth from the first minute is reported too), and lag is bounded if it
+never exceeds --max-lag-s seconds of input. Exit code 1 if either fails. Runs shorter than three
+minutes use thirds of the run instead of minutes.
 
 The worker's model is a randomly initialised LM (tests/reliability/stack.py builds the world, index and
 checkpoint), so the generation cost is real but the lists are meaningless. Search queries are produced
-to their topic; `adgen worker` does not consume that topic (no search agent in the worker), which the
-report states rather than hides.
+to their topic; the worker serves them only when a CI model is configured (none here), and the report
+gives both counts rather than hiding that.
 """
 
 from __future__ import annotations
@@ -198,6 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "generation_queue": m.get("adgen_generation_queue_depth", 0.0),
                     "worker_rss_mb": rss_bytes(worker.process.pid) / 2**20,
                     "dead_letters": m.get("adgen_dead_letters_total", 0.0),
+                    "search_served": m.get('adgen_events_total{topic="search-queries"}', 0.0),
                 }
                 samples.append(sample)
                 print(
@@ -265,7 +268,10 @@ def judge(args: argparse.Namespace, samples: list[dict[str, Any]], sent: int, se
     dirty = [s for s in warm if s["garbage_phase"]]
     third = max(1, len(warm) // 3)  # short runs: first vs last third; long runs: first vs last minute
     per_minute = max(1, int(60 / args.sample_s))
-    baseline, last = warm[: min(third, per_minute)], warm[-min(third, per_minute) :]
+    span = min(third, per_minute)
+    baseline, last = warm[:span], warm[-span:]
+    mid = len(warm) // 2
+    half = warm[max(0, mid - span) : mid] or baseline
 
     def mean(rows: list[dict[str, Any]], key: str) -> float:
         vals = [r[key] for r in rows if r[key] is not None]
@@ -275,7 +281,7 @@ def judge(args: argparse.Namespace, samples: list[dict[str, Any]], sent: int, se
         vals = sorted(r[key] for r in rows if r[key] is not None)
         return vals[min(len(vals) - 1, int(0.99 * len(vals)))] if vals else None
 
-    rss_base, rss_end = mean(baseline, "worker_rss_mb"), mean(last, "worker_rss_mb")
+    rss_base, rss_half, rss_end = (mean(rows, "worker_rss_mb") for rows in (baseline, half, last))
     max_lag_s = max((s["lag_s_of_input"] for s in warm), default=0.0)
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -295,11 +301,13 @@ def judge(args: argparse.Namespace, samples: list[dict[str, Any]], sent: int, se
         "rss_baseline_mb": rss_base,
         "rss_end_mb": rss_end,
         "rss_end_over_baseline": rss_end / rss_base if rss_base else None,
-        "search_queries_unconsumed": search_backlog,
-        "search_note": "adgen worker registers no search-queries agent; these queries were produced, not served",
+        "rss_half_mb": rss_half,
+        "rss_end_over_half": rss_end / rss_half if rss_half else None,
+        "search_queries_produced": search_backlog,
+        "search_queries_served": samples[-1].get("search_served", 0.0) if samples else 0.0,
         "samples": samples,
     }
-    ok_rss = result["rss_end_over_baseline"] is not None and result["rss_end_over_baseline"] <= args.max_rss_growth
+    ok_rss = result["rss_end_over_half"] is not None and result["rss_end_over_half"] <= args.max_rss_growth
     ok_lag = max_lag_s <= args.max_lag_s
     result["memory_flat"] = ok_rss
     result["lag_bounded"] = ok_lag
@@ -341,7 +349,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=60.0, help="Offered events per second (all kinds).")
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=30.0)
-    parser.add_argument("--max-rss-growth", type=float, default=1.25)
+    parser.add_argument("--max-rss-growth", type=float, default=1.10, help="RSS(last min) / RSS(half-time min).")
     parser.add_argument("--max-lag-s", type=float, default=30.0, help="Bound on lag, in seconds of input.")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--ads", type=int, default=300)
