@@ -264,8 +264,8 @@ def _search_topic_backlog(stack: Stack) -> int:
 
 def judge(args: argparse.Namespace, samples: list[dict[str, Any]], sent: int, search_backlog: int) -> dict[str, Any]:
     warm = [s for s in samples if s["t_s"] > args.warmup_s] or samples
-    clean = [s for s in warm if not s["garbage_phase"]]
-    dirty = [s for s in warm if s["garbage_phase"]]
+    clean = [s for s in warm if not s.get("garbage_phase")]
+    dirty = [s for s in warm if s.get("garbage_phase")]
     third = max(1, len(warm) // 3)  # short runs: first vs last third; long runs: first vs last minute
     per_minute = max(1, int(60 / args.sample_s))
     span = min(third, per_minute)
@@ -357,8 +357,16 @@ def main() -> int:
     parser.add_argument("--garbage-share", type=float, default=0.2, help="Bad messages per good one, 2nd half.")
     parser.add_argument("--work", type=Path, default=REPO / "var" / "soak")
     parser.add_argument("--out", type=Path, default=REPO / "var" / "runs" / "soak" / "soak.json")
+    parser.add_argument("--rejudge", type=Path, help="Judge and plot a recorded run's JSON again; no new run.")
     args = parser.parse_args()
-    result = run(args)
+    if args.rejudge:
+        recorded = json.loads(args.rejudge.read_text())
+        shape = {k: v for k, v in recorded["config"].items() if k in {"minutes", "rate", "sample_s", "warmup_s"}}
+        args = argparse.Namespace(**{**vars(args), **shape, "out": args.rejudge, "rejudge": None})
+        result = judge(args, recorded["samples"], recorded["events_sent"], recorded.get("search_queries_unconsumed", 0))
+        result["garbage_sent"] = recorded.get("garbage_sent", 0)
+    else:
+        result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     png = args.out.with_suffix(".png")
