@@ -42,6 +42,9 @@ class CIModelConfig(BaseModel):
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
+    tie_embeddings: bool = Field(
+        True, description="Output layer = input embeddings: copying query words into a CI is then learnt fast."
+    )
     knowledge_epochs: int = Field(1, ge=1)
     format_epochs: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -155,6 +158,7 @@ def train_ci_model(
         num_layers=config.num_layers,
         num_heads=config.num_heads,
         max_positions=MAX_PROMPT_TOKENS + 64,
+        tie_embeddings=config.tie_embeddings,
         pad_token_id=int(tokenizer.pad_token_id),
         bos_token_id=int(tokenizer.bos_token_id),
         eos_token_id=int(tokenizer.eos_token_id),
