@@ -4,10 +4,13 @@
 
 Part 1, behaviour windows (real Tansu broker + redis-server + Faust workers as subprocesses, one topic of
 pre-produced events, each variant its own consumer group): events/s from its first to its last event for
-  - drain:   a Faust agent that only takes and counts raw events (the consumer's ceiling here),
-  - naive:   decode + one table read/write per event (the ~1k events/s pattern the issue warns about),
-  - batched: the worker's agent (take_events batches, one table write per user per batch, window
-             features to Redis in one guarded pipeline per batch).
+  - drain:       a Faust agent that only takes and counts raw events (the consumer's ceiling here),
+  - naive:       decode + one table read/write per event (the ~1k events/s pattern the issue warns about),
+  - naive_redis: naive + the window features written to Redis per event (same outputs as batched),
+  - batched:     the worker's agent (take_events batches, one table write per user per batch, window
+                 features to Redis in one guarded pipeline per batch).
+Batching saves table and Redis writes only when a user has several events in one batch: run it with
+--users 2000 (~1 event per user per batch) and with --users 200 (a hot set of active users).
 Part 2, generation (in-process, the real decoder over a random-init model of the built-in default size:
 hidden 256, 4 layers; S-ID trie of --ads ads): users/s of the decoder alone on pre-built prompts vs the
 full generation step (queue, budget, debounce read, prompts from windows, decode, guarded Redis write),
@@ -33,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
-VARIANTS = ("drain", "naive", "batched")
+VARIANTS = ("drain", "naive", "naive_redis", "batched")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -75,7 +78,13 @@ def child(variant: str, expected: int, result_path: Path) -> None:
     import faust
 
     from adgen.config import load_settings
-    from adgen.processors.behavior_windows import BehaviorWindows, acting_for, declare_window_table, decoded_batches
+    from adgen.processors.behavior_windows import (
+        BehaviorWindows,
+        acting_for,
+        declare_window_table,
+        decoded_batches,
+        window_features,
+    )
     from adgen.processors.feature_store import FeatureStore
     from adgen.processors.metrics import WorkerMetrics
     from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
@@ -107,14 +116,17 @@ def child(variant: str, expected: int, result_path: Path) -> None:
         if variant == "drain":
             async for batch in stream.take_events(WINDOW_BATCH_SIZE, within=WINDOW_BATCH_WITHIN_S):
                 count(len(batch))
-        elif variant == "naive":
+        elif variant in ("naive", "naive_redis"):
             async for raw in stream.events():
                 event = decode_event(raw.message.topic, raw.value, key=raw.key)
                 key = event.user_id.encode()
-                row = table.get(key)
-                window = UserWindow.from_bytes(row) if row else UserWindow(user_id=event.user_id)
                 with acting_for(raw):
-                    table[key] = apply_events(window, [event], limits).to_bytes()
+                    row = table.get(key)
+                    window = UserWindow.from_bytes(row) if row else UserWindow(user_id=event.user_id)
+                    new = apply_events(window, [event], limits)
+                    table[key] = new.to_bytes()
+                if variant == "naive_redis":  # the same outputs as the batched agent, one event at a time
+                    await store.write_user_windows([window_features(new)])
                 count(1)
         else:
             async for batch in decoded_batches(
@@ -165,6 +177,7 @@ def bench_windows(args: argparse.Namespace, work: Path) -> dict:
             rate = r["events_per_s"]
             print(f"  {variant:8s} {r['events']:>7,d} events in {r['seconds']:6.2f}s = {rate:>9,.0f} events/s")
         results["batched_vs_naive"] = results["batched"]["events_per_s"] / results["naive"]["events_per_s"]
+        results["batched_vs_naive_redis"] = results["batched"]["events_per_s"] / results["naive_redis"]["events_per_s"]
         results["batched_vs_drain"] = results["batched"]["events_per_s"] / results["drain"]["events_per_s"]
         return results
     finally:
@@ -368,7 +381,11 @@ def main() -> None:
             print(f"behaviour windows: {args.events:,} events over {args.users:,} users")
             result["windows"] = bench_windows(args, work)
             w = result["windows"]
-            print(f"  batched/naive = {w['batched_vs_naive']:.1f}x, batched/drain = {w['batched_vs_drain']:.2f}")
+            print(
+                f"  batched/naive = {w['batched_vs_naive']:.2f}x,"
+                f" batched/naive_redis = {w['batched_vs_naive_redis']:.2f}x,"
+                f" batched/drain = {w['batched_vs_drain']:.2f}"
+            )
         if args.skip != "generation":
             print(f"generation: {args.gen_users} users, {args.ads:,} ads")
             result["generation"] = bench_generation(args, work)

@@ -137,15 +137,7 @@ class BehaviorWindows:
                     continue  # a pure replay: nothing to write
                 self.table[key] = new.to_bytes()
             updates.append((new, new.last_request_id != window.last_request_id))
-            features.append(
-                UserWindowFeatures(
-                    user_id=user_id,
-                    interest_summary=new.summary,
-                    window_events=len(new.events),
-                    arpu=new.profile.arpu,
-                    newest_event_time=datetime.fromtimestamp(new.newest_ts, UTC),
-                )
-            )
+            features.append(window_features(new))
         if self.store is not None and features:
             await self.store.write_user_windows(features)
         if self.on_windows is not None and updates:
@@ -153,6 +145,17 @@ class BehaviorWindows:
         self.metrics.window_batch_users.observe(len(by_user))
         self.metrics.window_batch_seconds.observe(time.perf_counter() - started)
         return updates
+
+
+def window_features(window: UserWindow) -> UserWindowFeatures:
+    """The part of a window the ranking service reads from Redis."""
+    return UserWindowFeatures(
+        user_id=window.user_id,
+        interest_summary=window.summary,
+        window_events=len(window.events),
+        arpu=window.profile.arpu,
+        newest_event_time=datetime.fromtimestamp(window.newest_ts, UTC),
+    )
 
 
 def windows_in_table(table: Any) -> Iterator[UserWindow]:
