@@ -46,8 +46,8 @@ def test_tiny_model_overfits_20_users_and_generates_their_target_sids(tmp_path: 
         (builder.user_prompt(e.history, data.users[e.user_id].profile).ids, builder.response_ids(e.target))
         for e in split.test
     ]
-    model = build_lm(LMConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=2, max_positions=256))
-    cfg = LMTrainConfig(out_dir=tmp_path / "run", epochs=60, batch_size=5, lr=4e-3, warmup_ratio=0.0, torch_threads=1)
+    model = build_lm(LMConfig(vocab_size=len(tok), hidden_size=128, num_layers=2, num_heads=2, max_positions=256))
+    cfg = LMTrainConfig(out_dir=tmp_path / "run", epochs=60, batch_size=5, lr=3e-3, warmup_ratio=0.0, torch_threads=1)
     train_causal_lm(model, tok, examples, cfg)
 
     rec = GenerativeRecommender(model, tok, builder, sid_map, {u: h.profile for u, h in data.users.items()})
