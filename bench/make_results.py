@@ -35,7 +35,7 @@ def load(runs: Path, name: str) -> dict[str, Any] | None:
         return None
     summary = json.loads(path.read_text())
     eval_path = runs / name / "eval" / "eval.json"
-    if not summary.get("results") and eval_path.exists():
+    if eval_path.exists():  # the evaluation of record (a later `adgen eval` may have re-run a baseline)
         summary["results"] = json.loads(eval_path.read_text())["results"]
     return summary
 

@@ -81,6 +81,12 @@ class SASRecNet(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.hidden)
         self.drop = nn.Dropout(config.dropout)
+        # nn.Embedding's default N(0, 1) makes the tied output logits ~sqrt(hidden) wide and the first epochs
+        # diverge (CE far above ln N); std hidden^-0.5 gives unit-scale inputs after the sqrt(d) scaling.
+        nn.init.normal_(self.item_emb.weight, std=config.hidden**-0.5)
+        nn.init.normal_(self.pos_emb.weight, std=config.hidden**-0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, d] for left-padded item-index sequences (0 = padding)."""

@@ -14,6 +14,7 @@ import itertools
 import json
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -355,23 +356,26 @@ class Run:
             raise FileNotFoundError(f"no trained model in {path}; run `adgen train --config ...` first")
         self.model = load_lm(path)
 
-    def evaluate(self, extra: dict[str, GenerativeRecommender] | None = None) -> dict[str, dict[str, Any]]:
+    def evaluate(self, models: Sequence[str] = ("leadre", "popularity", "sasrec")) -> dict[str, dict[str, Any]]:
+        """Evaluate `models` (those in eval.baselines, plus leadre) on the test users; results for models not
+        re-run are kept from an existing eval.json, so one baseline can be re-evaluated alone."""
         cfg = self.cfg
         started = time.perf_counter()
-        results = {"leadre": evaluate_recommender(self.recommender(), self.test, self.data, cfg.eval)}
+        path = self.out / "eval" / "eval.json"
+        results: dict[str, dict[str, Any]] = json.loads(path.read_text())["results"] if path.exists() else {}
         candidates = sorted(self.data.active_items())
-        if "popularity" in cfg.eval.baselines:
+        if "leadre" in models:
+            results["leadre"] = evaluate_recommender(self.recommender(), self.test, self.data, cfg.eval)
+        if "popularity" in models and "popularity" in cfg.eval.baselines:
             pop = PopularityRecommender(candidates).fit([e.history for e in self.split.valid])
             results["popularity"] = evaluate_recommender(pop, self.test, self.data, cfg.eval)
-        if "sasrec" in cfg.eval.baselines:
+        if "sasrec" in models and "sasrec" in cfg.eval.baselines:
             sas = SASRecRecommender(candidates, cfg.eval.sasrec)
             fit = sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, self.out / "sasrec")
             results["sasrec"] = {
                 **evaluate_recommender(sas, self.test, self.data, cfg.eval),
                 "train_s": fit["train_seconds"],
             }
-        for name, rec in (extra or {}).items():
-            results[name] = evaluate_recommender(rec, self.test, self.data, cfg.eval)
         self.timings["eval_s"] = time.perf_counter() - started
         write_report(results, self.out / "eval", cfg.name, cfg.eval.ks)
         return results

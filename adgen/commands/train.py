@@ -71,18 +71,27 @@ def train(
 def evaluate_cmd(
     config: ConfigArg,
     out_dir: Annotated[Path | None, typer.Option(help="Override out_dir of the config.")] = None,
+    models: Annotated[
+        str, typer.Option(help="Comma-separated subset of leadre,popularity,sasrec to (re-)evaluate.")
+    ] = "leadre,popularity,sasrec",
 ) -> None:
     """Evaluate the trained model in out_dir/model and the baselines on the test split (JSON + PNG)."""
     from adgen.model.pipeline import Run
 
     cfg = _load(config, out_dir)
+    chosen = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - {"leadre", "popularity", "sasrec"})
+    if unknown:
+        err.print(f"[red]error:[/red] unknown model(s) {unknown}; choose from leadre, popularity, sasrec")
+        raise typer.Exit(code=2)
     run = Run(cfg)
     try:
-        run.load_trained()
+        if "leadre" in chosen:
+            run.load_trained()
     except FileNotFoundError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from exc
-    results = run.evaluate()
+    results = run.evaluate(chosen)
     run.summary("summary_eval.json", results=results)
     _table(results)
     console.print(json.dumps({"report": str(cfg.out_dir / "eval" / "eval.json")}))
