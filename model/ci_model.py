@@ -227,8 +227,19 @@ def query_cis(
     top_cis: int,
     beams: int,
     score_floor: float | None,
+    fallback_cis: int = 3,
 ) -> list[dict[int, float]]:
-    """Per (normalised) query, its top-B CIs as probabilities over the returned beams (RARE online step)."""
+    """Per (normalised) query, its top-B CIs as probabilities over the returned beams (RARE online step).
+
+    A confident model can put every in-trie token below `score_floor` (e.g. for a typo it would rather
+    copy); such queries are decoded again without the floor and keep their best `fallback_cis` CIs, so
+    truncation trims weak CIs but never leaves a query with none.
+    """
     prompts = [QUERY_PROMPT.format(text=q) for q in normalised_queries]
     rows = ci_model.generate(prompts, trie, k=top_cis, beams=max(beams, top_cis), score_floor=score_floor)
+    empty = [i for i, row in enumerate(rows) if not row]
+    if empty and score_floor is not None and fallback_cis > 0:
+        retry = ci_model.generate([prompts[i] for i in empty], trie, k=min(fallback_cis, top_cis), beams=beams)
+        for i, row in zip(empty, retry, strict=True):
+            rows[i] = row
     return [probabilities(row) for row in rows]

@@ -87,3 +87,13 @@ def test_assign_cis_gives_every_new_ad_at_least_one_ci_from_the_set(trained):
     rows = assign_cis(model, model.ci_trie(ci_set), prompts, k=3, min_prob=0.2)
     assert all(rows) and all(0 <= ci < len(CIS) for row in rows for ci in row)
     assert max(rows[0], key=rows[0].get) == CIS.index("digital multimeter")
+
+
+def test_low_score_truncation_never_leaves_a_query_without_cis(trained):
+    from adgen.model.ci_model import query_cis
+
+    model, ci_set, _, _ = trained
+    trie = model.ci_trie(ci_set)
+    strict = query_cis(model, trie, ["zzz qqq", "safety goggles"], top_cis=4, beams=4, score_floor=-1e-9)
+    assert all(1 <= len(row) <= 3 for row in strict)
+    assert query_cis(model, trie, ["zzz qqq"], top_cis=4, beams=4, score_floor=-1e-9, fallback_cis=0) == [{}]
