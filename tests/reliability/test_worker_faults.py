@@ -73,6 +73,7 @@ def test_worker_sigkilled_twice_at_random_points_ends_with_every_event_applied_o
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 20+ worker start-ups; each is 20-40 s on a busy 2-core machine
 def test_worker_sigkilled_20_times_at_random_points_ends_with_every_event_applied_once(
     assets: Assets, tmp_path: Path
 ) -> None:
@@ -80,6 +81,7 @@ def test_worker_sigkilled_20_times_at_random_points_ends_with_every_event_applie
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_two_workers_in_one_group_one_killed_the_survivor_takes_over_and_nothing_is_lost(
     assets: Assets, tmp_path: Path
 ) -> None:
@@ -130,6 +132,7 @@ class PersistentRedis:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_redis_sigkilled_and_restarted_mid_run_the_worker_retries_and_loses_nothing(
     assets: Assets, tmp_path: Path
 ) -> None:
