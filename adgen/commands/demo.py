@@ -67,6 +67,8 @@ def _paths_env(root: Path) -> dict[str, str]:
 def _train_config(root: Path, base: Path) -> Path:
     """The demo's training config with its data, index and output paths pointed under `root`."""
     raw = yaml.safe_load(base.read_text())
+    if "base" in raw:  # bases resolve relative to the file that names them: keep pointing at the original
+        raw["base"] = str((base.parent / raw["base"]).resolve())
     raw.setdefault("data", {})["path"] = str(root / "world")
     raw.setdefault("sids", {})["index"] = str(root / "index")
     raw["out_dir"] = str(root / "train")
@@ -200,7 +202,7 @@ def demo(
             console.print(f"reusing the checkpoint in {model_dir}")
         else:
             cfg = _train_config(root, train_config)
-            timed("train", lambda: _run(["train", str(cfg)], env, "model trained and evaluated"))
+            timed("train", lambda: _run(["train", "--config", str(cfg)], env, "model trained and evaluated"))
 
         _stage("4/6 RARE search index (CIs → CI set → CI model → CI→ads)")
         ci_dir = root / "index" / "ci"

@@ -10,22 +10,19 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-import torch
 import typer
 from rich.console import Console
 
-from adgen.catalogue import Item
 from adgen.config import Settings, load_settings
-from adgen.index.ad_index import AdIndex, build_ad_index
-from adgen.index.quality import plot_report, quality_report
-from adgen.index.sid_trie import trie_nbytes
-from adgen.index.snapshot import INDEX_KIND, LiveSnapshot, SnapshotStore, read_index_snapshot
-from adgen.model.ad_text import ad_text, meaningful_categories
-from adgen.model.encoder import CachedEncoder, load_encoder
-from adgen.model.rqvae import RQVAEConfig, code_usage_metrics
+
+if TYPE_CHECKING:  # the heavy modules (torch, the encoder) load inside the commands: `adgen up` stays fast
+    from adgen.catalogue import Item
+    from adgen.index.ad_index import AdIndex
+    from adgen.index.snapshot import SnapshotStore
+    from adgen.model.encoder import CachedEncoder
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 out = Console()
@@ -37,10 +34,14 @@ AMAZON_DEFAULT = Path("/work/shared/datasets/amazon-scientific")
 
 
 def _store(settings: Settings, index: Path | None) -> SnapshotStore:
+    from adgen.index.snapshot import INDEX_KIND, SnapshotStore
+
     return SnapshotStore(index or settings.paths.index, kind=INDEX_KIND)
 
 
 def _encoder(settings: Settings, name: str | None) -> CachedEncoder:
+    from adgen.model.encoder import CachedEncoder, load_encoder
+
     return CachedEncoder(
         load_encoder(name or settings.model.encoder, settings.model.device), settings.paths.embedding_cache
     )
@@ -80,6 +81,12 @@ def build(
     config_file: ConfigOpt = None,
 ) -> None:
     """Catalogue -> ad texts -> embeddings (cached) -> RQ-VAE -> S-IDs -> trie -> new snapshot."""
+    import torch
+
+    from adgen.index.ad_index import build_ad_index
+    from adgen.model.ad_text import ad_text
+    from adgen.model.rqvae import RQVAEConfig
+
     settings = load_settings(config_file)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
@@ -115,6 +122,8 @@ def build(
 
 
 def _open_live(settings: Settings, index: Path | None, encoder: str | None) -> tuple[SnapshotStore, AdIndex]:
+    from adgen.index.ad_index import AdIndex
+
     store = _store(settings, index)
     try:
         return store, AdIndex.load_latest(store, _encoder(settings, encoder) if encoder != "none" else None)
@@ -171,6 +180,10 @@ def remove(
 @app.command()
 def stats(index: IndexOpt = None, config_file: ConfigOpt = None) -> None:
     """Size, code usage, collisions and trie memory of the newest valid snapshot."""
+    from adgen.index.sid_trie import trie_nbytes
+    from adgen.index.snapshot import LiveSnapshot, read_index_snapshot
+    from adgen.model.rqvae import code_usage_metrics
+
     settings = load_settings(config_file)
     store = _store(settings, index)
     live = LiveSnapshot(store)
@@ -224,6 +237,8 @@ def report(
 ) -> None:
     """Quality report (JSON + PNG) of the index on the real Amazon data: code usage, Table 3, coherence."""
     from adgen.datasets import load_amazon
+    from adgen.index.quality import plot_report, quality_report
+    from adgen.model.ad_text import ad_text, meaningful_categories
 
     settings = load_settings(config_file)
     store, live = _open_live(settings, index, "none")
