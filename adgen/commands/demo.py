@@ -194,7 +194,10 @@ def demo(
         if any((root / "index").glob("*/manifest.json")) or any((root / "index").glob("**/manifest.json")):
             console.print(f"reusing the newest snapshot in {root / 'index'}")
         else:
-            timed("index", lambda: _run(["index", "build", "--world", str(world)], env, "index built"))
+            timed(
+                "index",
+                lambda: _run(["index", "build", "--world", str(world), "--include-deleted"], env, "index built"),
+            )
 
         _stage("3/6 LEADRE model (EX → IM → main → eval vs baselines → DPO)")
         model_dir = root / "train" / "model"
@@ -299,7 +302,7 @@ def _summary(
         )
     console.print(events)
 
-    groups = Table(title="users generated per ARPU priority group (0 = highest value)")
+    groups = Table(title="users generated per ARPU priority group (higher = more valuable, served first)")
     groups.add_column("group", justify="right")
     groups.add_column("generated", justify="right")
     groups.add_column("dropped", justify="right")

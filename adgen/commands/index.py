@@ -47,7 +47,9 @@ def _encoder(settings: Settings, name: str | None) -> CachedEncoder:
     )
 
 
-def _load_items(amazon: Path | None, world: Path | None, jsonl: Path | None) -> tuple[str, list[Item]]:
+def _load_items(
+    amazon: Path | None, world: Path | None, jsonl: Path | None, include_deleted: bool = False
+) -> tuple[str, list[Item]]:
     from adgen import datasets
 
     chosen = [(n, p) for n, p in (("amazon", amazon), ("world", world), ("jsonl", jsonl)) if p is not None]
@@ -57,7 +59,8 @@ def _load_items(amazon: Path | None, world: Path | None, jsonl: Path | None) -> 
     if kind == "jsonl":
         return f"jsonl:{path}", sorted(datasets.load_items_jsonl(path).values(), key=lambda i: i.item_id)
     dataset = datasets.load_amazon(path) if kind == "amazon" else datasets.load_world(path)
-    return f"{kind}:{path}", sorted(dataset.active_items().values(), key=lambda i: i.item_id)
+    items = dataset.items if include_deleted else dataset.active_items()
+    return f"{kind}:{path}", sorted(items.values(), key=lambda i: i.item_id)
 
 
 def _fail(message: str) -> None:
@@ -78,6 +81,13 @@ def build(
     collision_size: Annotated[int | None, typer.Option(help="Collision codes (default: 2x largest group).")] = None,
     warmup_steps: Annotated[int, typer.Option(help="Autoencoder steps before k-means (tiny catalogues).")] = 0,
     seed: Annotated[int | None, typer.Option(help="Seed (default: model.seed).")] = None,
+    include_deleted: Annotated[
+        bool,
+        typer.Option(
+            help="Also index ads the world deletes later: training histories mention them, and a worker that"
+            " replays ad-updates applies the deletes itself."
+        ),
+    ] = False,
     config_file: ConfigOpt = None,
 ) -> None:
     """Catalogue -> ad texts -> embeddings (cached) -> RQ-VAE -> S-IDs -> trie -> new snapshot."""
@@ -90,7 +100,7 @@ def build(
     settings = load_settings(config_file)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
-        source, items = _load_items(amazon, world, jsonl)
+        source, items = _load_items(amazon, world, jsonl, include_deleted)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     timings: dict[str, float] = {}
