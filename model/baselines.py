@@ -63,6 +63,7 @@ class SASRecConfig(BaseModel):
     patience: int = Field(5, ge=1, description="Epochs without a better validation NDCG@10 before stopping.")
     eval_every: int = Field(1, ge=1)
     seed: int = 0
+    torch_threads: int = Field(2, ge=1, description="1 is far faster on a busy machine (threads wait on each other).")
 
 
 class SASRecNet(nn.Module):
@@ -127,7 +128,7 @@ class SASRecRecommender:
     ) -> dict[str, Any]:
         """Train on each user's training ad sequence; early stopping on `valid` NDCG@10."""
         cfg = self.config
-        torch.set_num_threads(min(torch.get_num_threads(), 2))
+        torch.set_num_threads(min(cfg.torch_threads, 2))
         rng = random.Random(cfg.seed)
         seqs = [s for s in train_sequences if len(s) >= 2]
         if not seqs:

@@ -370,7 +370,8 @@ class Run:
             pop = PopularityRecommender(candidates).fit([e.history for e in self.split.valid])
             results["popularity"] = evaluate_recommender(pop, self.test, self.data, cfg.eval)
         if "sasrec" in models and "sasrec" in cfg.eval.baselines:
-            sas = SASRecRecommender(candidates, cfg.eval.sasrec)
+            sas_cfg = cfg.eval.sasrec.model_copy(update={"torch_threads": cfg.train.torch_threads})
+            sas = SASRecRecommender(candidates, sas_cfg)
             fit = sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, self.out / "sasrec")
             results["sasrec"] = {
                 **evaluate_recommender(sas, self.test, self.data, cfg.eval),
