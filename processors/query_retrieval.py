@@ -12,6 +12,7 @@ resolves ads through the live index, so an ad added or removed a second ago is a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -398,22 +399,33 @@ def register_search_view(app: Any, service: SearchService) -> None:
 
 
 def register_search_agent(
-    app: Any, topics: Any, settings: Settings, service: SearchService, store: SearchRedisStore
+    app: Any,
+    topics: Any,
+    settings: Settings,
+    service: SearchService,
+    store: SearchRedisStore,
+    metrics: Any | None = None,
 ) -> Any:
     """The agent on `search-queries`: each valid query is answered and written to Redis (by query id and by
-    normalised query); a query that decodes but cannot be searched goes to the dead-letter topic."""
+    normalised query); a query that decodes but cannot be searched goes to the dead-letter topic.
+
+    The search runs in a worker thread so a model-path query never stalls the event loop (and with it the
+    behaviour windows); `metrics` (WorkerMetrics) counts decoded queries like the other topics."""
     from adgen.streams.app import decoded_stream, send_dead_letter
     from adgen.streams.codec import EventDecodeError, encode_event
     from adgen.streams.dlq import DeadLetter
     from adgen.streams.events import SearchQuery
+    from adgen.streams.topics import SEARCH_QUERIES
 
     @app.agent(topics.search_queries, name="query_retrieval")
     async def query_retrieval(stream: Any) -> None:
         async for event in decoded_stream(stream, topics.dead_letter, settings):
             if not isinstance(event, SearchQuery):
                 continue
+            if metrics is not None:
+                metrics.events.labels(SEARCH_QUERIES.name).inc()
             try:
-                result = service.search(event.text)
+                result = await asyncio.to_thread(service.search, event.text)
             except QueryError as exc:
                 key, value = encode_event(event)
                 letter = DeadLetter.from_error(

@@ -115,7 +115,7 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
     if search is not None:
         from adgen.processors.query_retrieval import SearchRedisStore, register_search_agent, register_search_view
 
-        register_search_agent(app, topics, settings, search, SearchRedisStore(settings.redis))
+        register_search_agent(app, topics, settings, search, SearchRedisStore(settings.redis), metrics)
         register_search_view(app, search)
     caught_up = asyncio.Event()
     index_lock = asyncio.Lock()  # ad-update batches (apply + Redis + offsets) vs snapshots
