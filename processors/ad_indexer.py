@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from adgen.catalogue import Item
 from adgen.config import Settings
+from adgen.datasets import item_from_upsert
 from adgen.index.ad_index import AdIndex
 from adgen.index.semantic_ids import sid_vocabulary
 from adgen.index.snapshot import Snapshot, SnapshotStore
@@ -41,20 +42,6 @@ from adgen.streams.topics import AD_UPDATES, topic_name
 log = logging.getLogger(__name__)
 
 AdUpdate = AdUpsert | AdDelete
-
-
-def item_of(event: AdUpsert) -> Item:
-    """The catalogue Item an upsert describes (the shape the encoder and the prompt builder read)."""
-    return Item(
-        item_id=event.ad_id,
-        title=event.name,
-        description=event.description,
-        brand=event.brand,
-        categories=tuple(event.category_path),
-        product_type=event.product_type,
-        attributes=tuple(event.attributes),
-        ecpm=event.ecpm,
-    )
 
 
 @dataclass(frozen=True)
@@ -141,7 +128,7 @@ class LiveAdIndex:
             self.last_update[event.ad_id] = (event.event_time.timestamp(), event.event_id)
             self.watermark = max(self.watermark or event.event_time, event.event_time)
             if isinstance(event, AdUpsert):
-                item, old = item_of(event), self.items.get(event.ad_id)
+                item, old = item_from_upsert(event), self.items.get(event.ad_id)
                 self.items[event.ad_id] = item
                 if event.status == "active":
                     # re-encode only new or changed ads; the encoder's disk cache makes repeats cheap

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from adgen.datasets import item_from_upsert
 from adgen.index.ad_index import AdIndex, build_ad_index
 from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
 from adgen.model.ad_text import ad_text
 from adgen.model.encoder import CachedEncoder, load_encoder
 from adgen.model.rqvae import RQVAEConfig
-from adgen.processors.ad_indexer import LiveAdIndex, item_of
+from adgen.processors.ad_indexer import LiveAdIndex
 from adgen.processors.snapshots import write_snapshot
 from adgen.streams.events import AdDelete, AdUpsert
 
@@ -45,7 +46,7 @@ def delete(ad: str, minutes: float) -> AdDelete:
 def base_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SnapshotStore, CachedEncoder]]:
     root = tmp_path_factory.mktemp("live")
     encoder = CachedEncoder(load_encoder(), root / "cache")
-    items = [item_of(upsert(f"ad{i:02d}", 0)) for i in range(24)]
+    items = [item_from_upsert(upsert(f"ad{i:02d}", 0)) for i in range(24)]
     embeddings = encoder.encode([ad_text(i) for i in items], progress=False)
     config = RQVAEConfig(
         input_dim=encoder.dim, num_levels=2, codebook_size=8, epochs=5, hidden_dims=(64,), latent_dim=16
