@@ -8,7 +8,6 @@ trie) come in as plain callables so the index stays independent of which encoder
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from adgen.checksums import file_sha256
 from adgen.index.trie_arrays import TrieArrays
 
 _NON_WORD = re.compile(r"[^\w&+]+")
@@ -332,14 +332,6 @@ class CISnapshotManifest(BaseModel):
     files: dict[str, str] = Field(description="file name -> sha256")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_file(path: Path, data: bytes) -> None:
     with path.open("wb") as f:
         f.write(data)
@@ -381,7 +373,7 @@ def save_snapshot(
                 os.fsync(f.fileno())
     if head_cache is not None:
         _write_file(tmp / "head_cache.json", json.dumps(head_cache).encode())
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
     manifest = CISnapshotManifest(
         version=index.version,
         created_at=time.time(),
@@ -427,7 +419,7 @@ def load_snapshot(path: Path) -> CISnapshot:
     manifest = CISnapshotManifest.model_validate_json(manifest_path.read_text())
     for name, digest in manifest.files.items():
         file = path / name
-        if not file.is_file() or _sha256(file) != digest:
+        if not file.is_file() or file_sha256(file) != digest:
             raise CIError(f"snapshot {path}: {name} is missing or fails its checksum")
     ci_set = CISet.model_validate_json((path / "ci_set.json").read_text())
     raw = json.loads((path / "ad_cis.json").read_text())

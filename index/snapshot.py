@@ -10,7 +10,6 @@ No pickle anywhere: `np.load(..., allow_pickle=False)`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
+from adgen.checksums import file_sha256
 from adgen.index.semantic_ids import SemanticIdMap
 from adgen.index.trie_arrays import TrieArrays
 
@@ -55,14 +55,6 @@ class SnapshotManifest(BaseModel):
     model_version: str
     files: dict[str, FileEntry]
     meta: dict[str, Any] = {}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -142,7 +134,7 @@ class SnapshotStore:
             entries = {}
             for path in sorted(tmp.iterdir()):
                 _fsync_file(path)
-                entries[path.name] = FileEntry(sha256=_sha256(path), bytes=path.stat().st_size)
+                entries[path.name] = FileEntry(sha256=file_sha256(path), bytes=path.stat().st_size)
             while True:
                 version = max(self.versions(), default=0) + 1
                 manifest = SnapshotManifest(
@@ -202,7 +194,7 @@ class SnapshotStore:
                 f"{where}: files {sorted(present)} do not match the manifest's {sorted(manifest.files)}"
             )
         for name, entry in manifest.files.items():
-            actual = _sha256(path / name)
+            actual = file_sha256(path / name)
             if actual != entry.sha256:
                 raise SnapshotError(
                     f"{where}: {name} is corrupt (sha256 {actual[:12]}…, manifest {entry.sha256[:12]}…)"

@@ -7,6 +7,7 @@ plus `config.json` (never pickle). Loading is offline only (`local_files_only=Tr
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from adgen.checksums import file_sha256
 
 DTypeName = Literal["float32", "bfloat16"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -84,12 +87,33 @@ def build_lm(config: LMConfig | None = None) -> LlamaForCausalLM:
     return model.eval()
 
 
+CHECKSUMS_FILE = "checksums.json"
+
+
 def save_lm(model: PreTrainedModel, directory: Path | str) -> Path:
-    """Write `model.safetensors` + `config.json` (HF layout) to `directory`."""
+    """Write `model.safetensors` + `config.json` (HF layout) and their sha256 to `directory`.
+
+    safetensors checks its header, not the tensor bytes: the checksums let `load_lm` refuse a flipped bit.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
+    files = sorted(p for p in directory.iterdir() if p.suffix == ".safetensors" or p.name == "config.json")
+    (directory / CHECKSUMS_FILE).write_text(json.dumps({p.name: file_sha256(p) for p in files}, indent=1))
     return directory
+
+
+def verify_checksums(directory: Path) -> None:
+    """Refuse a checkpoint whose files differ from the sha256 recorded by `save_lm` (foreign ones have none)."""
+    recorded = directory / CHECKSUMS_FILE
+    if not recorded.is_file():
+        return
+    for name, digest in json.loads(recorded.read_text()).items():
+        path = directory / name
+        if not path.is_file():
+            raise LMError(f"checkpoint {directory} lacks {name}, listed in {CHECKSUMS_FILE}")
+        if file_sha256(path) != digest:
+            raise LMError(f"checkpoint file {path} does not match its recorded sha256: corrupt or modified")
 
 
 def load_lm(directory: Path | str, dtype: DTypeName = "float32", device: str | torch.device = "cpu") -> PreTrainedModel:
@@ -99,6 +123,7 @@ def load_lm(directory: Path | str, dtype: DTypeName = "float32", device: str | t
         raise LMError(f"no config.json in {directory}: expected an HF checkpoint dir written by save_lm")
     if dtype not in DTYPES:
         raise LMError(f"dtype {dtype!r} not supported; use one of {sorted(DTYPES)}")
+    verify_checksums(directory)
     hf_config = AutoConfig.from_pretrained(directory, local_files_only=True)
     check_supported(hf_config.model_type)
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=DTYPES[dtype])

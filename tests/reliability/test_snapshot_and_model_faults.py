@@ -170,3 +170,16 @@ def test_a_truncated_lm_checkpoint_is_refused(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(Exception, match=r"(?i)safetensor|header|incomplete|deserializ|metadata"):
         load_lm(directory)
+
+
+def test_an_lm_checkpoint_with_a_flipped_bit_in_a_tensor_is_refused(tmp_path: Path) -> None:
+    from adgen.model.lm import LMConfig, LMError, build_lm, load_lm, save_lm
+
+    directory = save_lm(build_lm(LMConfig(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)), tmp_path / "lm")
+    load_lm(directory)  # intact: loads
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) - 100] ^= 0x01  # inside the tensor bytes: the safetensors header still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(LMError, match="does not match its recorded sha256"):
+        load_lm(directory)
