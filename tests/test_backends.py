@@ -20,12 +20,7 @@ VOCAB = 48
 PROMPTS = [[5, 6, 7, 8, 9], [4, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 40, 41]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import itertools
 import threading
 
 import pytest
-import torch
 
 from adgen.index.trie_arrays import TrieArrays
 from adgen.model.decoding import ConstrainedBeamSearch
@@ -135,15 +134,7 @@ def test_submit_before_start_is_a_clear_error():
         asyncio.run(scenario())
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("one_torch_thread")
 def test_batched_decoder_results_equal_direct_calls():
     model = build_lm(LMConfig(vocab_size=48, hidden_size=32, num_layers=2, num_heads=2, init_std=0.2))
     items = [list(s) for s in itertools.product(range(10, 14), range(20, 24))]
