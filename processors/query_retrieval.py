@@ -166,7 +166,9 @@ class SearchService:
             normalised=normalised,
             source=source,
             cis=[ScoredCI(ci_id=ci, text=texts[ci], prob=p) for ci, p in sorted(cis.items(), key=lambda kv: -kv[1])],
-            ads=[ScoredAd(ad_id=a, score=s) for a, s in ranked],
+            # plain dicts: pydantic builds the up-to-500 ScoredAds in its Rust core, twice as fast as
+            # constructing each model in Python (half the cost of a cache hit was that loop).
+            ads=[{"ad_id": a, "score": s} for a, s in ranked],
             index_version=self.index.version,
             latency_ms=shared_ms + 1000 * (time.perf_counter() - t0),
         )
