@@ -24,7 +24,7 @@ import torch
 
 from adgen.index.trie_arrays import TrieArrays
 from adgen.model.backends import BackendUnavailable
-from adgen.model.decoding import DecodingError, Prompt, TrieBeams, check_trie, encode_prompts, to_results
+from adgen.model.decoding import Prompt, TrieBeams, check_trie, encode_prompts, resolve_beams, to_results
 
 NextLogprobs = Callable[[list[list[int]]], torch.Tensor]
 
@@ -57,9 +57,7 @@ class RequestBeamSearch:
         beams: int | None = None,
         score_floor: float | None = None,
     ) -> list[list[tuple[int, float]]]:
-        beams = k if beams is None else beams
-        if k < 1 or beams < k:
-            raise DecodingError(f"need k >= 1 and beams >= k, got k={k}, beams={beams}")
+        beams = resolve_beams(k, beams)
         check_trie(trie, self.vocab_size)
         base = [p.tolist() for p in encode_prompts(prompts, self.vocab_size)]
         trie = trie.to("cpu")

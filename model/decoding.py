@@ -41,6 +41,14 @@ class DecodingError(ValueError):
     """Invalid decoding request (empty prompt, token outside the vocabulary, k/beams out of range)."""
 
 
+def resolve_beams(k: int, beams: int | None) -> int:
+    """Beam width for a top-k request (default k); every backend refuses k < 1 or fewer beams than k."""
+    beams = k if beams is None else beams
+    if k < 1 or beams < k:
+        raise DecodingError(f"need k >= 1 and beams >= k, got k={k}, beams={beams}")
+    return beams
+
+
 @dataclass
 class PromptKV:
     """The prefilled prompts of a batch: per-layer K/V [N, kv_heads, S, d] shared by all beams of a prompt.
@@ -342,9 +350,7 @@ class ConstrainedBeamSearch:
         score_floor: float | None = None,
     ) -> list[list[tuple[int, float]]]:
         """For each prompt, up to k (item, log-prob) pairs, best first, items distinct and valid in `trie`."""
-        beams = k if beams is None else beams
-        if k < 1 or beams < k:
-            raise DecodingError(f"need k >= 1 and beams >= k, got k={k}, beams={beams}")
+        beams = resolve_beams(k, beams)
         self._check_trie(trie)
         trie = trie.to(self.device)
         encoded = self._encode_prompts(prompts)
