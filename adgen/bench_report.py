@@ -100,7 +100,8 @@ def plot_overview(results: dict[str, Path], runs_dir: Path, out_png: Path) -> li
                 ax.bar(i + (j - 1) * 0.25, value, 0.25, color=f"C{j}", label=model if i == 0 else None)
     ax.set_xticks(range(len(runs)), [label for _, label in runs])
     ax.set_title("retrieval quality: NDCG@10 (leave-one-out, full ranking)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # nothing plotted when every run is missing
+        ax.legend()
 
     ax = axes[0][1]
     decoder = _load(results["decoder"])
