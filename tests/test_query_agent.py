@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from adgen.index.ci_index import CIIndex, CISet, save_snapshot
 from adgen.model.ci_data import QUERY_PROMPT, TextPair
 from adgen.model.ci_model import CIModelConfig, train_ci_model
 from adgen.processors.query_retrieval import SearchKeys, SearchResult
+from adgen.runtime.processes import stop_pid
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
 from adgen.streams.events import SearchQuery
 from adgen.streams.producer import EventProducer
@@ -135,12 +135,7 @@ def test_agent_answers_queries_into_redis_and_dead_letters_unsearchable_ones(
         letters = _dead_letters(settings, expected=2, timeout_s=30)
         assert worker.poll() is None, "worker died:\n" + log_path.read_text()[-3000:]
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_pid(worker.pid, process=worker, grace_s=30)
 
     assert set(results) == {q.query_id for q in queries}, log_path.read_text()[-3000:]
     for q in queries:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from adgen.config import Settings
+from adgen.runtime.processes import stop_pid
 from adgen.streams.app import create_app, declare_topics, decoded_stream
 from adgen.streams.codec import encode_event, event_key
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
@@ -145,12 +145,7 @@ def test_faust_worker_relays_good_events_and_dead_letters_garbage(stream_setting
         letters = consume(settings, dead_letter_topic(settings), len(GARBAGE), timeout_s=30, worker=worker)
         assert worker.poll() is None, "worker died:\n" + log_path.read_text()[-3000:]
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_pid(worker.pid, process=worker, grace_s=30)
 
     # every good event arrived once, keyed by its user, in per-user order
     assert len(relayed) == len(events), log_path.read_text()[-3000:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -148,7 +147,7 @@ def demo(
 
     from adgen.config import Settings
     from adgen.runtime import EmbeddedRuntime
-    from adgen.runtime.processes import free_port
+    from adgen.runtime.processes import free_port, stop_pid
 
     started = time.perf_counter()
     if fresh and root.exists():
@@ -262,11 +261,7 @@ def demo(
                 _stage("6/6 summary")
                 _summary(root, world, settings, metrics_port, web_port, timings, started)
             finally:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
+                stop_pid(worker.pid, process=worker, grace_s=30)
     except DemoError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
