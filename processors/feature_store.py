@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -209,6 +210,18 @@ def match_features(user_ads: UserAds | None, candidates: dict[str, AdRecord | No
     return out
 
 
+def _certificate_rejected(exc: BaseException) -> bool:
+    """True if the error (or what it wraps; redis-py chains it as context) is a failed TLS certificate check."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 WriteObserver = Callable[[str, float, int], None]  # (kind, seconds, keys written)
 
 
@@ -249,6 +262,11 @@ class FeatureStore:
                     f"Redis at {self.settings.url} refused authentication ({what}): {exc}. Check ADGEN_REDIS__PASSWORD."
                 ) from exc
             except (ConnectionError, TimeoutError, BusyLoadingError, OSError) as exc:
+                if _certificate_rejected(exc):  # a wrong CA or host name: retrying cannot fix it either
+                    raise FeatureStoreUnavailable(
+                        f"Redis at {self.settings.url}: TLS certificate not trusted ({what}): {exc}. "
+                        "Check ADGEN_REDIS__SSL_CA_CERTS and the host name in ADGEN_REDIS__URL."
+                    ) from exc
                 attempt += 1
                 if self.give_up_after is not None and attempt > self.give_up_after:
                     raise FeatureStoreUnavailable(

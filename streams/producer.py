@@ -26,11 +26,13 @@ _MAX_ERRORS_KEPT = 100
 class DeliveryError(RuntimeError):
     """Some messages were not acknowledged by the broker; `failures` holds the first few reasons."""
 
-    def __init__(self, failures: list[str], undelivered: int) -> None:
+    def __init__(self, failures: list[str], undelivered: int, broker_error: str | None = None) -> None:
         self.failures = failures
         self.undelivered = undelivered
+        self.broker_error = broker_error
         shown = "; ".join(failures[:5])
-        super().__init__(f"{len(failures)} delivery failures, {undelivered} still queued: {shown}")
+        why = f" (last broker connection error: {broker_error})" if broker_error and undelivered else ""
+        super().__init__(f"{len(failures)} delivery failures, {undelivered} still queued{why}: {shown}")
 
 
 class EventProducer:
@@ -46,6 +48,8 @@ class EventProducer:
             "message.max.bytes": max(settings.kafka.max_message_bytes * 2, 1_000_000),
         }
         conf.update(config)
+        conf.setdefault("error_cb", self._on_error)
+        self.broker_error: str | None = None
         self._producer = Producer(conf)
         self.sent = 0
         self.delivered = 0
@@ -92,12 +96,17 @@ class EventProducer:
         if len(self.failures) < _MAX_ERRORS_KEPT:
             self.failures.append(f"{message.topic()}[key={message.key()!r}]: {error.str()}")
 
+    def _on_error(self, error: KafkaError) -> None:
+        """Connection-level errors (TLS handshake, SASL) never reach a delivery callback: keep the last one
+        so `flush()` can say why messages are still queued instead of only how many."""
+        self.broker_error = error.str()
+
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait for every queued message; raise DeliveryError if any failed or is still queued."""
         undelivered = self._producer.flush(timeout_s)
         if self.failures or undelivered:
             failures, self.failures = self.failures, []
-            raise DeliveryError(failures, undelivered)
+            raise DeliveryError(failures, undelivered, self.broker_error)
 
     def close(self) -> None:
         """Release the client's connections (after `flush()`; anything still queued is purged)."""
