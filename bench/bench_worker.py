@@ -2,13 +2,14 @@
 
     .venv/bin/python bench/bench_worker.py [--events 40000] [--users 2000] [--out var/runs/bench/worker.json]
 
-Part 1, behaviour windows (real Tansu broker + redis-server + Faust workers as subprocesses, one topic of
-pre-produced events, each variant its own consumer group): events/s from its first to its last event for
-  - drain:       a Faust agent that only takes and counts raw events (the consumer's ceiling here),
-  - naive:       decode + one table read/write per event (the ~1k events/s pattern the issue warns about),
+Part 1, behaviour windows (real Tansu broker + redis-server, each variant a subprocess with its own
+consumer group on one topic of pre-produced events): events/s from its first batch to its last for
+  - drain:       a Faust agent that only takes and counts raw events (Faust's own ceiling here),
+  - naive:       a Faust agent, decode + one Faust-table (RocksDB + changelog) read/write per event,
   - naive_redis: naive + the window features written to Redis per event (same outputs as batched),
-  - batched:     the worker's agent (take_events batches, one table write per user per batch, window
-                 features to Redis in one guarded pipeline per batch).
+  - batched:     the worker's window path (processors/window_consumer.py): confluent-kafka batches in a
+                 thread, one fold, RocksDB row and changelog record per user per batch, window features
+                 to Redis in one guarded pipeline per batch, offsets committed after.
 Batching saves table and Redis writes only when a user has several events in one batch: run it with
 --users 2000 (~1 event per user per batch) and with --users 200 (a hot set of active users).
 Part 2, generation (in-process, the real decoder over a random-init model of the built-in default size:
@@ -31,9 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 VARIANTS = ("drain", "naive", "naive_redis", "batched")
@@ -73,67 +76,118 @@ def make_behaviour(n: int, users: int, seed: int = 0) -> list:
     return out
 
 
-def child(variant: str, expected: int, result_path: Path) -> None:
-    """One Faust worker process running one variant until it has seen `expected` events."""
-    import faust
+class Counter:
+    """Events/s of one variant from the arrival of its first batch to the end of its last one."""
 
+    def __init__(self, variant: str, expected: int, result_path: Path, done: Callable[[], None]) -> None:
+        self.variant, self.expected, self.result_path, self.done = variant, expected, result_path, done
+        self.seen, self.first = 0, 0.0
+
+    def arrived(self) -> None:
+        if not self.first:
+            self.first = time.perf_counter()
+
+    def processed(self, n: int) -> None:
+        self.seen += n
+        if self.seen >= self.expected:
+            elapsed = time.perf_counter() - self.first
+            result = {"variant": self.variant, "events": self.seen, "seconds": elapsed}
+            self.result_path.write_text(json.dumps(result))
+            self.done()
+
+
+def child(variant: str, expected: int, result_path: Path) -> None:
+    """One worker process running one variant until it has seen `expected` events."""
+    if variant == "batched":
+        asyncio.run(batched_child(expected, result_path))
+    else:
+        faust_child(variant, expected, result_path)
+
+
+async def batched_child(expected: int, result_path: Path) -> None:
+    """The worker's window path (processors/window_consumer.py), wired as processors/worker_app.py does."""
     from adgen.config import load_settings
-    from adgen.processors.behavior_windows import (
-        BehaviorWindows,
-        acting_for,
-        declare_window_table,
-        decoded_batches,
-        window_features,
-    )
     from adgen.processors.feature_store import FeatureStore
     from adgen.processors.metrics import WorkerMetrics
+    from adgen.processors.window_consumer import WindowConsumer, loop_publisher, run_in_thread
+    from adgen.processors.window_store import WindowStore
+
+    settings = load_settings()
+    settings = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"app_id": f"bench-batched-{os.getpid()}"})}
+    )
+    metrics = WorkerMetrics()
+    store = FeatureStore(settings.redis, on_write=metrics.observe_redis_write)
+    windows = WindowStore(settings.paths.state / "windows")
+    loop = asyncio.get_running_loop()
+
+    async def write(features: Any, updates: Any) -> None:
+        await store.write_user_windows(features)
+
+    consumer = WindowConsumer(settings, windows, metrics, lambda f, u: None)
+    consumer.publish = loop_publisher(loop, write, consumer.stopping)
+    counter = Counter("batched", expected, result_path, consumer.stop)
+    process = consumer.process
+
+    def timed(messages: Any) -> None:
+        counter.arrived()
+        process(messages)
+        counter.processed(len(messages))
+
+    consumer.process = timed  # type: ignore[method-assign]
+    await run_in_thread(consumer)
+    windows.close()
+    await store.close()
+
+
+def faust_child(variant: str, expected: int, result_path: Path) -> None:
+    """The Faust baselines: a per-event agent over a RocksDB-backed Faust table, or one that only counts."""
+    import weakref
+
+    import faust
+    from faust.streams import _current_event
+
+    from adgen.config import load_settings
+    from adgen.processors.behavior_windows import window_features
+    from adgen.processors.feature_store import FeatureStore
+    from adgen.processors.metrics import WorkerMetrics
+    from adgen.processors.window_consumer import BATCH_SIZE, BATCH_WAIT_S
     from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
-    from adgen.processors.worker_app import WINDOW_BATCH_SIZE, WINDOW_BATCH_WITHIN_S
     from adgen.streams.app import create_app, declare_topics
     from adgen.streams.codec import decode_event
 
     settings = load_settings()
     app = create_app(settings, app_id=f"bench-{variant}-{os.getpid()}")
     topics = declare_topics(app, settings)
-    table = declare_window_table(app, settings)
+    table = app.Table("user-windows", default=None, key_type=bytes, value_type=bytes, partitions=4)
+    table.key_serializer = table.value_serializer = "raw"
     metrics = WorkerMetrics()
     store = FeatureStore(settings.redis, on_write=metrics.observe_redis_write)
     limits = WindowLimits(days=settings.window.days, max_events=settings.window.max_events)
-    windows = BehaviorWindows(table, limits, None, store, metrics)
-    state = {"seen": 0, "first": 0.0}
-
-    def count(n: int) -> None:
-        if state["seen"] == 0:
-            state["first"] = time.perf_counter()
-        state["seen"] += n
-        if state["seen"] >= expected:
-            elapsed = time.perf_counter() - state["first"]
-            result_path.write_text(json.dumps({"variant": variant, "events": state["seen"], "seconds": elapsed}))
-            os.kill(os.getpid(), signal.SIGTERM)
+    counter = Counter(variant, expected, result_path, lambda: os.kill(os.getpid(), signal.SIGTERM))
 
     @app.agent(topics.user_behavior)
     async def agent(stream: faust.StreamT) -> None:
         if variant == "drain":
-            async for batch in stream.take_events(WINDOW_BATCH_SIZE, within=WINDOW_BATCH_WITHIN_S):
-                count(len(batch))
-        elif variant in ("naive", "naive_redis"):
-            async for raw in stream.events():
-                event = decode_event(raw.message.topic, raw.value, key=raw.key)
-                key = event.user_id.encode()
-                with acting_for(raw):
-                    row = table.get(key)
-                    window = UserWindow.from_bytes(row) if row else UserWindow(user_id=event.user_id)
-                    new = apply_events(window, [event], limits)
-                    table[key] = new.to_bytes()
-                if variant == "naive_redis":  # the same outputs as the batched agent, one event at a time
-                    await store.write_user_windows([window_features(new)])
-                count(1)
-        else:
-            async for batch in decoded_batches(
-                stream, topics.dead_letter, settings, metrics, WINDOW_BATCH_SIZE, WINDOW_BATCH_WITHIN_S
-            ):
-                await windows.apply_batch(batch)
-                count(len(batch))
+            async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WAIT_S):
+                counter.arrived()
+                counter.processed(len(batch))
+            return
+        async for raw in stream.events():
+            counter.arrived()
+            event = decode_event(raw.message.topic, raw.value, key=raw.key)
+            key = event.user_id.encode()
+            token = _current_event.set(weakref.ref(raw))  # the table writes to this event's partition
+            try:
+                row = table.get(key)
+                window = UserWindow.from_bytes(row) if row else UserWindow(user_id=event.user_id)
+                new = apply_events(window, [event], limits)
+                table[key] = new.to_bytes()
+            finally:
+                _current_event.reset(token)
+            if variant == "naive_redis":  # the same outputs as the batched path, one event at a time
+                await store.write_user_windows([window_features(new)])
+            counter.processed(1)
 
     faust.Worker(app, loglevel="ERROR", quiet=True).execute_from_commandline()
 

@@ -2,7 +2,7 @@
 
 settings -> newest valid index snapshot (+ frozen RQ-VAE, encoder) -> LiveAdIndex
          -> generator (checkpoint) -> token offset of the S-ID vocabulary -> trie views
-user-behavior --behavior-windows agent--> RocksDB table + Redis window features --> GenerationService
+user-behavior --window consumer thread--> changelog + local RocksDB + Redis window features --> GenerationService
 ad-updates --broadcast reader task--> LiveAdIndex + Redis ad records
 generation task: queue -> budget -> debounce -> decode -> Redis user ads
 snapshot timer: snapshot + notice on index-snapshots;  lag timer: consumer lag gauges
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,26 +24,20 @@ from adgen.config import Settings
 from adgen.index.ad_index import AdIndex
 from adgen.index.snapshot import INDEX_KIND, SnapshotError, SnapshotStore, read_index_snapshot
 from adgen.processors.ad_indexer import AdUpdatesReader, LiveAdIndex, run_ad_indexer
-from adgen.processors.behavior_windows import (
-    BehaviorWindows,
-    declare_window_table,
-    decoded_batches,
-    windows_in_table,
-)
-from adgen.processors.feature_store import AdRecord, FeatureStore, IndexPointer
+from adgen.processors.behavior_windows import WindowUpdate, windows_in_store
+from adgen.processors.feature_store import AdRecord, FeatureStore, IndexPointer, UserWindowFeatures
 from adgen.processors.generation import GenerationService, Generator, LeadreGenerator, set_torch_threads
 from adgen.processors.metrics import WorkerMetrics
 from adgen.processors.snapshots import snapshot_once
-from adgen.processors.window_state import NO_TIME, WindowLimits
+from adgen.processors.window_consumer import WindowConsumer, loop_publisher, run_in_thread
+from adgen.processors.window_state import NO_TIME
+from adgen.processors.window_store import WindowStore
 from adgen.streams.app import AppTopics, create_app, declare_topics, raw_topic, send_dead_letter
 from adgen.streams.dlq import DeadLetter
 from adgen.streams.topics import AD_UPDATES, INDEX_SNAPSHOTS
 
 log = logging.getLogger(__name__)
 
-#: Behaviour events per window batch and the longest a partial batch waits.
-WINDOW_BATCH_SIZE = 5000
-WINDOW_BATCH_WITHIN_S = 0.5
 #: The ad-updates reader counts as caught up at its first empty poll after this long.
 CATCH_UP_MIN_S = 2.0
 
@@ -55,12 +51,11 @@ class Worker:
     settings: Settings
     app: faust.App
     topics: AppTopics
-    table: Any
+    window_store: WindowStore
     metrics: WorkerMetrics
     store: FeatureStore
     live: LiveAdIndex
     generation: GenerationService
-    windows: BehaviorWindows
     snapshots: SnapshotStore
     index_caught_up: asyncio.Event
 
@@ -100,18 +95,10 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
     app = create_app(settings, web_enabled=search is not None)
     topics = declare_topics(app, settings)
     notices = raw_topic(app, INDEX_SNAPSHOTS, settings)
-    table = declare_window_table(app, settings)
+    window_store = WindowStore(settings.paths.state / "windows" / settings.worker.app_id)
     metrics = WorkerMetrics()
     store = FeatureStore(settings.redis, on_write=metrics.observe_redis_write, on_retry=metrics.observe_redis_retry)
     generation = GenerationService(settings.budget, live, generator, store, metrics, seed=settings.model.seed)
-    windows = BehaviorWindows(
-        table,
-        WindowLimits(days=settings.window.days, max_events=settings.window.max_events),
-        live.ad_info,
-        store,
-        metrics,
-        on_windows=generation.observe,
-    )
     if search is not None:
         from adgen.processors.query_retrieval import SearchRedisStore, register_search_agent, register_search_view
 
@@ -119,15 +106,41 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
         register_search_view(app, search)
     caught_up = asyncio.Event()
     index_lock = asyncio.Lock()  # ad-update batches (apply + Redis + offsets) vs snapshots
-    worker = Worker(settings, app, topics, table, metrics, store, live, generation, windows, snapshots, caught_up)
+    worker = Worker(settings, app, topics, window_store, metrics, store, live, generation, snapshots, caught_up)
 
-    @app.agent(topics.user_behavior, name="behavior-windows")
-    async def behavior_windows(stream: faust.StreamT) -> None:
+    async def publish_windows(features: Sequence[UserWindowFeatures], updates: Sequence[WindowUpdate]) -> None:
+        if features:
+            await store.write_user_windows(features)
+        if updates:
+            generation.observe(updates)
+
+    @app.task
+    async def behavior_windows() -> None:
         await caught_up.wait()  # clicks need ad titles/categories: let the index catch up first
-        async for batch in decoded_batches(
-            stream, topics.dead_letter, settings, metrics, WINDOW_BATCH_SIZE, WINDOW_BATCH_WITHIN_S
-        ):
-            await windows.apply_batch(batch)
+        loop = asyncio.get_running_loop()
+
+        def requeue_unserved(partitions: list[int]) -> None:
+            """Requests acknowledged but not yet served (restart, rebalance) are queued again; runs in the
+            consumer thread after a restore. The debounce drops the ones already published."""
+            pending = [(w, True) for w in windows_in_store(window_store, partitions) if w.last_request_ts > NO_TIME]
+            if pending:
+                log.info("re-queueing %d users with ad requests from partitions %s", len(pending), partitions)
+                loop.call_soon_threadsafe(generation.observe, pending)
+
+        stopping = threading.Event()
+        consumer = WindowConsumer(
+            settings,
+            window_store,
+            metrics,
+            loop_publisher(loop, publish_windows, stopping),
+            ad_lookup=live.ad_info,
+            on_assigned=requeue_unserved,
+            stopping=stopping,
+        )
+        try:
+            await run_in_thread(consumer)
+        finally:
+            window_store.close()
 
     async def on_ads_applied(records: list[AdRecord], letters: list[DeadLetter], applied: int) -> None:
         for letter in letters:
@@ -191,23 +204,13 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
 
     @app.timer(5.0)
     async def lag_timer() -> None:
+        """Lag of the Faust consumer (search queries); the window consumer reports its own."""
         consumer = app.consumer
         for tp in consumer.assignment():
             read = consumer._read_offset.get(tp)  # next offset Faust will read
             if read is None:
                 continue
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, consumer.highwater(tp) - read))
-
-    @app.on_rebalance_complete.connect
-    async def requeue_unserved(sender: Any, **kwargs: Any) -> None:
-        """After a restart or rebalance, requests acknowledged but not yet served are queued again.
-
-        The debounce drops the ones already published (same or older request time in Redis).
-        """
-        pending = [(w, True) for w in windows_in_table(table) if w.last_request_ts > NO_TIME]
-        if pending:
-            log.info("re-queueing %d users with ad requests from the window table", len(pending))
-            generation.observe(pending)
 
     return worker
 

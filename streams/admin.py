@@ -22,7 +22,8 @@ def admin_client(settings: Settings) -> AdminClient:
 def ensure_topics(
     settings: Settings, specs: Iterable[TopicSpec] = ALL_TOPICS, *, timeout_s: float = 15.0
 ) -> dict[str, int]:
-    """Create missing topics with their partition counts; return {name: partitions} as the broker has them.
+    """Create missing topics (partition counts, compaction as the spec says); return {name: partitions} as the
+    broker has them.
 
     Existing topics are left alone, but a partition count that differs from the contract is an error:
     per-key ordering and Faust co-partitioning both depend on it.
@@ -31,10 +32,19 @@ def ensure_topics(
     admin = admin_client(settings)
     prefix = settings.kafka.topic_prefix
     wanted = {topic_name(spec, prefix): spec.partitions for spec in specs}
+    compacted = {topic_name(spec, prefix) for spec in specs if spec.compacted}
     existing = _partition_counts(admin, timeout_s)
     missing = [name for name in wanted if name not in existing]
     if missing:
-        new = [NewTopic(name, wanted[name], settings.kafka.replication_factor) for name in missing]
+        new = [
+            NewTopic(
+                name,
+                wanted[name],
+                settings.kafka.replication_factor,
+                config={"cleanup.policy": "compact"} if name in compacted else {},
+            )
+            for name in missing
+        ]
         for name, future in admin.create_topics(new, request_timeout=timeout_s).items():
             try:
                 future.result(timeout=timeout_s)

@@ -14,6 +14,7 @@ class TopicSpec(BaseModel):
     key_field: str | None
     partitions: int
     description: str
+    compacted: bool = False  # cleanup.policy=compact: the broker keeps the newest record per key
 
 
 USER_BEHAVIOR = TopicSpec(
@@ -39,7 +40,22 @@ INDEX_SNAPSHOTS = TopicSpec(
     description="Notices of newly written index snapshots (version, path, checksum).",
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (USER_BEHAVIOR, AD_UPDATES, SEARCH_QUERIES, DEAD_LETTER, INDEX_SNAPSHOTS)
+WINDOW_CHANGELOG = TopicSpec(
+    name="user-windows-changelog",
+    key_field=None,  # keyed by user id, but the values are window rows, not events
+    partitions=USER_BEHAVIOR.partitions,  # row of a user in the partition of the user's events
+    description="Every changed behaviour-window row (processors/window_changelog.py); the durable window state.",
+    compacted=True,
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    USER_BEHAVIOR,
+    AD_UPDATES,
+    SEARCH_QUERIES,
+    DEAD_LETTER,
+    INDEX_SNAPSHOTS,
+    WINDOW_CHANGELOG,
+)
 INPUT_TOPICS: tuple[TopicSpec, ...] = (USER_BEHAVIOR, AD_UPDATES, SEARCH_QUERIES)
 
 

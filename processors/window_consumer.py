@@ -1,0 +1,321 @@
+"""The behaviour-window consumer: user-behavior -> window rows, below Faust, in a thread the worker owns.
+
+Faust's per-event machinery (Event objects, conductor, stream iteration) caps a Faust agent at ~8k
+events/s here even when it only counts, so the windows path uses a confluent-kafka group consumer
+(librdkafka fetches and batches in C) in its own thread; the Faust loop keeps generation, the ad index
+and search responsive. One batch, in order, and the input offsets are committed only at the end:
+
+    consume(n) -> decode (bad ones: dead letters) -> fold per user (processors/behavior_windows.py)
+    -> changelog rows + dead letters acknowledged by the broker -> rows + changelog position in RocksDB
+    -> window features in Redis and updates handed to generation (on the worker's loop) -> commit offsets
+
+So a commit never passes an event whose effects are not durable, and a crash anywhere replays the batch
+into the idempotent fold. Broker or Redis down: every step retries with backoff; nothing is skipped.
+A newly assigned partition is first restored from the changelog (processors/window_changelog.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from adgen.config import Settings
+from adgen.processors.behavior_windows import WindowUpdate, fold_batch
+from adgen.processors.feature_store import UserWindowFeatures
+from adgen.processors.metrics import WorkerMetrics
+from adgen.processors.window_changelog import AckedProducer, ChangelogRestorer, Record, Stopping, backoff
+from adgen.processors.window_state import AdLookup, UserEvent, WindowLimits
+from adgen.processors.window_store import WindowStore
+from adgen.runtime.tansu_quirks import consumer_overrides
+from adgen.streams.app import decode_or_dead_letter
+from adgen.streams.dlq import DeadLetter, dead_letter_topic
+from adgen.streams.topics import USER_BEHAVIOR, topic_name
+
+log = logging.getLogger(__name__)
+
+#: Behaviour events per batch and the longest a partial batch waits.
+BATCH_SIZE = 5000
+BATCH_WAIT_S = 0.2
+LAG_EVERY_S = 2.0
+
+#: Writes a batch's window features to Redis and hands its updates to generation; blocks until both are done.
+Publish = Callable[[Sequence[UserWindowFeatures], Sequence[WindowUpdate]], None]
+
+
+def group_id(settings: Settings) -> str:
+    """Its own group next to the Faust app's (`app_id`): the two consume different topics."""
+    return f"{settings.worker.app_id}-windows"
+
+
+class WindowConsumer:
+    """Runs in one thread (`run`); `stop()` from any thread makes it finish without committing a half batch."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: WindowStore,
+        metrics: WorkerMetrics,
+        publish: Publish,
+        *,
+        ad_lookup: AdLookup | None = None,
+        on_assigned: Callable[[list[int]], None] | None = None,
+        batch_size: int = BATCH_SIZE,
+        batch_wait_s: float = BATCH_WAIT_S,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.publish = publish
+        self.ad_lookup = ad_lookup
+        self.on_assigned = on_assigned
+        self.batch_size, self.batch_wait_s = batch_size, batch_wait_s
+        self.limits = WindowLimits(days=settings.window.days, max_events=settings.window.max_events)
+        self.topic = topic_name(USER_BEHAVIOR, settings.kafka.topic_prefix)
+        self.dead_letter_topic = dead_letter_topic(settings)
+        self.stopping = stopping or threading.Event()
+        self.writer = AckedProducer(settings, self.stopping)
+        self.restorer = ChangelogRestorer(settings, store, self.writer)
+        self.consumer = Consumer(
+            {
+                **settings.kafka.confluent_config(),
+                **consumer_overrides(settings),
+                "group.id": group_id(settings),
+                "enable.auto.commit": False,  # commits only after a batch is durable
+                "auto.offset.reset": "earliest",
+            }
+        )
+        self.assigned: set[int] = set()
+        self.positions: dict[int, int] = {}  # changelog position of the local rows, per assigned partition
+        self.uncommitted: dict[int, int] = {}  # partition -> next offset, processed but not committed yet
+        self.events = 0  # good events applied (for benchmarks and tests)
+        self._lag_at = 0.0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # ---- the loop -------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until `stop()`; leaves the group on the way out."""
+        self.consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        try:
+            while not self.stopping.is_set():
+                messages = self.consumer.consume(self.batch_size, self.batch_wait_s)
+                if self.stopping.is_set():
+                    break  # a restore may have been cut short: process nothing more
+                if messages:
+                    self._process_until_done(messages)
+                self._report_lag()
+        except Stopping:
+            log.info("window consumer stopping with a batch unfinished; it is replayed on the next start")
+        finally:
+            for close in (self.consumer.close, self.restorer.close, self.writer.close):
+                try:
+                    close()
+                except Exception:  # shutting down: report, keep closing the rest
+                    log.exception("closing the window consumer")
+
+    def _process_until_done(self, messages: list[Message]) -> None:
+        """A batch that fails for an unexpected reason is retried as it is: never skipped, never committed."""
+        attempt = 0
+        while True:
+            try:
+                self.process(messages)
+                return
+            except Stopping:
+                raise
+            except Exception:
+                delay = backoff(attempt)
+                attempt += 1
+                log.exception("window batch failed (attempt %d); retrying it in %.1fs", attempt, delay)
+                if self.stopping.wait(delay):
+                    raise Stopping("shutting down while a batch kept failing") from None
+
+    def process(self, messages: Sequence[Message]) -> None:
+        """One batch, end to end (see the module docstring); raises Stopping if cut short."""
+        started = time.perf_counter()
+        events: dict[int, list[UserEvent]] = {}
+        letters: list[DeadLetter] = []
+        next_offsets: dict[int, int] = {}
+        for msg in messages:
+            if msg.error() is not None:
+                log.warning("user-behavior consumer: %s", msg.error())
+                continue
+            partition, offset = msg.partition(), msg.offset()
+            if partition not in self.assigned:  # cannot happen: assignment restores before it returns
+                raise RuntimeError(f"message of unassigned partition {partition}")
+            next_offsets[partition] = offset + 1
+            result = decode_or_dead_letter(
+                self.settings, topic=msg.topic(), value=msg.value(), key=msg.key(), partition=partition, offset=offset
+            )
+            if isinstance(result, DeadLetter):
+                letters.append(result)
+            else:
+                events.setdefault(partition, []).append(result)  # type: ignore[arg-type]
+        folded = fold_batch(self.store, events, self.limits, self.ad_lookup)
+        changelog = self.writer.changelog
+        records: list[Record] = [(changelog, p, user, row) for p, rows in folded.rows.items() for user, row in rows]
+        records += [(self.dead_letter_topic, None, letter.kafka_key(), letter.to_bytes()) for letter in letters]
+        written = self.writer.write(records) if records else {}
+        for partition, rows in folded.rows.items():
+            landed = written[(changelog, partition)]
+            # the local position may skip our own rows only when nobody else's lie in between
+            position = landed.last + 1 if landed.contiguous and landed.first == self.positions.get(partition) else None
+            self.store.write(partition, rows, position)
+            if position is not None:
+                self.positions[partition] = position
+        if folded.features or folded.updates:
+            self.publish(folded.features, folded.updates)
+        good = sum(len(v) for v in events.values())
+        self.events += good
+        self.metrics.events.labels(USER_BEHAVIOR.name).inc(good)
+        if letters:
+            self.metrics.dead_letters.labels(USER_BEHAVIOR.name).inc(len(letters))
+        self.metrics.window_batch_users.observe(folded.users)
+        self.metrics.window_batch_seconds.observe(time.perf_counter() - started)
+        for partition, offset in next_offsets.items():
+            self.uncommitted[partition] = max(offset, self.uncommitted.get(partition, 0))
+        self._commit()
+
+    def _commit(self) -> None:
+        """Commit what is durable; a failed commit is retried with the next batch (offsets only grow)."""
+        offsets = [TopicPartition(self.topic, p, o) for p, o in self.uncommitted.items() if p in self.assigned]
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit of %s failed (%s); the next batch commits them", offsets, exc.args[0])
+            return
+        self.uncommitted.clear()
+
+    # ---- rebalance (called by librdkafka inside consume(), in this thread) ---------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Restore each partition from the changelog before a single event of it is consumed."""
+        restored: list[int] = []
+        for tp in partitions:
+            attempt = 0
+            while not self.stopping.is_set():
+                try:
+                    rows = self.restorer.restore(tp.partition)
+                    self.positions[tp.partition] = self.store.position(tp.partition)
+                    restored.append(tp.partition)
+                    if rows:
+                        log.info("restored %d window rows of partition %d from the changelog", rows, tp.partition)
+                    break
+                except Stopping:
+                    return
+                except Exception:
+                    delay = backoff(attempt)
+                    attempt += 1
+                    log.exception("restoring partition %d failed; retrying in %.1fs", tp.partition, delay)
+                    self.stopping.wait(delay)
+        if self.stopping.is_set():
+            return
+        self.assigned = {tp.partition for tp in partitions}
+        if self.on_assigned is not None:
+            try:
+                self.on_assigned(restored)
+            except Stopping:
+                return
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Batches are processed between consume() calls, so none is in flight here: commit what is done."""
+        self._commit()
+        revoked = {tp.partition for tp in partitions}
+        self.assigned -= revoked
+        for partition in revoked:
+            self.uncommitted.pop(partition, None)
+            self.positions.pop(partition, None)
+        # the local rows stay with their position: when a partition comes back, its restore reads only what
+        # another worker wrote to the changelog meanwhile
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost (session expired): another worker may own them already, so nothing may be committed."""
+        lost = {tp.partition for tp in partitions}
+        log.warning("lost partitions %s of %s; uncommitted batches will be replayed by their owner", lost, self.topic)
+        self.assigned -= lost
+        for partition in lost:
+            self.uncommitted.pop(partition, None)
+            self.positions.pop(partition, None)
+
+    def _report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < LAG_EVERY_S or not self.assigned:
+            return
+        self._lag_at = now
+        tps = [TopicPartition(self.topic, p) for p in sorted(self.assigned)]
+        try:
+            for tp in self.consumer.position(tps):
+                if tp.offset < 0:
+                    continue
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                # Tansu's high watermark can read low (tansu_quirks 2): the gauge is a hint, never a decision
+                self.metrics.consumer_lag.labels(self.topic, str(tp.partition)).set(max(0, high - tp.offset))
+        except KafkaException as exc:
+            log.debug("lag report skipped: %s", exc)
+
+
+def loop_publisher(
+    loop: asyncio.AbstractEventLoop,
+    write: Callable[[Sequence[UserWindowFeatures], Sequence[WindowUpdate]], Awaitable[Any]],
+    stopping: threading.Event,
+) -> Publish:
+    """A Publish that runs the async `write` on `loop` (where the Redis client lives) and waits for it."""
+
+    def publish(features: Sequence[UserWindowFeatures], updates: Sequence[WindowUpdate]) -> None:
+        future = asyncio.run_coroutine_threadsafe(write(features, updates), loop)
+        while True:
+            try:
+                future.result(timeout=0.5)
+                return
+            except concurrent.futures.TimeoutError:
+                if stopping.is_set():
+                    future.cancel()
+                    raise Stopping("shutting down while Redis was being written") from None
+
+    return publish
+
+
+async def run_in_thread(consumer: WindowConsumer, stop_timeout_s: float = 15.0) -> None:
+    """Run the consumer in a daemon thread until it ends or this task is cancelled (worker shutdown)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def target() -> None:
+        try:
+            consumer.run()
+        except BaseException as exc:  # reported by the awaiting task
+            log.exception("window consumer thread crashed")
+            _settle(loop, done, exc)
+        else:
+            _settle(loop, done, None)
+
+    thread = threading.Thread(target=target, name="behavior-windows", daemon=True)
+    thread.start()
+    try:
+        await asyncio.shield(done)
+    finally:
+        consumer.stop()
+        await asyncio.to_thread(thread.join, stop_timeout_s)
+
+
+def _settle(loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], exc: BaseException | None) -> None:
+    def settle() -> None:
+        if not done.done():
+            done.set_result(None) if exc is None else done.set_exception(exc)
+
+    with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting any more
+        loop.call_soon_threadsafe(settle)
