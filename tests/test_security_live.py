@@ -295,6 +295,48 @@ def test_faust_worker_consumes_and_produces_over_tls(
     assert SECRET not in log_path.read_text(errors="replace")
 
 
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted_ca", "untrusted_ca"])
+def test_aiokafka_with_faust_broker_credentials_produces_over_tls_and_refuses_an_untrusted_ca(
+    kafka_tls: TlsKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch, trusted: bool
+) -> None:
+    """The SSL context Faust gets from `broker_credentials`, used by aiokafka directly (the worker test is slow)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaConnectionError
+
+    from adgen.streams.admin import ensure_topics
+    from adgen.streams.app import broker_credentials
+    from adgen.streams.topics import AD_UPDATES, topic_name
+
+    ca = pki.ca_cert if trusted else pki.untrusted_ca_cert
+    settings = env_settings(monkeypatch, kafka_env(kafka_tls, ca, "aio-"))
+    credentials = broker_credentials(settings.kafka)
+    context = getattr(credentials, "context", None)
+    assert context is not None and context.verify_mode.name == "CERT_REQUIRED"
+
+    async def produce_one() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            security_protocol="SSL",
+            ssl_context=context,
+            request_timeout_ms=5000,
+        )
+        try:
+            await producer.start()
+            await producer.send_and_wait(topic_name(AD_UPDATES, "aio-"), b'{"probe": 1}', key=b"a1")
+        finally:
+            await producer.stop()
+
+    if trusted:
+        ensure_topics(settings)
+        asyncio.run(asyncio.wait_for(produce_one(), timeout=20))
+        return
+    started = time.monotonic()
+    with pytest.raises(KafkaConnectionError) as info:
+        asyncio.run(asyncio.wait_for(produce_one(), timeout=20))
+    assert time.monotonic() - started < 20
+    assert re.search(r"Unable to bootstrap|certificate", str(info.value), re.I), str(info.value)
+
+
 def test_kafka_clients_refuse_an_untrusted_certificate_with_a_clear_error(
     kafka_tls: TlsKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
