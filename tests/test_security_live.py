@@ -337,22 +337,28 @@ def test_aiokafka_with_faust_broker_credentials_produces_over_tls_and_refuses_an
     assert re.search(r"Unable to bootstrap|certificate", str(info.value), re.I), str(info.value)
 
 
-def test_kafka_clients_refuse_an_untrusted_certificate_with_a_clear_error(
-    kafka_tls: TlsKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def refused_delivery(settings: Settings) -> Exception:
+    """Send one event and flush briefly: the DeliveryError a user gets from a broker that will not take it."""
     from adgen.streams.events import AdDelete
     from adgen.streams.producer import DeliveryError, EventProducer
 
-    settings = env_settings(monkeypatch, kafka_env(kafka_tls, pki.untrusted_ca_cert, "ssl3-"))
     producer = EventProducer(settings)
     try:
-        producer.send(AdDelete(event_id="d-x", event_time=T0, ad_id="a-x"))
+        producer.send(AdDelete(event_id="d-refused", event_time=T0, ad_id="a-refused"))
         with pytest.raises(DeliveryError) as info:
             producer.flush(timeout_s=2)
     finally:
         producer.close()
     assert info.value.undelivered == 1
-    assert re.search(r"certificate verify failed", str(info.value)), str(info.value)
+    return info.value
+
+
+def test_kafka_clients_refuse_an_untrusted_certificate_with_a_clear_error(
+    kafka_tls: TlsKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = env_settings(monkeypatch, kafka_env(kafka_tls, pki.untrusted_ca_cert, "ssl3-"))
+    message = str(refused_delivery(settings))
+    assert re.search(r"certificate verify failed", message), message
 
 
 @pytest.fixture(scope="module")
@@ -364,9 +370,6 @@ def kafka_sasl_tls(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> It
 def test_sasl_ssl_login_refused_by_the_broker_is_a_clear_error_without_the_password(
     kafka_sasl_tls: TlsKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from adgen.streams.events import AdDelete
-    from adgen.streams.producer import DeliveryError, EventProducer
-
     values = kafka_env(kafka_sasl_tls, pki.ca_cert, "sasl-")
     values |= {
         "ADGEN_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
@@ -374,15 +377,7 @@ def test_sasl_ssl_login_refused_by_the_broker_is_a_clear_error_without_the_passw
         "ADGEN_KAFKA__SASL_USERNAME": "adgen",
         "ADGEN_KAFKA__SASL_PASSWORD": SECRET,
     }
-    settings = env_settings(monkeypatch, values)
-    producer = EventProducer(settings)
-    try:
-        producer.send(AdDelete(event_id="d-s", event_time=T0, ad_id="a-s"))
-        with pytest.raises(DeliveryError) as info:
-            producer.flush(timeout_s=2)
-    finally:
-        producer.close()
-    message = str(info.value)
+    message = str(refused_delivery(env_settings(monkeypatch, values)))
     assert re.search(r"SASL.*authentication failed", message), message
     assert SECRET not in message
 
