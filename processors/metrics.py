@@ -23,18 +23,21 @@ class WorkerMetrics:
         )
         self.consumer_lag = Gauge(
             "adgen_consumer_lag",
-            "High watermark minus next offset, per topic partition.",
+            "High watermark minus next offset, per topic partition (window consumer and Faust consumer).",
             ["topic", "partition"],
             registry=r,
         )
         self.window_batch_users = Histogram(
             "adgen_window_batch_users",
-            "Users (table writes) per behaviour batch.",
+            "Users per behaviour batch (one fold and at most one row + changelog record each).",
             buckets=(1, 10, 50, 100, 500, 1000, 5000),
             registry=r,
         )
         self.window_batch_seconds = Histogram(
-            "adgen_window_batch_seconds", "Time to apply one behaviour batch.", buckets=LATENCY_BUCKETS, registry=r
+            "adgen_window_batch_seconds",
+            "One behaviour batch, decode to committable (changelog, RocksDB, Redis).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge("adgen_generation_queue_depth", "Users waiting for generation.", registry=r)
         self.queue_depth_by_group = Gauge(

@@ -3,6 +3,8 @@
 One small synthetic world is replayed with `adgen produce`; the worker is SIGKILLed mid-stream and
 restarted; Redis is shut down for 10 s; bad events are sent. After each fault, Redis must hold exactly
 what the events imply (window sizes, profiles and the prompt-input fingerprint of every user's last list).
+The harness (world, index, untrained checkpoint, broker, redis-server, workers, the oracle) is the one
+the fault tests use: tests/reliability/stack.py.
 
 The model is a randomly initialised small LM (no trained checkpoint is needed to test the plumbing): its
 lists are valid ads, not good ones. Slow (~4-6 min on the shared 2-core box): `pytest -m slow`.
@@ -12,147 +14,42 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from adgen.config import Settings
-from adgen.index.semantic_ids import sid_vocabulary
-from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
-from adgen.processors.feature_store import FeatureKeys, UserAds
-from adgen.processors.generation import write_untrained_checkpoint
-from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
-from adgen.runtime import EmbeddedRuntime
-from adgen.runtime.processes import free_port
-from adgen.streams.events import (
-    AD_UPDATE_ADAPTER,
-    USER_BEHAVIOR_ADAPTER,
-    AdDelete,
-    AdRequest,
-    AdUpsert,
-    ContentComplete,
-)
+sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # the shared harness (as bench/soak.py loads it)
+
+from stack import ADGEN, Stack, build_assets, wait_for
+
+from adgen.index.snapshot import INDEX_KIND, SnapshotStore
+from adgen.processors.feature_store import UserAds
+from adgen.streams.events import AD_UPDATE_ADAPTER, AdDelete, AdRequest, AdUpsert, ContentComplete
 from adgen.streams.producer import EventProducer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ADGEN = [str(Path(sys.executable).parent / "adgen")]
 USERS, ADS = 40, 100
 
 
-@dataclass
-class Stack:
-    root: Path
-    world: Path
-    settings: Settings
-    runtime: EmbeddedRuntime
-    env: dict[str, str]
-    metrics_port: int
-    extra_events: dict[str, list] = field(default_factory=lambda: defaultdict(list))
-    worker: subprocess.Popen | None = None
-    worker_runs: int = 0
-
-    @property
-    def keys(self) -> FeatureKeys:
-        return FeatureKeys(namespace=self.settings.redis.namespace, env=self.settings.redis.env)
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis.url)
-
-    def start_worker(self, **env: str) -> None:
-        self.worker_runs += 1
-        log = open(self.root / f"worker-{self.worker_runs}.log", "wb")  # noqa: SIM115 - kept open for the child
-        self.worker = subprocess.Popen([*ADGEN, "worker"], env={**self.env, **env}, stdout=log, stderr=log)
-        wait_for(lambda: metric(self, "adgen_index_live_ads") > 0, 180, "worker start-up (live index)")
-
-    def kill_worker(self, sig: int = signal.SIGKILL) -> None:
-        assert self.worker is not None
-        self.worker.send_signal(sig)
-        self.worker.wait(timeout=60)
-        self.worker = None
-
-    def produce(self, events: list) -> None:
-        with EventProducer(self.settings) as producer:
-            for event in events:
-                producer.send(event)
-        for event in events:
-            if hasattr(event, "user_id"):
-                self.extra_events[event.user_id].append(event)
+def events_seen(stack: Stack, name: str) -> float:
+    return stack.workers[name].metrics().get("adgen_events_total", 0.0)
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+def converged(stack: Stack, require_lists: bool = True) -> bool:
+    return not stack.mismatches(require_lists=require_lists)
 
 
-def metric(stack: Stack, name: str) -> float:
-    url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and (line[len(name)] in " {"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def world_events(world: Path) -> tuple[dict[str, list], list]:
-    by_user: dict[str, list] = defaultdict(list)
-    with open(world / "events/user-behavior.jsonl", "rb") as f:
-        for line in f:
-            event = USER_BEHAVIOR_ADAPTER.validate_json(line)
-            by_user[event.user_id].append(event)
-    with open(world / "events/ad-updates.jsonl", "rb") as f:
-        ad_updates = [AD_UPDATE_ADAPTER.validate_json(line) for line in f]
-    return by_user, ad_updates
-
-
-def expected_windows(stack: Stack) -> dict[str, UserWindow]:
-    by_user, _ = world_events(stack.world)
-    limits = WindowLimits(days=stack.settings.window.days, max_events=stack.settings.window.max_events)
-    out = {}
-    for user in set(by_user) | set(stack.extra_events):
-        out[user] = apply_events(UserWindow(user_id=user), [*by_user[user], *stack.extra_events[user]], limits)
-    return out
-
-
-def redis_matches_expected(stack: Stack, require_lists: bool = True) -> bool:
-    """Every user's Redis window features and (optionally) last list agree with the events."""
-    r = stack.redis()
-    for user, window in expected_windows(stack).items():
-        raw = r.hget(stack.keys.user_window(user), "data")
-        if raw is None:
-            return False
-        features = json.loads(raw)
-        if features["window_events"] != len(window.events) or features["arpu"] != window.profile.arpu:
-            return False
-        if require_lists:
-            ads = r.hget(stack.keys.user_ads(user), "data")
-            if ads is None or UserAds.model_validate_json(ads).window_fingerprint != window.fingerprint:
-                return False
-    return True
-
-
-def final_requests(stack: Stack, tag: str, users: list[str], at: datetime, completes: bool) -> list:
+def final_requests(at: datetime, users: list[str], tag: str, completes: bool) -> list:
+    """One (optionally completed video and) ad request per user, after everything else."""
     events: list = []
     for i, user in enumerate(sorted(users)):
         if completes:
@@ -173,77 +70,31 @@ def final_requests(stack: Stack, tag: str, users: list[str], at: datetime, compl
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("e2e")
-    world = root / "world"
-    subprocess.run(
-        [*ADGEN, "world", "generate", "--users", str(USERS), "--ads", str(ADS), "--out", str(world), "--queries", "5"],
-        check=True,
-        capture_output=True,
-    )
-    var = root / "var"
-    paths = {
-        "ADGEN_PATHS__ROOT": str(var),
-        "ADGEN_PATHS__INDEX": str(var / "index"),
-        "ADGEN_PATHS__MODELS": str(var / "models"),
-        "ADGEN_PATHS__EMBEDDING_CACHE": str(var / "cache"),
-        "ADGEN_PATHS__STATE": str(var / "state"),
-        "ADGEN_PATHS__SNAPSHOTS": str(var / "snapshots"),
-    }
-    env = {**os.environ, **paths, "HF_HUB_OFFLINE": "1"}
-    subprocess.run(
-        [*ADGEN, "index", "build", "--world", str(world), "--epochs", "30"], env=env, check=True, capture_output=True
-    )
-    snap = read_index_snapshot(SnapshotStore(var / "index", INDEX_KIND).latest())
-    with open(world / "catalogue/items.jsonl") as f:
-        titles = [json.loads(line)["title"] for line in f]
-    ckpt = write_untrained_checkpoint(root / "ckpt", sid_vocabulary(snap.sid_map.codebook_sizes), titles * 3)
-    runtime = EmbeddedRuntime(Settings(), root / "runtime")
-    settings = runtime.start()
-    metrics_port = free_port()
-    env.update(
-        {
-            "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "ADGEN_KAFKA__EMBEDDED": "true",
-            "ADGEN_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
-            "ADGEN_REDIS__URL": settings.redis.url,
-            "ADGEN_REDIS__RETRY_BACKOFF_S": "0.1",
-            "ADGEN_MODEL__CHECKPOINT": str(ckpt),
-            "ADGEN_MODEL__TOP_K": "10",
-            "ADGEN_MODEL__BEAMS": "10",
-            "ADGEN_WORKER__METRICS_PORT": str(metrics_port),
-            "ADGEN_WORKER__LOG_LEVEL": "WARNING",
-            "ADGEN_BUDGET__MIN_REGEN_INTERVAL_S": "0",
-        }
-    )
-    s = Stack(root, world, settings, runtime, env, metrics_port)
+    assets = build_assets(root / "assets", users=USERS, ads=ADS)
+    s = Stack.start(assets, root / "stack", ADGEN_MODEL__TOP_K="10", ADGEN_MODEL__BEAMS="10")
     try:
         yield s
     finally:
-        if s.worker is not None:
-            s.kill_worker(signal.SIGTERM)
-        runtime.stop()
+        s.stop()
 
 
 def test_worker_killed_mid_stream_and_restarted_ends_with_the_state_the_events_imply(stack: Stack) -> None:
-    stack.start_worker()
-    producer = subprocess.Popen(
-        [*ADGEN, "produce", str(stack.world), "--rate", "500"],
-        env=stack.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: metric(stack, "adgen_events_total") > 800, 60, "the worker to be mid-stream")
-    stack.kill_worker(signal.SIGKILL)
+    stack.start_worker("w1")
+    producer = stack.produce_world(500)
+    wait_for(lambda: events_seen(stack, "w1") > 800, 60, "the worker to be mid-stream")
+    stack.kill("w1", signal.SIGKILL)
     assert producer.wait(timeout=120) == 0
-    stack.start_worker()
-    wait_for(lambda: redis_matches_expected(stack, require_lists=False), 180, "windows to converge after restart")
+    stack.start_worker("w1")
+    wait_for(lambda: converged(stack, require_lists=False), 180, "windows to converge after restart")
     # one last request per user, after everything: each user's newest list must reflect the whole window
-    users = sorted(expected_windows(stack))
-    stack.produce(final_requests(stack, "final", users, datetime(2030, 1, 1, tzinfo=UTC), completes=False))
-    wait_for(lambda: redis_matches_expected(stack), 180, "every user's list to reflect the full window")
+    users = sorted(stack.expected_windows())
+    stack.produce(final_requests(datetime(2030, 1, 1, tzinfo=UTC), users, "final", completes=False))
+    wait_for(lambda: converged(stack), 180, "every user's list to reflect the full window")
 
 
 def test_deleted_ads_never_appear_after_their_delete_event(stack: Stack) -> None:
-    _, ad_updates = world_events(stack.world)
+    with open(stack.assets.world / "events/ad-updates.jsonl", "rb") as f:
+        ad_updates = [AD_UPDATE_ADAPTER.validate_json(line) for line in f]
     deleted = {e.ad_id: e.event_time for e in ad_updates if isinstance(e, AdDelete)}
     r = stack.redis()
     lists = [UserAds.model_validate_json(r.hget(k, "data")) for k in r.scan_iter(stack.keys.user_ads("*"))]
@@ -261,7 +112,7 @@ def test_deleted_ads_never_appear_after_their_delete_event(stack: Stack) -> None
     stack.produce([AdDelete(event_id="e2e-del", event_time=datetime(2030, 2, 1, tzinfo=UTC), ad_id=victim)])
     wait_for(lambda: json.loads(r.hget(stack.keys.ad(victim), "data"))["status"] == "deleted", 60, "the delete")
     users = sorted({u.user_id for u in lists if any(a.ad_id == victim for a in u.ads)})
-    stack.produce(final_requests(stack, "after-delete", users, datetime(2030, 2, 2, tzinfo=UTC), completes=False))
+    stack.produce(final_requests(datetime(2030, 2, 2, tzinfo=UTC), users, "after-delete", completes=False))
 
     def regenerated() -> bool:
         fresh = [UserAds.model_validate_json(r.hget(stack.keys.user_ads(u), "data")) for u in users]
@@ -272,7 +123,7 @@ def test_deleted_ads_never_appear_after_their_delete_event(stack: Stack) -> None
         fresh = UserAds.model_validate_json(r.hget(stack.keys.user_ads(u), "data"))
         assert victim not in {a.ad_id for a in fresh.ads}
     shown = subprocess.run(
-        [*ADGEN, "features", "get", users[0]], env=stack.env, check=True, capture_output=True, text=True
+        [ADGEN, "features", "get", users[0]], env=stack.env, check=True, capture_output=True, text=True
     )
     assert victim not in shown.stdout
 
@@ -288,28 +139,25 @@ def test_bad_events_go_to_the_dead_letter_topic_with_their_reason(stack: Stack) 
             ).encode(),
         )
         producer.send_raw("ad-updates", b"ad1", json.dumps({"type": "ad_delete", "event_id": "x"}).encode())
-    consumer = Consumer({"bootstrap.servers": stack.settings.kafka.bootstrap_servers, "group.id": "e2e-dlq"})
-    consumer.assign([TopicPartition("dead-letter", 0, 0)])
     letters: list[dict] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(letters) < 3:
-        msg = consumer.poll(0.5)
-        if msg is not None and msg.error() is None:
-            letters.append(json.loads(msg.value()))
-    consumer.close()
+        letters = stack.dead_letters()
     kinds = sorted((d["source_topic"], d["error_kind"]) for d in letters)
     assert len(letters) == 3, letters
     assert [k[0] for k in kinds] == ["ad-updates", "user-behavior", "user-behavior"]
     assert any("key" in d["error"] for d in letters)
-    assert metric(stack, "adgen_dead_letters_total") == 3
+    assert stack.workers["w1"].metrics().get("adgen_dead_letters_total") == 3
 
 
 def test_priority_users_are_served_first_under_a_tight_budget(stack: Stack) -> None:
-    stack.kill_worker(signal.SIGTERM)
-    stack.start_worker(ADGEN_BUDGET__GENERATIONS_PER_SECOND="3", ADGEN_BUDGET__BURST="1", ADGEN_BUDGET__BATCH_SIZE="1")
-    users = sorted(expected_windows(stack))
+    stack.kill("w1", signal.SIGTERM)
+    stack.start_worker(
+        "w1", ADGEN_BUDGET__GENERATIONS_PER_SECOND="3", ADGEN_BUDGET__BURST="1", ADGEN_BUDGET__BATCH_SIZE="1"
+    )
+    users = sorted(stack.expected_windows())
     at = datetime(2030, 3, 1, tzinfo=UTC)
-    stack.produce(final_requests(stack, "prio", users, at, completes=True))
+    stack.produce(final_requests(at, users, "prio", completes=True))
     r = stack.redis()
 
     def served() -> list[UserAds]:
@@ -321,24 +169,24 @@ def test_priority_users_are_served_first_under_a_tight_budget(stack: Stack) -> N
     groups = [u.priority_group for u in order[2:]]  # the first ones were served before the rest had arrived
     inversions = sum(1 for a, b in itertools.pairwise(groups) if b > a)
     assert inversions <= 2, groups
-    assert redis_matches_expected(stack)
+    assert converged(stack)
 
 
 def test_redis_down_for_10s_retries_with_backoff_and_loses_nothing(stack: Stack) -> None:
     r = stack.redis()
-    before = metric(stack, "adgen_redis_retries_total")
+    before = stack.workers["w1"].metrics().get("adgen_redis_retries_total", 0)
     r.shutdown(save=True)
-    users = sorted(expected_windows(stack))
-    stack.produce(final_requests(stack, "outage", users, datetime(2030, 4, 1, tzinfo=UTC), completes=True))
+    users = sorted(stack.expected_windows())
+    stack.produce(final_requests(datetime(2030, 4, 1, tzinfo=UTC), users, "outage", completes=True))
     time.sleep(10)
     stack.runtime.redis.start()  # same port and data dir: the saved data comes back
-    wait_for(lambda: redis_matches_expected(stack), 180, "the backlog to reach Redis after the outage")
-    assert metric(stack, "adgen_redis_retries_total") > before
+    wait_for(lambda: converged(stack), 180, "the backlog to reach Redis after the outage")
+    assert stack.workers["w1"].metrics().get("adgen_redis_retries_total", 0) > before
 
 
 def test_snapshot_timer_announces_a_snapshot_and_a_restart_resumes_from_its_offsets(stack: Stack) -> None:
-    stack.kill_worker(signal.SIGTERM)
-    stack.start_worker(ADGEN_WORKER__SNAPSHOT_INTERVAL_S="3")
+    stack.kill("w1", signal.SIGTERM)
+    stack.start_worker("w1", ADGEN_WORKER__SNAPSHOT_INTERVAL_S="3")
     store = SnapshotStore(Path(stack.env["ADGEN_PATHS__INDEX"]), INDEX_KIND)
 
     def worker_snapshot() -> bool:
@@ -360,8 +208,8 @@ def test_snapshot_timer_announces_a_snapshot_and_a_restart_resumes_from_its_offs
     consumer.close()
     assert notice is not None and notice["kind"] == INDEX_KIND and Path(notice["path"]).is_dir()
     # restart from that snapshot, then a brand-new ad must still reach the live index and Redis
-    stack.kill_worker(signal.SIGTERM)
-    stack.start_worker()
+    stack.kill("w1", signal.SIGTERM)
+    stack.start_worker("w1")
     new_ad = AdUpsert(
         event_id="e2e-new-ad",
         event_time=datetime(2030, 5, 1, tzinfo=UTC),
