@@ -89,6 +89,9 @@ class ModelSettings(BaseModel):
     beams: int = Field(20, ge=1)
     top_k: int = Field(20, ge=1)
     max_prompt_tokens: int = Field(256, ge=16)
+    prefix_cache_mb: int = Field(
+        256, ge=0, description="Bound on the decoder's prompt-prefix K/V cache (LRU); 0 turns it off."
+    )
     seed: int = 0
 
 

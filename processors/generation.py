@@ -16,6 +16,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -65,7 +66,8 @@ class LeadreGenerator:
         tok_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint
         self.tokenizer = load_tokenizer(tok_dir)
         lm = load_lm(lm_dir, dtype=model.dtype, device=model.device)
-        self.search = ConstrainedBeamSearch(lm, prefix_cache=PrefixKVCache())
+        cache = PrefixKVCache(max_bytes=model.prefix_cache_mb * 2**20) if model.prefix_cache_mb else None
+        self.search = ConstrainedBeamSearch(lm, prefix_cache=cache)
         self.k, self.beams = model.top_k, max(model.beams, model.top_k)
         self.options = PromptOptions(
             max_prompt_tokens=model.max_prompt_tokens, max_events=window.max_events, window_days=float(window.days)
@@ -132,6 +134,9 @@ class GenerationService:
         self._received: dict[str, float] = {}
         self._first_pending_at: float | None = None
         self._wake = asyncio.Event()
+        # every decode on one thread: one OpenMP team and one malloc arena (model/allocator.py) are reused
+        # instead of a fresh pair per pooled thread, and the prefix cache is only ever touched from there
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adgen-decode")
         self.generated_users = 0
 
     # ---- intake (window agent) -----------------------------------------------------------------------
@@ -223,7 +228,8 @@ class GenerationService:
             return 0
         self.scheduler.charge([c for c, _ in chosen], now)
         started = time.perf_counter()
-        lists = await asyncio.to_thread(self.generator.generate, [w for _, w in chosen], view)
+        loop = asyncio.get_running_loop()
+        lists = await loop.run_in_executor(self._decoder, self.generator.generate, [w for _, w in chosen], view)
         self.metrics.decode_seconds.observe(time.perf_counter() - started)
         generated_at = datetime.now(UTC)
         records = [

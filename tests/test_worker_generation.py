@@ -165,3 +165,10 @@ def test_a_list_holding_a_deleted_ad_is_regenerated_without_it(generator, redis_
         await service.store.close()
 
     asyncio.run(go())
+
+
+def test_the_prefix_cache_budget_comes_from_settings_and_zero_turns_it_off(tmp_path: Path) -> None:
+    ckpt = write_untrained_checkpoint(tmp_path / "ckpt", sid_vocabulary(fresh_sid_map().codebook_sizes), ["an ad"])
+    bounded = LeadreGenerator(ckpt, ModelSettings(prefix_cache_mb=8), WindowSettings())
+    assert bounded.search.prefix_cache is not None and bounded.search.prefix_cache.max_bytes == 8 * 2**20
+    assert LeadreGenerator(ckpt, ModelSettings(prefix_cache_mb=0), WindowSettings()).search.prefix_cache is None
