@@ -29,7 +29,7 @@ def test_the_switch_leaves_glibc_defaults_alone() -> None:
     assert run_probe("0").split() == ["False", "False"]
 
 
-DECODE_TWICE = """
+DECODE_REPEATEDLY = """
 import resource, sys, torch
 from adgen.index.trie_arrays import TrieArrays
 from adgen.model.decoding import ConstrainedBeamSearch
@@ -40,7 +40,8 @@ search = ConstrainedBeamSearch(build_lm(LMConfig(vocab_size=4096, hidden_size=12
 items = [[4000 + a, 4032 + b, 4064 + c] for a in range(32) for b in range(32) for c in range(16)]
 trie = TrieArrays.from_sequences(items, list(range(len(items))))
 prompts = torch.randint(3, 3000, (16, 200)).tolist()
-search.generate(prompts, trie, k=20)  # warm-up
+search.generate(prompts, trie, k=20)  # warm-up: two calls
+search.generate(prompts, trie, k=20)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 search.generate(prompts, trie, k=20)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -53,9 +54,11 @@ def test_a_tuned_decoder_stops_faulting_in_fresh_pages_for_its_large_buffers() -
 
     def faults(switch: str) -> int:
         env = {**os.environ, "ADGEN_TUNE_MALLOC": switch}
-        out = subprocess.run([sys.executable, "-c", DECODE_TWICE], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", DECODE_REPEATEDLY], env=env, capture_output=True, text=True, check=True
+        )
         return int(out.stdout.split()[-1])
 
     untuned, tuned = faults("0"), faults("1")
     assert untuned > 1000, f"glibc's defaults no longer fault here ({untuned}): the tuning may be moot"
-    assert tuned < untuned / 3, (untuned, tuned)
+    assert tuned < untuned / 5, (untuned, tuned)
