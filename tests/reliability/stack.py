@@ -142,6 +142,8 @@ class Stack:
     extra_events: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     runs: int = 0
     converges: int = 0
+    #: when set, the oracle folds only these event ids (the ones the broker still holds; see broker_lost_events)
+    only_events: set[str] | None = None
 
     @classmethod
     def start(cls, assets: Assets, root: Path, broker: Callable[[Path], Any] | None = None, **env: str) -> Stack:
@@ -247,7 +249,40 @@ class Stack:
         by_user = self.world_user_events()
         limits = WindowLimits(days=self.settings.window.days, max_events=self.settings.window.max_events)
         users = set(by_user) | set(self.extra_events)
-        return {u: apply_events(UserWindow(user_id=u), [*by_user[u], *self.extra_events[u]], limits) for u in users}
+        only = self.only_events
+        return {
+            u: apply_events(
+                UserWindow(user_id=u),
+                [e for e in [*by_user[u], *self.extra_events[u]] if only is None or e.event_id in only],
+                limits,
+            )
+            for u in users
+        }
+
+    def broker_lost_events(self) -> tuple[list[str], set[str]]:
+        """(good event ids missing from the user-behavior topic, every event id the topic holds).
+
+        A worker can only reflect what the broker kept: this separates a broker that lost acknowledged
+        records from a worker that skipped some.
+        """
+        topic = self.settings.kafka.topic_prefix + "user-behavior"
+        consumer = Consumer(
+            {"bootstrap.servers": self.settings.kafka.bootstrap_servers, "group.id": f"held-{time.time_ns()}"}
+        )
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(4)])
+        held: set[str] = set()
+        idle = 0
+        while idle < 6:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                idle += 1
+                continue
+            idle = 0
+            with contextlib.suppress(ValueError):
+                held.add(USER_BEHAVIOR_ADAPTER.validate_json(msg.value()).event_id)
+        consumer.close()
+        every = (*self.world_user_events().values(), *self.extra_events.values())
+        return sorted({e.event_id for events in every for e in events} - held), held
 
     @property
     def keys(self) -> FeatureKeys:

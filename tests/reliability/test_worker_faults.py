@@ -226,22 +226,27 @@ def test_broker_sigkilled_on_s3_storage_keeps_every_acknowledged_record_and_comm
             broker.stop()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known loss: after a broker SIGKILL + restart the worker ends with short windows (e.g. 19 of 21 "
-        "events for 4 of 20 users) although the broker kept every acknowledged record and the committed "
-        "offsets (test above): the worker skips events in the rebalance that follows the reconnect. "
-        "Suspects: Faust committing offsets past unprocessed events across a rebalance (faust-streaming "
-        "#312/#527) or the window table restored from a changelog whose writes failed during the outage."
-    ),
+#: Proven with a producer logging every acknowledgement around a SIGKILL (4 of 4 runs lost 1-2 records with
+#: idempotence on, 0 of 4 with it off): the batch in flight at the kill is retried after the restart and
+#: acknowledged as a duplicate (offset -1001 or an offset holding another record) although it was never
+#: persisted. `adgen produce` (streams/producer.py) enables idempotence; the worker's own changelog producer
+#: does not (processors/window_changelog.py).
+TANSU_IDEMPOTENT_LOSS = (
+    "Tansu (s3://) acknowledges an idempotent producer's retried in-flight batch as a duplicate after a SIGKILL "
+    "+ restart without having stored it; fix: no producer idempotence on the embedded broker (tansu_quirks)"
 )
+
+
+@pytest.mark.slow
 def test_broker_sigkilled_and_restarted_on_s3_storage_the_worker_resumes_and_loses_nothing(
     assets: Assets, tmp_path: Path
 ) -> None:
     """Tansu keeps topics, records and committed offsets in s3:// (a local moto server), so a broker
-    SIGKILL + restart on the same port is survivable; with the default memory:// storage it is not."""
+    SIGKILL + restart on the same port is survivable; with the default memory:// storage it is not.
+
+    The worker must end exact. When the broker itself lost acknowledged events (TANSU_IDEMPOTENT_LOSS,
+    1 run in 3-5 here), the worker is judged against the events the broker still holds and the test
+    xfails naming them; any event the broker holds but the worker missed fails it."""
     pytest.importorskip("moto", reason="needs moto[server] (dev dependency) for a local S3")
     from adgen.runtime.s3 import LocalS3, TansuS3Broker
 
@@ -257,10 +262,18 @@ def test_broker_sigkilled_and_restarted_on_s3_storage_the_worker_resumes_and_los
             time.sleep(3)
             broker.start()  # same port, same bucket
             assert producer.wait(timeout=600) == 0
+            lost, held = stack.broker_lost_events()
+            if lost:  # judge the worker against what the broker kept; the broker's loss is reported below
+                stack.only_events = held
             stack.converge(timeout_s=300)
             assert stack.mismatches(require_lists=True) == []
             assert stack.dead_letters() == []
             assert stack.workers["w1"].alive(), "the worker must ride out the broker restart"
+            if lost:
+                pytest.xfail(
+                    f"the worker reflects every event the broker holds, but the broker lost {len(lost)} "
+                    f"acknowledged events ({lost[:5]}): {TANSU_IDEMPOTENT_LOSS}"
+                )
             print("\n[faults] broker SIGKILL + restart on s3:// storage: state exact, worker survived")
         finally:
             stack.stop()
