@@ -271,8 +271,8 @@ class Stack:
         )
         consumer.assign([TopicPartition(topic, p, 0) for p in range(4)])
         held: set[str] = set()
-        idle = 0
-        while idle < 6:
+        idle, deadline = 0, time.monotonic() + 60
+        while (idle < 6 or not held) and time.monotonic() < deadline:  # a just-restarted broker answers late
             msg = consumer.poll(0.5)
             if msg is None or msg.error() is not None:
                 idle += 1
