@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from pydantic import BaseModel
 
 from adgen.config import Settings
+from adgen.runtime.tansu_quirks import producer_overrides
 from adgen.streams.codec import decode_event, encode_event, topic_for
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
 from adgen.streams.topics import topic_name
@@ -46,6 +47,7 @@ class EventProducer:
             "enable.idempotence": True,  # retries never reorder or duplicate a key's events
             "linger.ms": linger_ms,
             "message.max.bytes": max(settings.kafka.max_message_bytes * 2, 1_000_000),
+            **producer_overrides(settings),  # embedded Tansu: no idempotence (quirk 7)
         }
         conf.update(config)
         conf.setdefault("error_cb", self._on_error)

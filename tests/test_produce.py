@@ -143,3 +143,17 @@ def test_adgen_produce_sends_every_valid_line_keyed_and_reports_the_bad_ones(
             seen += 1
     consumer.close()
     assert {name: sorted(ids) for name, ids in got.items()} == {name: sorted(ids) for name, ids in valid.items()}
+
+
+def test_producers_to_the_embedded_broker_run_without_idempotence_and_real_kafka_keeps_it() -> None:
+    """Tansu quirk 7: an idempotent retry after a broker SIGKILL is acknowledged but not stored."""
+    from adgen.runtime.tansu_quirks import producer_overrides
+
+    embedded = Settings().model_copy(update={"kafka": Settings().kafka.model_copy(update={"embedded": True})})
+    assert producer_overrides(embedded) == {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1}
+    assert (
+        producer_overrides(
+            Settings().model_copy(update={"kafka": embedded.kafka.model_copy(update={"embedded": False})})
+        )
+        == {}
+    )
