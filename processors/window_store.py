@@ -15,9 +15,12 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 ROW, POSITION = b"r", b"p"
+#: Memory bound of the store: two memtables of this size plus the block cache (~64 MiB in all).
+MEMTABLE_BYTES = 16 * 2**20
+BLOCK_CACHE_BYTES = 32 * 2**20
 _OFFSET = struct.Struct(">q")
 
 
@@ -32,6 +35,14 @@ class WindowStore:
         path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
+        # bounded memory by construction: RocksDB's defaults (64 MiB memtables, several of them) let a
+        # worker's RSS creep for many minutes of steady traffic before the first flush
+        options.set_write_buffer_size(MEMTABLE_BYTES)
+        options.set_max_write_buffer_number(2)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+        table.set_cache_index_and_filter_blocks(True)
+        options.set_block_based_table_factory(table)
         self.path = path
         self.db = Rdict(str(path), options)
 
