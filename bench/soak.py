@@ -225,14 +225,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class LagProbe:
-    """Lag seen from outside the worker: end offsets minus the worker group's committed offsets on
-    user-behavior (the gauge inside the worker depends on the broker's high-watermark reporting)."""
+    """Lag seen from outside the worker: end offsets minus the committed offsets of the worker's window
+    consumer group on user-behavior (the gauge inside the worker depends on the broker's high-watermark
+    reporting)."""
 
     def __init__(self, stack: Stack) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
+        from adgen.processors.window_consumer import group_id
+
         self.consumer = Consumer(
-            {"bootstrap.servers": stack.settings.kafka.bootstrap_servers, "group.id": stack.settings.worker.app_id}
+            {"bootstrap.servers": stack.settings.kafka.bootstrap_servers, "group.id": group_id(stack.settings)}
         )
         self.partitions = [TopicPartition("user-behavior", p) for p in range(4)]
 
