@@ -68,10 +68,12 @@ def test_a_server_that_cannot_start_fails_with_its_log(tmp_path: Path) -> None:
 
 OWNER_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     from adgen.config import Settings
     from adgen.runtime import EmbeddedRuntime
+    # a shell's background job inherits SIGINT ignored, and Python then keeps it ignored: restore Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     runtime = EmbeddedRuntime(Settings(), Path(sys.argv[1]))
     with runtime:
         print(runtime.broker.pid, runtime.redis.pid, flush=True)
