@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
+from topic_reads import read_topic
 
 from adgen.config import Settings
 from adgen.runtime.processes import free_port, stop_pid
@@ -199,29 +199,6 @@ def kafka_env(kafka: TlsKafka, ca: Path, prefix: str) -> dict[str, str]:
     }
 
 
-def ssl_consume(settings: Settings, topic: str, expected: int, timeout_s: float) -> list[tuple[bytes | None, bytes]]:
-    consumer = Consumer(
-        {
-            **settings.kafka.confluent_config(),
-            "group.id": f"check-{topic}-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": settings.kafka.session_timeout_ms,
-        }
-    )
-    consumer.subscribe([topic])
-    got: list[tuple[bytes | None, bytes]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < expected and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=100, timeout=0.5):
-                assert message.error() is None, message.error()
-                got.append((message.key(), message.value() or b""))
-    finally:
-        consumer.close()
-    return got
-
-
 def test_event_producer_and_ad_updates_reader_round_trip_over_tls(
     kafka_tls: TlsKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -285,7 +262,7 @@ def test_faust_worker_consumes_and_produces_over_tls(
     with open(log_path, "wb") as log:
         worker = subprocess.Popen([sys.executable, __file__], env=env, stdout=log, stderr=log)
     try:
-        relayed = ssl_consume(settings, relay, len(clicks), timeout_s=60)
+        relayed = read_topic(settings, relay, len(clicks), timeout_s=60)
         assert worker.poll() is None, "worker died:\n" + log_path.read_text()[-3000:]
     finally:
         stop_pid(worker.pid, process=worker, grace_s=20)

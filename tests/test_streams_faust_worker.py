@@ -10,14 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
+from topic_reads import read_topic
 
 from adgen.config import Settings
 from adgen.runtime.processes import stop_pid
@@ -91,32 +90,6 @@ GARBAGE: list[tuple[bytes | None, bytes, str]] = [
 ]  # fmt: skip
 
 
-def consume(
-    settings: Settings, topic: str, expected: int, timeout_s: float, worker: subprocess.Popen[bytes]
-) -> list[tuple[bytes | None, bytes]]:
-    """Read `expected` messages (or until timeout / the worker dies) with a fresh consumer group."""
-    consumer = Consumer(
-        {
-            **settings.kafka.confluent_config(),
-            "group.id": f"check-{topic}-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": settings.kafka.session_timeout_ms,
-        }
-    )
-    consumer.subscribe([topic])
-    got: list[tuple[bytes | None, bytes]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < expected and time.monotonic() < deadline and worker.poll() is None:
-            for message in consumer.consume(num_messages=1000, timeout=0.5):
-                assert message.error() is None, message.error()
-                got.append((message.key(), message.value()))
-    finally:
-        consumer.close()
-    return got
-
-
 @pytest.mark.integration
 def test_faust_worker_relays_good_events_and_dead_letters_garbage(stream_settings: Settings, tmp_path: Path) -> None:
     settings = stream_settings
@@ -141,8 +114,8 @@ def test_faust_worker_relays_good_events_and_dead_letters_garbage(stream_setting
             [sys.executable, __file__], env=worker_env(settings, tmp_path / "state"), stdout=log, stderr=log
         )
     try:
-        relayed = consume(settings, relay_topic, len(events), timeout_s=90, worker=worker)
-        letters = consume(settings, dead_letter_topic(settings), len(GARBAGE), timeout_s=30, worker=worker)
+        relayed = read_topic(settings, relay_topic, len(events), timeout_s=90, worker=worker)
+        letters = read_topic(settings, dead_letter_topic(settings), len(GARBAGE), timeout_s=30, worker=worker)
         assert worker.poll() is None, "worker died:\n" + log_path.read_text()[-3000:]
     finally:
         stop_pid(worker.pid, process=worker, grace_s=30)
