@@ -85,8 +85,7 @@ class Packing:
 
     def __init__(self, valid: torch.Tensor) -> None:
         self.shape = tuple(valid.shape)
-        self.full = bool(valid.all())
-        self.index = None if self.full else valid.reshape(-1).nonzero().squeeze(1)
+        self.index = None if bool(valid.all()) else valid.reshape(-1).nonzero().squeeze(1)
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """[N * T, ...] -> [P, ...]."""
