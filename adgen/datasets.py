@@ -1,4 +1,4 @@
-"""Loaders that turn every supported data source into one `adgen.catalogue.Dataset`.
+"""Loaders that turn every supported data source into one `adgen.core.catalogue.Dataset`.
 
 Three sources, one shape: the synthetic ad world (`load_world`), the real Amazon Scientific data
 (`load_amazon`) and a documented generic JSONL format (`load_jsonl`) for anyone's own catalogue and logs.
@@ -17,7 +17,16 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adgen.catalogue import AD_KINDS, BehaviorKind, ContentItem, Dataset, HistoryEvent, Item, UserHistory, UserProfile
+from adgen.core.catalogue import (
+    AD_KINDS,
+    BehaviorKind,
+    ContentItem,
+    Dataset,
+    HistoryEvent,
+    Item,
+    UserHistory,
+    UserProfile,
+)
 from adgen.streams.events import (
     AD_UPDATE_ADAPTER,
     USER_BEHAVIOR_ADAPTER,
@@ -125,7 +134,7 @@ def _validate(model: type[M], row: dict[str, Any], path: Path, line_no: int) -> 
 
 
 def load_items_jsonl(path: str | Path) -> dict[str, Item]:
-    """Items file: one `adgen.catalogue.Item` JSON object per line; duplicate ids are an error."""
+    """Items file: one `adgen.core.catalogue.Item` JSON object per line; duplicate ids are an error."""
     path = Path(path)
     items: dict[str, Item] = {}
     for line_no, row in _iter_jsonl(path):

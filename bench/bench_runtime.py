@@ -26,7 +26,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.runtime import EmbeddedRuntime
 from adgen.streams.codec import decode_event, encode_event
 from adgen.streams.events import USER_BEHAVIOR_ADAPTER, AdClick

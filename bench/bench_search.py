@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from adgen.datasets import load_query_labels, load_world
-from adgen.model.ci_data import QUERY_PROMPT
-from adgen.model.ci_eval import BM25Retriever
-from adgen.model.ci_pipeline import CIBuildConfig, split_queries
 from adgen.processors.query_retrieval import SearchConfig, SearchService, validate_query
+from adgen.search.ci_data import QUERY_PROMPT
+from adgen.search.ci_eval import BM25Retriever
+from adgen.search.ci_pipeline import CIBuildConfig, split_queries
 
 HIT_TARGET_MS = 1.0
 MISS_TARGET_MS = 50.0

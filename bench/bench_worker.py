@@ -106,7 +106,7 @@ def child(variant: str, expected: int, result_path: Path) -> None:
 
 async def batched_child(expected: int, result_path: Path) -> None:
     """The worker's window path (processors/window_consumer.py), wired as processors/worker_app.py does."""
-    from adgen.config import load_settings
+    from adgen.core.config import load_settings
     from adgen.processors.feature_store import FeatureStore
     from adgen.processors.metrics import WorkerMetrics
     from adgen.processors.window_consumer import WindowConsumer, loop_publisher, run_in_thread
@@ -147,7 +147,7 @@ def faust_child(variant: str, expected: int, result_path: Path) -> None:
     import faust
     from faust.streams import _current_event
 
-    from adgen.config import load_settings
+    from adgen.core.config import load_settings
     from adgen.processors.behavior_windows import window_features
     from adgen.processors.feature_store import FeatureStore
     from adgen.processors.metrics import WorkerMetrics
@@ -193,7 +193,7 @@ def faust_child(variant: str, expected: int, result_path: Path) -> None:
 
 
 def bench_windows(args: argparse.Namespace, work: Path) -> dict:
-    from adgen.config import Settings
+    from adgen.core.config import Settings
     from adgen.runtime import EmbeddedRuntime
     from adgen.streams.producer import EventProducer
 
@@ -252,8 +252,8 @@ def bench_generation(args: argparse.Namespace, work: Path) -> dict:
     import numpy as np
     import torch
 
-    from adgen.catalogue import Item
-    from adgen.config import BudgetSettings, ModelSettings, Settings, WindowSettings
+    from adgen.core.catalogue import Item
+    from adgen.core.config import BudgetSettings, ModelSettings, Settings, WindowSettings
     from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
     from adgen.model.lm import LMConfig, build_lm, save_lm
     from adgen.model.prompts import fixed_texts

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from adgen.catalogue import Item
+from adgen.core.catalogue import Item
 from adgen.index.semantic_ids import SemanticIdMap
 from adgen.index.snapshot import (
     IndexSnapshot,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
-from adgen.checksums import file_sha256
+from adgen.core.checksums import file_sha256
 from adgen.index.semantic_ids import SemanticIdMap
 from adgen.index.trie_arrays import TrieArrays
 

@@ -6,7 +6,7 @@ has no product type or attribute list, so the brand, the deepest category and th
 
 from __future__ import annotations
 
-from adgen.catalogue import Item
+from adgen.core.catalogue import Item
 
 ROOT_CATEGORIES: frozenset[str] = frozenset({"Industrial & Scientific"})
 """Catalogue-wide roots that every item shares; they say nothing about the item, so they are skipped."""

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedModel
 
-from adgen.config import ModelSettings
+from adgen.core.config import ModelSettings
 from adgen.index.trie_arrays import TrieArrays
 from adgen.model.decoding import ConstrainedBeamSearch, Prompt
 from adgen.model.lm import LMError, load_lm, quantize_int8

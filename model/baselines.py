@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from adgen.catalogue import AD_KINDS, HistoryEvent, SplitExample
+from adgen.core.catalogue import AD_KINDS, HistoryEvent, SplitExample
 from adgen.model.metrics import ranking_metrics
 
 

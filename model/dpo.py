@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
-from adgen.catalogue import Item, SplitExample
+from adgen.core.catalogue import Item, SplitExample
 from adgen.model.evaluate import evaluate_recommender, top_category
 from adgen.model.lm_training import collate, response_logprobs
 

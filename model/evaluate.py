@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from adgen.catalogue import Dataset, Item, SplitExample, UserProfile
+from adgen.core.catalogue import Dataset, Item, SplitExample, UserProfile
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
 from adgen.model.ad_text import meaningful_categories
 from adgen.model.metrics import list_qualities, mean_dice, ranking_metrics

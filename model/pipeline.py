@@ -22,7 +22,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from adgen.catalogue import AD_KINDS, Dataset, Split, leave_one_out
+from adgen.core.catalogue import AD_KINDS, Dataset, Split, leave_one_out
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
 from adgen.model.baselines import PopularityRecommender, SASRecConfig, SASRecRecommender, ad_ids
 from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, sample_examples, write_report

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from adgen.catalogue import Dataset, SplitExample
+from adgen.core.catalogue import Dataset, SplitExample
 from adgen.model.lm_training import Example
 from adgen.model.prompts import PROFILE_FIELDS, PromptBuilder, shuffled_profile_order
 

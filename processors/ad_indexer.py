@@ -23,8 +23,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from adgen.catalogue import Item
-from adgen.config import Settings
+from adgen.core.catalogue import Item
+from adgen.core.config import Settings
 from adgen.datasets import item_from_upsert
 from adgen.index.ad_index import AdIndex
 from adgen.index.semantic_ids import sid_vocabulary

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 from redis.exceptions import AuthenticationError, BusyLoadingError, ConnectionError, TimeoutError
 
-from adgen.config import RedisSettings
+from adgen.core.config import RedisSettings
 from adgen.processors.scheduler import LastGeneration
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import torch
 
-from adgen.config import BudgetSettings, ModelSettings, WindowSettings
+from adgen.core.config import BudgetSettings, ModelSettings, WindowSettings
 from adgen.processors.ad_indexer import IndexView, LiveAdIndex
 from adgen.processors.feature_store import FeatureStore, GeneratedAd, UserAds
 from adgen.processors.metrics import WorkerMetrics

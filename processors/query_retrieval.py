@@ -26,13 +26,13 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
-from adgen.catalogue import Item
-from adgen.config import RedisSettings, Settings
-from adgen.index.ci_index import CIIndex, build_ci_trie, load_latest_snapshot, normalise_text
+from adgen.core.catalogue import Item
+from adgen.core.config import RedisSettings, Settings
 from adgen.index.trie_arrays import TrieArrays
-from adgen.model.ci_data import AD_PROMPT, ad_prompt_text
-from adgen.model.ci_model import CIModel, assign_cis, query_cis
 from adgen.processors.feature_store import GUARDED_SET_LUA, version_ms
+from adgen.search.ci_data import AD_PROMPT, ad_prompt_text
+from adgen.search.ci_index import CIIndex, build_ci_trie, load_latest_snapshot, normalise_text
+from adgen.search.ci_model import CIModel, assign_cis, query_cis
 from adgen.streams.events import MAX_TEXT_LEN
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.processors.window_store import WindowStore
 from adgen.runtime.tansu_quirks import consumer_overrides
 from adgen.streams.topics import WINDOW_CHANGELOG, topic_name

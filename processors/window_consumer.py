@@ -27,7 +27,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.processors.behavior_windows import WindowUpdate, fold_batch
 from adgen.processors.feature_store import UserWindowFeatures
 from adgen.processors.metrics import WorkerMetrics

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from adgen.catalogue import POSITIVE_KINDS, HistoryEvent, UserHistory, UserProfile
+from adgen.core.catalogue import POSITIVE_KINDS, HistoryEvent, UserHistory, UserProfile
 from adgen.streams.events import (
     AdClick,
     AdConversion,

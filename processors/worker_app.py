@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.index.ad_index import AdIndex
 from adgen.index.snapshot import INDEX_KIND, SnapshotError, SnapshotStore, read_index_snapshot
 from adgen.processors.ad_indexer import AdUpdatesReader, LiveAdIndex, run_ad_indexer

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.streams.topics import ALL_TOPICS, TopicSpec, topic_name
 
 

@@ -24,7 +24,7 @@ import faust
 from faust.types import StreamT, TopicT
 from pydantic import BaseModel
 
-from adgen.config import KafkaSettings, Settings
+from adgen.core.config import KafkaSettings, Settings
 from adgen.runtime.tansu_quirks import faust_overrides
 from adgen.streams.codec import EventDecodeError, decode_event
 from adgen.streams.dlq import DeadLetter, dead_letter_topic

@@ -14,7 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.streams.events import (
     AD_UPDATE_ADAPTER,
     SEARCH_QUERY_ADAPTER,

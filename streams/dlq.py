@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.streams.codec import EventDecodeError
 from adgen.streams.topics import DEAD_LETTER, topic_name
 

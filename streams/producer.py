@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 from pydantic import BaseModel
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.runtime.tansu_quirks import producer_overrides
 from adgen.streams.codec import decode_event, encode_event, topic_for
 from adgen.streams.dlq import DeadLetter, dead_letter_topic

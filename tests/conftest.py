@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.runtime import EmbeddedRuntime
 from adgen.streams.admin import ensure_topics
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from adgen.config import ModelSettings
+from adgen.core.config import ModelSettings
 from adgen.index.trie_arrays import TrieArrays
 from adgen.model.backend_trtllm import RequestBeamSearch
 from adgen.model.backends import BackendUnavailable, GenerationBackend, TorchBackend, load_backend

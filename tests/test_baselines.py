@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adgen.catalogue import Dataset, HistoryEvent, Item, UserHistory, leave_one_out
+from adgen.core.catalogue import Dataset, HistoryEvent, Item, UserHistory, leave_one_out
 from adgen.model.baselines import PopularityRecommender, SASRecConfig, SASRecRecommender, ad_ids
 from adgen.model.metrics import ranking_metrics
 

@@ -6,9 +6,8 @@ import socket
 
 import pytest
 
-from adgen.catalogue import Item
-from adgen.index.ci_index import CleaningConfig, build_ci_set
-from adgen.model.ci_data import (
+from adgen.core.catalogue import Item
+from adgen.search.ci_data import (
     AD_PROMPT,
     CIDataError,
     OpenAICompatibleCISource,
@@ -20,6 +19,7 @@ from adgen.model.ci_data import (
     query_split,
     title_key_phrases,
 )
+from adgen.search.ci_index import CleaningConfig, build_ci_set
 
 GLOVES = Item(
     item_id="g1",
@@ -96,7 +96,7 @@ def test_unreachable_llm_endpoint_is_a_clear_error():
 
 
 def test_intent_labels_become_phrases():
-    from adgen.model.ci_data import intent_phrase
+    from adgen.search.ci_data import intent_phrase
 
     assert intent_phrase("product_type:photo printer|Computers>Printers") == "photo printer"
     assert intent_phrase("attribute_product:LED|floor mats|Automotive>Interior Accessories") == "LED floor mats"
@@ -106,8 +106,8 @@ def test_intent_labels_become_phrases():
 
 
 def test_templates_are_mined_from_queries_and_wrap_every_ci():
-    from adgen.index.ci_index import CISet
-    from adgen.model.ci_data import augmented_query_pairs, mine_templates
+    from adgen.search.ci_data import augmented_query_pairs, mine_templates
+    from adgen.search.ci_index import CISet
 
     queries = [
         QueryIntent(query_id="1", text="Top rated photo printer", intent="photo printer"),
@@ -127,7 +127,7 @@ def test_templates_are_mined_from_queries_and_wrap_every_ci():
 def test_typing_noise_changes_one_word_and_is_seeded():
     import random
 
-    from adgen.model.ci_data import noisy
+    from adgen.search.ci_data import noisy
 
     a = [noisy("digital multimeter", random.Random(s), rate=1.0) for s in range(20)]
     assert a == [noisy("digital multimeter", random.Random(s), rate=1.0) for s in range(20)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adgen.catalogue import Item
-from adgen.model.ci_eval import (
+from adgen.core.catalogue import Item
+from adgen.search.ci_eval import (
     BM25Retriever,
     DenseRetriever,
     LabelledQuery,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from adgen.index.ci_index import (
+from adgen.search.ci_index import (
     CIError,
     CIIndex,
     CISet,

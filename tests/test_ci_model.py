@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from adgen.index.ci_index import CISet
-from adgen.model.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair
-from adgen.model.ci_model import CIModel, CIModelConfig, assign_cis, probabilities, train_ci_model
+from adgen.search.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair
+from adgen.search.ci_index import CISet
+from adgen.search.ci_model import CIModel, CIModelConfig, assign_cis, probabilities, train_ci_model
 
 CIS = ["nitrile gloves", "glass beakers", "digital multimeter", "safety goggles", "pipette tips"]
 TINY = CIModelConfig(
@@ -90,7 +90,7 @@ def test_assign_cis_gives_every_new_ad_at_least_one_ci_from_the_set(trained):
 
 
 def test_low_score_truncation_never_leaves_a_query_without_cis(trained):
-    from adgen.model.ci_model import query_cis
+    from adgen.search.ci_model import query_cis
 
     model, ci_set, _, _ = trained
     trie = model.ci_trie(ci_set)

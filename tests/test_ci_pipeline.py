@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from adgen.catalogue import Item
-from adgen.index.ci_index import CleaningConfig, load_latest_snapshot
-from adgen.model.ci_data import QueryIntent
-from adgen.model.ci_model import CIModelConfig
-from adgen.model.ci_pipeline import CIBuildConfig, build_search_index, split_queries
+from adgen.core.catalogue import Item
 from adgen.processors.query_retrieval import SearchConfig, SearchService
+from adgen.search.ci_data import QueryIntent
+from adgen.search.ci_index import CleaningConfig, load_latest_snapshot
+from adgen.search.ci_model import CIModelConfig
+from adgen.search.ci_pipeline import CIBuildConfig, build_search_index, split_queries
 
 TYPES = ["nitrile gloves", "glass beakers", "digital multimeter", "safety goggles"]
 BRANDS = ["Acme", "Labco"]

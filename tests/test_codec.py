@@ -135,7 +135,7 @@ def test_rejected_events_leave_nothing_behind() -> None:
     import gc
     import logging
 
-    from adgen.config import Settings
+    from adgen.core.config import Settings
     from adgen.streams.app import decode_or_dead_letter
 
     naive_time = (

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.streams.topics import ALL_TOPICS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from adgen.config import Settings, load_settings
+from adgen.core.config import Settings, load_settings
 
 
 def test_env_overrides_nested_settings(monkeypatch: pytest.MonkeyPatch) -> None:

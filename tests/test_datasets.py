@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adgen.catalogue import leave_one_out
+from adgen.core.catalogue import leave_one_out
 from adgen.datasets import DatasetFormatError, clean_text, load_amazon, load_items_jsonl, load_jsonl
 
 AMAZON_DIR = Path("/work/shared/datasets/amazon-scientific")

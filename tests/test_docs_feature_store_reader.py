@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.processors.feature_store import AdRecord, FeatureStore, GeneratedAd, UserAds
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "feature-store.md"

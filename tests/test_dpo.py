@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adgen.catalogue import Item, SplitExample
+from adgen.core.catalogue import Item, SplitExample
 from adgen.model.dpo import DPOConfig, PreferencePair, category_pairs, dpo_loss, model_pairs, train_dpo
 from adgen.model.lm import LMConfig, build_lm
 from adgen.model.lm_training import collate, response_logprobs

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adgen.catalogue import Item
+from adgen.core.catalogue import Item
 from adgen.model.ad_text import ad_text
 from adgen.model.encoder import (
     CachedEncoder,

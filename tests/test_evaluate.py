@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from adgen.catalogue import Dataset, HistoryEvent, Item, SplitExample, UserHistory, UserProfile, leave_one_out
+from adgen.core.catalogue import Dataset, HistoryEvent, Item, SplitExample, UserHistory, UserProfile, leave_one_out
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
 from adgen.model.baselines import PopularityRecommender
 from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, truncate, write_report
@@ -47,7 +47,7 @@ def test_tiny_model_overfits_20_users_and_generates_their_target_sids(tmp_path: 
         for e in split.test
     ]
     model = build_lm(LMConfig(vocab_size=len(tok), hidden_size=128, num_layers=2, num_heads=2, max_positions=256))
-    cfg = LMTrainConfig(out_dir=tmp_path / "run", epochs=60, batch_size=5, lr=3e-3, warmup_ratio=0.0, torch_threads=1)
+    cfg = LMTrainConfig(out_dir=tmp_path / "run", epochs=150, batch_size=5, lr=2e-3, warmup_ratio=0.0, torch_threads=1)
     train_causal_lm(model, tok, examples, cfg)
 
     rec = GenerativeRecommender(model, tok, builder, sid_map, {u: h.profile for u, h in data.users.items()})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from adgen.config import RedisSettings
+from adgen.core.config import RedisSettings
 from adgen.processors.feature_store import (
     AdRecord,
     FeatureStore,

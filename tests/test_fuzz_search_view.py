@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adgen.catalogue import Item
-from adgen.index.ci_index import CIIndex, CISet
-from adgen.model.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair, ad_prompt_text
-from adgen.model.ci_model import CIModelConfig, train_ci_model
+from adgen.core.catalogue import Item
 from adgen.processors.query_retrieval import SearchConfig, SearchService, aiohttp_app, handle_search_params
+from adgen.search.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair, ad_prompt_text
+from adgen.search.ci_index import CIIndex, CISet
+from adgen.search.ci_model import CIModelConfig, train_ci_model
 
 EXAMPLES = int(os.environ.get("ADGEN_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(

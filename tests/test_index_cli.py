@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from adgen.catalogue import Item
 from adgen.cli import app
+from adgen.core.catalogue import Item
 
 runner = CliRunner()
 CATEGORIES = {

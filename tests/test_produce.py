@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from adgen.cli import app as cli
 from adgen.commands.produce import Pacer, iter_world_lines
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.runtime.tansu_quirks import consumer_overrides
 from adgen.streams.codec import decode_event
 from adgen.streams.events import AdClick, AdUpsert, ContentPlay, SearchQuery

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adgen.catalogue import ContentItem, HistoryEvent, Item, UserProfile
+from adgen.core.catalogue import ContentItem, HistoryEvent, Item, UserProfile
 from adgen.model.prompts import PromptBuilder, PromptError, PromptOptions
 from adgen.model.tokenizer import build_tokenizer
 

@@ -18,12 +18,12 @@ import pytest
 import redis
 from confluent_kafka import Consumer
 
-from adgen.config import Settings
-from adgen.index.ci_index import CIIndex, CISet, save_snapshot
-from adgen.model.ci_data import QUERY_PROMPT, TextPair
-from adgen.model.ci_model import CIModelConfig, train_ci_model
+from adgen.core.config import Settings
 from adgen.processors.query_retrieval import SearchKeys, SearchResult
 from adgen.runtime.processes import stop_pid
+from adgen.search.ci_data import QUERY_PROMPT, TextPair
+from adgen.search.ci_index import CIIndex, CISet, save_snapshot
+from adgen.search.ci_model import CIModelConfig, train_ci_model
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
 from adgen.streams.events import SearchQuery
 from adgen.streams.producer import EventProducer

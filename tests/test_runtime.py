@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
 
 from adgen.cli import app as cli
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.runtime import EmbeddedRuntime, RedisServer, ServerStartError
 from adgen.runtime.processes import pid_alive
 from adgen.streams.topics import ALL_TOPICS
@@ -70,7 +70,7 @@ OWNER_SCRIPT = textwrap.dedent(
     """
     import signal, sys, time
     from pathlib import Path
-    from adgen.config import Settings
+    from adgen.core.config import Settings
     from adgen.runtime import EmbeddedRuntime
     # a shell's background job inherits SIGINT ignored, and Python then keeps it ignored: restore Ctrl-C
     signal.signal(signal.SIGINT, signal.default_int_handler)

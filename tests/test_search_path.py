@@ -6,10 +6,7 @@ import asyncio
 
 import pytest
 
-from adgen.catalogue import Item
-from adgen.index.ci_index import CIIndex, CISet
-from adgen.model.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair, ad_prompt_text
-from adgen.model.ci_model import CIModelConfig, train_ci_model
+from adgen.core.catalogue import Item
 from adgen.processors.query_retrieval import (
     MAX_QUERY_CHARS,
     QueryError,
@@ -19,6 +16,9 @@ from adgen.processors.query_retrieval import (
     aiohttp_app,
     validate_query,
 )
+from adgen.search.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair, ad_prompt_text
+from adgen.search.ci_index import CIIndex, CISet
+from adgen.search.ci_model import CIModelConfig, train_ci_model
 
 CIS = ["nitrile gloves", "glass beakers", "digital multimeter", "safety goggles", "pipette tips"]
 TINY = CIModelConfig(

@@ -18,8 +18,8 @@ import redis
 import torch
 from pydantic import BaseModel, SecretStr
 
-from adgen.catalogue import HistoryEvent, Item
-from adgen.config import KafkaSettings, RedisSettings, Settings
+from adgen.core.catalogue import HistoryEvent, Item
+from adgen.core.config import KafkaSettings, RedisSettings, Settings
 from adgen.runtime.redis_server import RedisServer
 from adgen.streams import events
 

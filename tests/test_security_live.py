@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from topic_reads import read_topic
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.runtime.processes import free_port, stop_pid
 from adgen.runtime.redis_server import RedisServer
 from adgen.runtime.tls import TansuBehindTls, TestPki, TlsProxy, make_test_pki
@@ -103,7 +103,7 @@ def test_feature_store_writes_and_reads_over_tls_with_a_password(
 def test_adgen_features_get_reads_over_tls_and_never_prints_the_password(
     redis_tls: TlsProxy, pki: TestPki, tmp_path: Path
 ) -> None:
-    from adgen.config import RedisSettings
+    from adgen.core.config import RedisSettings
     from adgen.processors.feature_store import FeatureStore
 
     values = redis_env(redis_tls, pki.ca_cert)

@@ -8,7 +8,7 @@ from pathlib import Path
 import faust
 import pytest
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.streams import app as streams_app
 from adgen.streams.app import broker_credentials, create_app, declare_topics, decode_or_dead_letter
 from adgen.streams.dlq import DeadLetter

@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from topic_reads import read_topic
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.runtime.processes import stop_pid
 from adgen.streams.app import create_app, declare_topics, decoded_stream
 from adgen.streams.codec import encode_event, event_key

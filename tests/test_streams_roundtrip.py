@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.runtime.tansu_broker import TansuBroker
 from adgen.runtime.tansu_quirks import consumer_overrides
 from adgen.streams.admin import TopicAdminError, ensure_topics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adgen.catalogue import Dataset, HistoryEvent, Item, UserHistory, UserProfile, leave_one_out
+from adgen.core.catalogue import Dataset, HistoryEvent, Item, UserHistory, UserProfile, leave_one_out
 from adgen.model.prompts import PromptBuilder, PromptOptions
 from adgen.model.tasks import TaskOptions, curriculum_stages, select_targets, stage_examples
 from adgen.model.tokenizer import build_tokenizer

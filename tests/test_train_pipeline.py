@@ -113,7 +113,7 @@ def test_ablation_config_inherits_its_base(tmp_path: Path):
 
 
 def test_click_then_conversion_of_the_same_ad_counts_once():
-    from adgen.catalogue import Dataset, HistoryEvent, Item, UserHistory
+    from adgen.core.catalogue import Dataset, HistoryEvent, Item, UserHistory
 
     ev = [
         HistoryEvent(ts=1, kind="ad_click", ref="a"),
@@ -135,7 +135,7 @@ def test_click_then_conversion_of_the_same_ad_counts_once():
 
 
 def test_local_hf_checkpoint_gets_its_own_tokenizer_extended_with_sids_and_embeddings_resized(tmp_path: Path):
-    from adgen.catalogue import Dataset, Item
+    from adgen.core.catalogue import Dataset, Item
     from adgen.index.semantic_ids import sid_vocabulary
     from adgen.model.lm import LMConfig, build_lm, save_lm
     from adgen.model.pipeline import PipelineConfig, prepare_model

@@ -20,7 +20,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.processors.behavior_windows import WindowUpdate
 from adgen.processors.feature_store import FeatureKeys, FeatureStore, UserWindowFeatures
 from adgen.processors.metrics import WorkerMetrics

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adgen.catalogue import Item
-from adgen.config import BudgetSettings, ModelSettings, RedisSettings, WindowSettings
+from adgen.core.catalogue import Item
+from adgen.core.config import BudgetSettings, ModelSettings, RedisSettings, WindowSettings
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
 from adgen.processors.ad_indexer import IndexView
 from adgen.processors.feature_store import FeatureStore

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from adgen.catalogue import AD_KINDS, Dataset, leave_one_out
 from adgen.cli import app as cli_app
+from adgen.core.catalogue import AD_KINDS, Dataset, leave_one_out
 from adgen.datasets import DatasetFormatError, load_query_labels, load_world
 from adgen.streams.events import AD_UPDATE_ADAPTER, SEARCH_QUERY_ADAPTER, AdDelete, AdUpsert
 from adgen.world import WorldConfig, generate_world

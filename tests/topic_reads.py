@@ -7,7 +7,7 @@ import time
 
 from confluent_kafka import Consumer
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 
 
 def read_topic(

@@ -145,7 +145,7 @@ def demo(
     """World → index → model → CI index → embedded broker + redis → worker → replay → summary."""
     import shutil
 
-    from adgen.config import Settings
+    from adgen.core.config import Settings
     from adgen.runtime import EmbeddedRuntime
     from adgen.runtime.processes import free_port, stop_pid
 

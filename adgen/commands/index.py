@@ -16,10 +16,10 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from adgen.config import Settings, load_settings
+from adgen.core.config import Settings, load_settings
 
 if TYPE_CHECKING:  # the heavy modules (torch, the encoder) load inside the commands: `adgen up` stays fast
-    from adgen.catalogue import Item
+    from adgen.core.catalogue import Item
     from adgen.index.ad_index import AdIndex
     from adgen.index.snapshot import SnapshotStore
     from adgen.model.encoder import CachedEncoder
@@ -72,7 +72,7 @@ def _fail(message: str) -> None:
 def build(
     amazon: Annotated[Path | None, typer.Option(help="Amazon (LC-Rec format) directory.")] = None,
     world: Annotated[Path | None, typer.Option(help="Synthetic world directory.")] = None,
-    jsonl: Annotated[Path | None, typer.Option(help="Items JSONL file (adgen.catalogue.Item per line).")] = None,
+    jsonl: Annotated[Path | None, typer.Option(help="Items JSONL file (adgen.core.catalogue.Item per line).")] = None,
     index: IndexOpt = None,
     encoder: Annotated[str | None, typer.Option(help="Encoder name or local model dir.")] = None,
     levels: Annotated[int, typer.Option(help="RQ-VAE levels M (semantic codes per ad).")] = 3,
@@ -144,7 +144,7 @@ def _open_live(settings: Settings, index: Path | None, encoder: str | None) -> t
 
 @app.command()
 def add(
-    items: Annotated[Path, typer.Argument(help="JSONL file of adgen.catalogue.Item objects to add or update.")],
+    items: Annotated[Path, typer.Argument(help="JSONL file of adgen.core.catalogue.Item objects to add or update.")],
     index: IndexOpt = None,
     encoder: Annotated[str | None, typer.Option(help="Encoder (must match the one the index was built with).")] = None,
     config_file: ConfigOpt = None,

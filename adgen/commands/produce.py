@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from adgen.config import load_settings
+from adgen.core.config import load_settings
 from adgen.streams.codec import EventDecodeError, decode_event
 from adgen.streams.producer import EventProducer
 from adgen.streams.topics import INPUT_TOPICS, TopicSpec

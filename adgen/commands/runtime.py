@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adgen.config import load_settings
+from adgen.core.config import load_settings
 from adgen.runtime.embedded import EmbeddedRuntime
 from adgen.runtime.state import RuntimeState, ServerRecord, read_state, state_path, stop_recorded, write_state
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adgen.config import Settings, load_settings
+from adgen.core.config import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console(stderr=True)
@@ -62,7 +62,7 @@ def build(
     config_file: ConfigOpt = None,
 ) -> None:
     """Catalogue -> CIs -> cleaned CI set -> two-stage CI model -> CIs for every ad -> index + head cache."""
-    from adgen.model.ci_model import CIModelConfig
+    from adgen.search.ci_model import CIModelConfig
 
     settings = _settings(config_file)
     while True:
@@ -89,8 +89,8 @@ def _build_once(
     llm_model: str,
 ) -> dict[str, object]:
     from adgen.datasets import DatasetFormatError, load_amazon, load_query_labels, load_world
-    from adgen.model.ci_data import CIDataError, OpenAICompatibleCISource
-    from adgen.model.ci_pipeline import CIBuildConfig, build_search_index, split_queries
+    from adgen.search.ci_data import CIDataError, OpenAICompatibleCISource
+    from adgen.search.ci_pipeline import CIBuildConfig, build_search_index, split_queries
 
     try:
         if amazon is not None:
@@ -135,9 +135,9 @@ def _query_log(world_dir: Path) -> list[str]:
 def _service(settings: Settings, out: Path | None, threads: int = 1):  # type: ignore[no-untyped-def]
     import torch
 
-    from adgen.index.ci_index import CIError
-    from adgen.model.ci_model import CIModelError
     from adgen.processors.query_retrieval import SearchConfig, SearchService
+    from adgen.search.ci_index import CIError
+    from adgen.search.ci_model import CIModelError
 
     torch.set_num_threads(threads)  # one thread answers faster than two on the shared, oversubscribed cores
     root = _out(settings, out)
@@ -176,8 +176,8 @@ def evaluate_cmd(
     """RARE-style retrieval vs BM25 vs dense on the held-out graded queries, in one run: HR@50/100/500,
     MAP, ACR, CIs per query. Prints a markdown table and writes JSON."""
     from adgen.datasets import load_query_labels, load_world
-    from adgen.model.ci_eval import BM25Retriever, DenseRetriever, Retrieved, evaluate, markdown_table
-    from adgen.model.ci_pipeline import CIBuildConfig, split_queries
+    from adgen.search.ci_eval import BM25Retriever, DenseRetriever, Retrieved, evaluate, markdown_table
+    from adgen.search.ci_pipeline import CIBuildConfig, split_queries
 
     settings = _settings(config_file)
     world_dir = world or settings.paths.world

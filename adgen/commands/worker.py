@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from adgen.config import load_settings
+from adgen.core.config import load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 features = typer.Typer(no_args_is_help=True, add_completion=False, help="Read the Redis feature store.")

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from tqdm import tqdm
 
-from adgen.config import load_settings
+from adgen.core.config import load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console(stderr=True)

@@ -9,7 +9,7 @@ from types import FrameType, TracebackType
 
 from pydantic import BaseModel, SecretStr
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.runtime.redis_server import RedisServer
 from adgen.runtime.tansu_broker import TansuBroker
 from adgen.runtime.tansu_quirks import embedded_kafka_settings

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adgen.config import KafkaSettings, Settings
+from adgen.core.config import KafkaSettings, Settings
 
 #: Quirk 1: session timeout that keeps group joins short on Tansu (ms).
 SESSION_TIMEOUT_MS = 6000

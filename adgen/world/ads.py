@@ -13,7 +13,7 @@ import random
 from array import array
 from dataclasses import dataclass, field
 
-from adgen.catalogue import Item
+from adgen.core.catalogue import Item
 from adgen.world.taxonomy import SUB_CATEGORIES, SUBS_BY_TOP, TIERS, TOP_CATEGORIES, compatible
 
 TIER_CTR = (0.9, 1.0, 1.25)

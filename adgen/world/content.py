@@ -9,7 +9,7 @@ import itertools
 import random
 from array import array
 
-from adgen.catalogue import ContentItem
+from adgen.core.catalogue import ContentItem
 from adgen.world.taxonomy import SUB_CATEGORIES, SUBS_BY_TOP, TOP_CATEGORIES
 
 _TEMPLATES = (

@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from adgen.catalogue import UserProfile
+from adgen.core.catalogue import UserProfile
 from adgen.world.ads import TIER_AFFINITY, Ad, AdSampler
 from adgen.world.content import ContentSampler
 from adgen.world.queries import LabelledQuery, render_query

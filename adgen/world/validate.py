@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from adgen.catalogue import ContentItem, Item
+from adgen.core.catalogue import ContentItem, Item
 from adgen.datasets import describe_validation_error
 from adgen.streams.events import AD_UPDATE_ADAPTER, SEARCH_QUERY_ADAPTER, USER_BEHAVIOR_ADAPTER, AdUpsert
 

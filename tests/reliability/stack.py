@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from adgen.config import Settings
+from adgen.core.config import Settings
 from adgen.index.semantic_ids import sid_vocabulary
 from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
 from adgen.processors.feature_store import FeatureKeys, UserAds

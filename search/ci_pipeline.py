@@ -15,16 +15,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from adgen.catalogue import Item
-from adgen.index.ci_index import (
-    CIIndex,
-    CleaningConfig,
-    CleaningReport,
-    build_ci_set,
-    normalise_text,
-    save_snapshot,
-)
-from adgen.model.ci_data import (
+from adgen.core.catalogue import Item
+from adgen.search.ci_data import (
     AD_PROMPT,
     QueryIntent,
     ad_prompt_text,
@@ -36,8 +28,16 @@ from adgen.model.ci_data import (
     propose_cis,
     query_split,
 )
-from adgen.model.ci_eval import LabelledQuery
-from adgen.model.ci_model import CIModelConfig, assign_cis, query_cis, train_ci_model
+from adgen.search.ci_eval import LabelledQuery
+from adgen.search.ci_index import (
+    CIIndex,
+    CleaningConfig,
+    CleaningReport,
+    build_ci_set,
+    normalise_text,
+    save_snapshot,
+)
+from adgen.search.ci_model import CIModelConfig, assign_cis, query_cis, train_ci_model
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 

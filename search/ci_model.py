@@ -19,13 +19,13 @@ import torch
 from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adgen.index.ci_index import CISet, build_ci_trie, ci_token_sequences
 from adgen.index.trie_arrays import TrieArrays
-from adgen.model.ci_data import QUERY_PROMPT, TextPair
 from adgen.model.decoding import ConstrainedBeamSearch
 from adgen.model.lm import LMConfig, build_lm, load_lm, save_lm
 from adgen.model.lm_training import LMTrainConfig, train_causal_lm
 from adgen.model.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+from adgen.search.ci_data import QUERY_PROMPT, TextPair
+from adgen.search.ci_index import CISet, build_ci_trie, ci_token_sequences
 
 CONFIG_FILE = "ci_model.json"
 MAX_PROMPT_TOKENS = 96

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import httpx
 from pydantic import BaseModel, Field
 
-from adgen.catalogue import Item
-from adgen.index.ci_index import STOPWORDS, CISet, normalise_text
+from adgen.core.catalogue import Item
 from adgen.model.ad_text import meaningful_categories
+from adgen.search.ci_index import STOPWORDS, CISet, normalise_text
 
 AD_PROMPT = "ad: {text}\nintent:"
 QUERY_PROMPT = "query: {text}\nintent:"

@@ -13,9 +13,9 @@ import numpy as np
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from adgen.catalogue import Item
-from adgen.index.ci_index import normalise_text
+from adgen.core.catalogue import Item
 from adgen.model.ad_text import ad_text
+from adgen.search.ci_index import normalise_text
 
 
 class Retrieved(BaseModel):

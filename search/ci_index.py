@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from adgen.checksums import file_sha256
+from adgen.core.checksums import file_sha256
 from adgen.index.trie_arrays import TrieArrays
 
 _NON_WORD = re.compile(r"[^\w&+]+")
