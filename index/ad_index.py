@@ -82,7 +82,7 @@ class AdIndex:
         if self.encoder is None:
             raise IndexBuildError("this index has no text encoder; pass one to encode new ads")
         vecs = self.encoder.encode([ad_text(i) for i in items], progress=len(items) > 256)
-        return self.rqvae.codes(vecs)
+        return self.rqvae.codes(self.rqvae.input_from_text(vecs))
 
     def add_codes(self, item_id: str, codes: Sequence[int]) -> tuple[int, ...]:
         return self.sid_map.add(item_id, codes)
@@ -134,8 +134,13 @@ def build_ad_index(
     model_dir: Path,
     collision_size: int | None = None,
     progress: bool = True,
+    text_map: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[AdIndex, BuildReport]:
-    """Train the RQ-VAE on the catalogue's embeddings and index every ad. Deterministic for a seed."""
+    """Train the RQ-VAE on the catalogue's embeddings and index every ad. Deterministic for a seed.
+
+    `text_map` (weights, bias) is the text -> collaborative map for embeddings built by
+    `model.collaborative.catalogue_vectors`; it is saved inside the RQ-VAE so live ads get coded the same way.
+    """
     if not items:
         raise IndexBuildError("the catalogue is empty: nothing to index")
     if len(items) != len(embeddings):
@@ -143,6 +148,8 @@ def build_ad_index(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     model, _ = train_rqvae(embeddings, config, metrics_path=model_dir / "rqvae_metrics.json", progress=progress)
+    if text_map is not None:
+        model.set_text_map(*text_map)
     version = save_rqvae(model, model_dir)
     timings["train_rqvae"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -298,9 +298,12 @@ class TrieBeams:
     The torch decoder and the TensorRT-LLM backend share it, so both apply the trie identically.
     """
 
-    def __init__(self, trie: TrieArrays, n: int, k: int, beams: int, floor: float | None) -> None:
+    def __init__(
+        self, trie: TrieArrays, n: int, k: int, beams: int, floor: float | None, renormalize: bool = False
+    ) -> None:
         dev = trie.indptr.device
         self.trie, self.k, self.beams, self.floor = trie, k, beams, floor
+        self.renormalize = renormalize
         self.nodes = torch.zeros(n, 1, dtype=torch.long, device=dev)
         self.scores = torch.zeros(n, 1, dtype=torch.float32, device=dev)
         self.pool_scores = torch.full((n, k), NEG_INF, device=dev)
@@ -322,6 +325,8 @@ class TrieBeams:
         child_tok = trie.child_token[edges]
         child = trie.child_node[edges]
         tok_lp = lp.float().gather(2, torch.where(valid, child_tok, 0))
+        if self.renormalize:  # log P(child | prefix, child is valid): the distribution a trie-trained model learnt
+            tok_lp = tok_lp - torch.where(valid, tok_lp, NEG_INF).logsumexp(-1, keepdim=True)
         if self.floor is not None:
             valid = valid & (tok_lp >= self.floor)
         cand = torch.where(valid, self.scores.unsqueeze(-1) + tok_lp, NEG_INF).view(n, b * width)
@@ -384,8 +389,13 @@ class ConstrainedBeamSearch:
         k: int,
         beams: int | None = None,
         score_floor: float | None = None,
+        renormalize: bool = False,
     ) -> list[list[tuple[int, float]]]:
-        """For each prompt, up to k (item, log-prob) pairs, best first, items distinct and valid in `trie`."""
+        """For each prompt, up to k (item, log-prob) pairs, best first, items distinct and valid in `trie`.
+
+        `renormalize` scores each token by its log-probability among the trie's valid children only (for
+        models trained with a trie-constrained softmax); by default it is the log-probability over the vocabulary.
+        """
         beams = resolve_beams(k, beams)
         self._check_trie(trie)
         trie = trie.to(self.device)
@@ -394,7 +404,7 @@ class ConstrainedBeamSearch:
         out: list[list[tuple[int, float]]] = []
         for start in range(0, len(encoded), self.max_batch_prompts):
             chunk = encoded[start : start + self.max_batch_prompts]
-            scores, items = self._search(chunk, trie, k, beams, score_floor)
+            scores, items = self._search(chunk, trie, k, beams, score_floor, renormalize)
             out.extend(to_results(scores, items, k))
         return out
 
@@ -450,12 +460,18 @@ class ConstrainedBeamSearch:
 
     # -- the search ---------------------------------------------------------------------------------------
     def _search(
-        self, prompts: list[np.ndarray], trie: TrieArrays, k: int, beams: int, floor: float | None
+        self,
+        prompts: list[np.ndarray],
+        trie: TrieArrays,
+        k: int,
+        beams: int,
+        floor: float | None,
+        renormalize: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logprobs, prompt_kv = self._prefill(prompts)
         t0 = time.perf_counter()
         runner, n = self.runner, len(prompts)
-        state = TrieBeams(trie, n, k, beams, floor)
+        state = TrieBeams(trie, n, k, beams, floor, renormalize)
         suffix_k = [runner.empty_suffix(n)] * len(runner.layers)
         suffix_v = list(suffix_k)
         lp = logprobs.unsqueeze(1)  # [N, b, V]

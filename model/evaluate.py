@@ -55,6 +55,7 @@ class GenerativeRecommender:
         beams: int | None = None,
         batch_size: int = 32,
         name: str = "leadre",
+        renormalize: bool = False,
     ) -> None:
         from adgen.model.decoding import ConstrainedBeamSearch
 
@@ -62,6 +63,7 @@ class GenerativeRecommender:
         self.builder = builder
         self.profiles = profiles
         self.beams = beams
+        self.renormalize = renormalize  # the checkpoint's recipe: True for models trained with trie scoring
         offset = token_offset(tokenizer, sid_vocabulary(sid_map.codebook_sizes))
         self.trie, self.leaf_items = sid_map.trie_arrays(offset)
         self.search = ConstrainedBeamSearch(model, max_batch_prompts=batch_size)
@@ -74,7 +76,9 @@ class GenerativeRecommender:
             return []
         k_eff = min(k, self.trie.num_values)
         beams = max(self.beams or k_eff, k_eff)
-        results = self.search.generate(self.prompts(examples), self.trie, k_eff, beams=beams)
+        results = self.search.generate(
+            self.prompts(examples), self.trie, k_eff, beams=beams, renormalize=self.renormalize
+        )
         return [[(self.leaf_items[v], s) for v, s in row] for row in results]
 
     def recommend(self, examples: Sequence[SplitExample], k: int) -> list[list[str]]:

@@ -24,15 +24,30 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-Example = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, response_ids)
+from adgen.index.trie_arrays import TrieArrays
+from adgen.model.trie_loss import TrieSoftmax
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class SequenceExample:
+    """A whole sequence with a label per token (a target token id, or IGNORE): every target in one forward pass."""
+
+    ids: Sequence[int]
+    labels: Sequence[int]
+
+
+Example = tuple[Sequence[int], Sequence[int]] | SequenceExample  # (prompt_ids, response_ids) or a labelled sequence
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+Scoring = Literal["vocab", "trie"]
 
 
 class LMTrainConfig(BaseModel):
@@ -51,77 +66,158 @@ class LMTrainConfig(BaseModel):
     bf16: bool = Field(False, description="bf16 autocast on CPU; only faster on CPUs with AVX512-BF16/AMX.")
     seed: int = 0
     monitor: str = Field("ndcg@10", description="eval_fn key used for early stopping and best/ (higher = better).")
-    patience: int = Field(2, ge=1)
+    patience: int = Field(
+        2, ge=1, description="Evaluations (every eval_every epochs) without improvement before stopping."
+    )
     resume: bool = Field(True, description="Continue from out_dir/checkpoint/ when it exists.")
     checkpoint_every: int = Field(200, ge=1, description="Optimizer steps between mid-epoch checkpoints.")
     stop_after_steps: int | None = Field(
         None, ge=1, description="Checkpoint and return after this many optimizer steps in total (time-boxed runs)."
     )
     torch_threads: int = Field(2, ge=1, description="1 is faster for tiny models on a busy machine.")
+    scoring: Scoring = Field(
+        "vocab",
+        description="'vocab': softmax over the whole vocabulary; 'trie': each target against its valid trie siblings "
+        "only (model/trie_loss.py; needs the trie, and the decoder must renormalise the same way).",
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    embedding_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the input embeddings (training only).")
+    residual_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on each attention and MLP output before the residual add (training only)."
+    )
+    eval_every: int = Field(1, ge=1, description="Epochs between eval_fn calls (and after the last epoch).")
     desc: str = "train"
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Right-padded token ids with response-only labels."""
+    """Right-padded token ids with labels on the target tokens only (and their trie parents for trie scoring).
+
+    No attention mask is needed: padding is on the right and attention is causal, so no real token ever attends to
+    a pad, and `attention_mask=None` lets torch take its fused causal kernel.
+    """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor  # -100 outside the response
+    labels: torch.Tensor  # IGNORE outside the targets
     num_response_tokens: int
+    parents: torch.Tensor | None = None  # trie node of each target's prefix, aligned with labels (-1 elsewhere)
+    real_tokens: int = 0
 
 
-def collate(examples: Sequence[Example], pad_id: int, max_len: int) -> Batch:
-    """Right-padded batch with labels only on response tokens; prompts truncated from the left."""
-    rows: list[tuple[list[int], list[int]]] = []
-    for prompt, response in examples:
-        response = list(response)
-        if not response:
-            raise ValueError("an example has an empty response; nothing to learn from it")
-        if len(response) >= max_len:
-            raise ValueError(f"response of {len(response)} tokens does not fit max_len={max_len}")
-        keep = max_len - len(response)
-        prompt = list(prompt)[-keep:]
-        rows.append((prompt + response, [-100] * len(prompt) + response))
+def labelled_row(example: Example, max_len: int) -> tuple[list[int], list[int]]:
+    """(ids, labels) of one example, cut from the left to max_len tokens."""
+    if isinstance(example, SequenceExample):
+        ids, labels = list(example.ids), list(example.labels)
+        if len(ids) != len(labels):
+            raise ValueError(f"a sequence example has {len(ids)} tokens but {len(labels)} labels")
+        if len(ids) > max_len:
+            cut = len(ids) - max_len
+            ids, labels = ids[cut:], labels[cut:]
+            # a target run cut in its middle would be read from the trie root at the wrong level: drop its rest
+            i = 0
+            while example.labels[cut - 1] != IGNORE and i < len(labels) and labels[i] != IGNORE:
+                labels[i] = IGNORE
+                i += 1
+        if all(label == IGNORE for label in labels):
+            raise ValueError("a sequence example has no target token within max_len; nothing to learn from it")
+        return ids, labels
+    prompt, response = example
+    response = list(response)
+    if not response:
+        raise ValueError("an example has an empty response; nothing to learn from it")
+    if len(response) >= max_len:
+        raise ValueError(f"response of {len(response)} tokens does not fit max_len={max_len}")
+    keep = max_len - len(response)
+    prompt = list(prompt)[-keep:]
+    return prompt + response, [IGNORE] * len(prompt) + response
+
+
+def collate(examples: Sequence[Example], pad_id: int, max_len: int, trie: TrieSoftmax | None = None) -> Batch:
+    """Right-padded batch with labels only on target tokens; prompts truncated from the left."""
+    rows = [labelled_row(e, max_len) for e in examples]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    parents = torch.full((len(rows), width), -1, dtype=torch.long) if trie is not None else None
     for i, (ids, lab) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         labels[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(ids)] = 1
+        if parents is not None and trie is not None:
+            parents[i, : len(lab)] = torch.tensor(trie.parents(lab))
     return Batch(
         input_ids=input_ids,
-        attention_mask=mask,
         labels=labels,
-        num_response_tokens=int((labels != -100).sum()),
+        num_response_tokens=int((labels != IGNORE).sum()),
+        parents=parents,
+        real_tokens=sum(len(ids) for ids, _ in rows),
     )
 
 
-def _response_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the positions that predict response tokens, and those target tokens (flattened)."""
-    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+def response_loss(
+    model: torch.nn.Module, batch: Batch, trie: TrieSoftmax | None = None, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy over target tokens: over the vocabulary, or over each target's trie siblings."""
+    hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
     targets = batch.labels[:, 1:]
-    select = targets != -100
-    logits = model.get_output_embeddings()(hidden[:, :-1][select])
-    return logits, targets[select]
-
-
-def response_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy over response tokens."""
-    logits, targets = _response_logits(model, batch)
-    return torch.nn.functional.cross_entropy(logits.float(), targets)
+    select = targets != IGNORE
+    states = hidden[:, :-1][select]
+    if trie is None:
+        logits = model.get_output_embeddings()(states)
+        return torch.nn.functional.cross_entropy(logits.float(), targets[select], label_smoothing=label_smoothing)
+    if batch.parents is None:
+        raise ValueError("trie scoring needs a batch collated with the trie (its targets' parents)")
+    parents = batch.parents[:, 1:][select]
+    return trie.loss(states, model.get_output_embeddings().weight, targets[select], parents, label_smoothing)
 
 
 def response_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Sum of response-token log-probabilities per row, shape [batch]."""
-    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
     logits = model.get_output_embeddings()(hidden[:, :-1]).float()
     targets = batch.labels[:, 1:]
     select = targets != -100
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logp * select).sum(dim=1)
+
+
+def _length(example: Example) -> int:
+    if isinstance(example, SequenceExample):
+        return len(example.ids)
+    prompt, response = example
+    return len(prompt) + len(response)
+
+
+class TrainingDropout:
+    """Dropout on the input embeddings and on every attention/MLP output of a Llama-family model, as forward hooks
+    active inside `with` blocks in training mode only.
+
+    Why hooks: HF Llama has no hidden-state dropout, and small models trained for many epochs on ~50k sequences
+    memorise them; hooks regularise training while the saved checkpoint stays a plain HF model that any tool
+    (our decoder, `generate`, TensorRT-LLM's converters) reads unchanged.
+    """
+
+    def __init__(self, model: torch.nn.Module, embedding: float, residual: float) -> None:
+        self.targets: list[tuple[torch.nn.Module, float]] = []
+        if embedding > 0:
+            self.targets.append((model.get_input_embeddings(), embedding))
+        if residual > 0:
+            for layer in model.get_decoder().layers:
+                self.targets += [(layer.self_attn.o_proj, residual), (layer.mlp.down_proj, residual)]
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> TrainingDropout:
+        for module, p in self.targets:
+            self.handles.append(
+                module.register_forward_hook(
+                    lambda mod, _inp, out, p=p: torch.nn.functional.dropout(out, p, mod.training)
+                )
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
 
 
 def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -198,16 +294,23 @@ def train_causal_lm(
     examples: Sequence[Example],
     config: LMTrainConfig,
     eval_fn: EvalFn | None = None,
+    trie: TrieArrays | None = None,
 ) -> dict[str, Any]:
-    """Train `model` in place on `examples`; returns (and writes) the metrics dict. See module doc."""
+    """Train `model` in place on `examples`; returns (and writes) the metrics dict. See module doc.
+
+    `trie` (the S-ID trie in token ids) is required for `config.scoring == "trie"`.
+    """
     if not examples:
         raise ValueError("no training examples: check the data split and the task configuration")
+    if config.scoring == "trie" and trie is None:
+        raise ValueError("scoring='trie' needs the trie the targets are paths of")
+    trie_softmax = TrieSoftmax(trie) if config.scoring == "trie" and trie is not None else None
     torch.set_num_threads(min(config.torch_threads, 2))
     torch.manual_seed(config.seed)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    lengths = [min(len(p) + len(r), config.max_len) for p, r in examples]
+    lengths = [min(_length(e), config.max_len) for e in examples]
     steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
@@ -233,6 +336,7 @@ def train_causal_lm(
             return _finish(model, out, history, loop, eval_fn is not None)
 
     model.train()
+    dropout = TrainingDropout(model, config.embedding_dropout, config.residual_dropout)
     started = time.perf_counter()
     for epoch in range(loop["epoch"], config.epochs):
         batches = length_bucketed_batches(lengths, config.batch_size, config.seed + epoch)
@@ -241,13 +345,13 @@ def train_causal_lm(
         bar = tqdm(total=len(batches), initial=skip, desc=f"{config.desc} ep{epoch + 1}/{config.epochs}", leave=False)
         optimizer.zero_grad(set_to_none=True)
         for b_index in range(skip, len(batches)):
-            batch = collate([examples[i] for i in batches[b_index]], pad_id, config.max_len)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                loss = response_loss(model, batch)
+            batch = collate([examples[i] for i in batches[b_index]], pad_id, config.max_len, trie_softmax)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16), dropout:
+                loss = response_loss(model, batch, trie_softmax, config.label_smoothing)
             (loss / config.grad_accum).backward()
             sum_loss += loss.item() * batch.num_response_tokens
             sum_tokens += batch.num_response_tokens
-            seen_tokens += int(batch.attention_mask.sum())
+            seen_tokens += batch.real_tokens
             last = b_index == len(batches) - 1
             if (b_index + 1) % config.grad_accum == 0 or last:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -275,7 +379,7 @@ def train_causal_lm(
             "lr": scheduler.get_last_lr()[0],
         }
         stop = False
-        if eval_fn is not None:
+        if eval_fn is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
             model.eval()
             with torch.no_grad():
                 scores = eval_fn(model)

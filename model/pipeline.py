@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -25,20 +26,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from adgen.core.catalogue import AD_KINDS, Dataset, Split, leave_one_out
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
 from adgen.model.baselines import PopularityRecommender, SASRecConfig, SASRecRecommender, ad_ids
+from adgen.model.collaborative import CollaborativeConfig, catalogue_vectors
 from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, sample_examples, write_report
 from adgen.model.lm import LMConfig, build_lm, count_parameters, load_lm, save_lm
-from adgen.model.lm_training import LMTrainConfig, train_causal_lm
+from adgen.model.lm_training import LMTrainConfig, Scoring, train_causal_lm
 from adgen.model.metrics import ranking_metrics
 from adgen.model.prompts import PromptBuilder, PromptOptions, fixed_texts
+from adgen.model.recipe import ServingRecipe, save_recipe
 from adgen.model.tasks import TaskOptions, curriculum_stages, stage_examples
-from adgen.model.tokenizer import build_tokenizer, extend_tokenizer, load_tokenizer, save_tokenizer
+from adgen.model.tokenizer import build_tokenizer, extend_tokenizer, load_tokenizer, save_tokenizer, token_offset
 
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: Literal["world", "amazon", "jsonl"]
-    path: Path
+    path: Path = Field(
+        description="Dataset directory or file. A relative path is resolved against $ADGEN_DATA_ROOT when set, else "
+        "against the repository root (so '../shared/datasets/amazon-scientific' works from any working directory)."
+    )
     events: Path | None = Field(None, description="Events JSONL for source=jsonl.")
     max_users: int | None = Field(None, ge=1, description="Seeded subset of users (CPU budget).")
     min_ads: int = Field(3, ge=3)
@@ -56,6 +62,7 @@ class SidConfig(BaseModel):
     epochs: int = Field(100, ge=1)
     encoder: str = "all-MiniLM-L6-v2"
     embedding_cache: Path = Path("var/cache/embeddings")
+    collaborative: CollaborativeConfig = CollaborativeConfig()
     seed: int = 0
 
 
@@ -90,9 +97,16 @@ class TrainSection(BaseModel):
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     bf16: bool = False
+    scoring: Scoring = "vocab"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    embedding_dropout: float = Field(0.0, ge=0, lt=1)
+    residual_dropout: float = Field(0.0, ge=0, lt=1)
+    eval_every: int = Field(1, ge=1)
     patience: int = 2
     torch_threads: int = 2
-    valid_users: int = Field(300, ge=1, description="Validation users for early stopping (NDCG@10).")
+    valid_users: int | None = Field(
+        300, ge=1, description="Validation users for early stopping (NDCG@10); None = every validation user."
+    )
 
 
 class EvalSection(EvalOptions):
@@ -153,15 +167,45 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- stages ---------------------------------------------------------------------------------------------
+DATA_ROOT_ENV = "ADGEN_DATA_ROOT"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # model/ sits at the top of the repository
+
+
+def resolve_data_path(path: Path) -> Path:
+    """An absolute path as given; a relative one against $ADGEN_DATA_ROOT, else the repository root.
+
+    Raises FileNotFoundError naming the setting and both places looked at, so a fresh clone without the shared
+    data says what to do instead of failing deep inside a loader.
+    """
+    path = Path(path)
+    if path.is_absolute():
+        resolved, base = path, None
+    else:
+        env = os.environ.get(DATA_ROOT_ENV)
+        base = Path(env) if env else REPO_ROOT
+        resolved = (base / path).resolve()
+    if not resolved.exists():
+        where = (
+            f" (relative to {'$' + DATA_ROOT_ENV + '=' if os.environ.get(DATA_ROOT_ENV) else 'the repo root '}{base})"
+        )
+        raise FileNotFoundError(
+            f"dataset not found: {resolved}{where if base else ''}; set data.path in the config or point "
+            f"${DATA_ROOT_ENV} at the directory that holds it"
+        )
+    return resolved
+
+
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     from adgen import datasets
 
+    path = resolve_data_path(cfg.path)
     if cfg.source == "world":
-        data = datasets.load_world(cfg.path)
+        data = datasets.load_world(path)
     elif cfg.source == "amazon":
-        data = datasets.load_amazon(cfg.path)
+        data = datasets.load_amazon(path)
     else:
-        data = datasets.load_jsonl(cfg.path, cfg.events)
+        events = resolve_data_path(cfg.events) if cfg.events is not None else None
+        data = datasets.load_jsonl(path, events)
     if cfg.merge_conversions:
         data = merge_click_conversions(data)
     if cfg.max_users is not None and len(data.users) > cfg.max_users:
@@ -190,8 +234,14 @@ def merge_click_conversions(data: Dataset) -> Dataset:
     return data.model_copy(update={"users": users})
 
 
-def build_sid_map(data: Dataset, cfg: SidConfig, out_dir: Path) -> SemanticIdMap:
-    """Load the S-ID index (from `cfg.index` or out_dir/index) or build it with the index room's code."""
+def build_sid_map(
+    data: Dataset, cfg: SidConfig, out_dir: Path, train_sequences: Sequence[Sequence[str]] = ()
+) -> SemanticIdMap:
+    """Load the S-ID index (from `cfg.index` or out_dir/index) or build it with the index room's code.
+
+    `train_sequences` (ad ids in time order, training part only) feed the collaborative part of the S-ID
+    embedding when `cfg.collaborative.weight` > 0; validation and test targets must not be in them.
+    """
     from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
 
     store_dir = cfg.index or out_dir / "index"
@@ -211,12 +261,23 @@ def build_sid_map(data: Dataset, cfg: SidConfig, out_dir: Path) -> SemanticIdMap
 
     items = sorted(data.items.values(), key=lambda i: i.item_id)  # deleted ads too: histories mention them
     encoder = CachedEncoder(load_encoder(cfg.encoder), cfg.embedding_cache)
-    embeddings = encoder.encode([ad_text(i) for i in items])
+    text = encoder.encode([ad_text(i) for i in items])
+    embeddings, text_map = catalogue_vectors(
+        text, [i.item_id for i in items], train_sequences, cfg.collaborative, seed=cfg.seed
+    )
     overrides: dict[str, Any] = {"num_levels": cfg.levels, "epochs": cfg.epochs, "seed": cfg.seed}
     if cfg.codebook_size is not None:
         overrides["codebook_size"] = cfg.codebook_size
-    rq_cfg = RQVAEConfig.sized_for(len(items), encoder.dim, **overrides)
-    ad_index, report = build_ad_index(items, embeddings, rq_cfg, out_dir / "rqvae")
+    if text_map is not None:
+        overrides.update(text_dim=encoder.dim, collaborative_weight=cfg.collaborative.weight)
+    rq_cfg = RQVAEConfig.sized_for(len(items), embeddings.shape[1], **overrides)
+    ad_index, report = build_ad_index(
+        items,
+        embeddings,
+        rq_cfg,
+        out_dir / "rqvae",
+        text_map=(text_map.weights, text_map.bias) if text_map is not None else None,
+    )
     ad_index.snapshot(store)
     (out_dir / "index_report.json").write_text(report.model_dump_json(indent=1))
     return ad_index.sid_map
@@ -296,7 +357,8 @@ class Run:
         if cfg.dpo.enabled and not any(item.ecpm > 0 for item in self.data.items.values()):
             raise ValueError(f"dpo.enabled needs ads with eCPM, but every eCPM in {cfg.data.path} is 0; disable dpo")
         self.split: Split = leave_one_out(self.data, cfg.data.min_ads)
-        self.sid_map = build_sid_map(self.data, cfg.sids, self.out)
+        train_sequences = [ad_ids(e.history) for e in self.split.valid]  # everything before each validation target
+        self.sid_map = build_sid_map(self.data, cfg.sids, self.out, train_sequences)
         self.model, self.tok = prepare_model(cfg, self.data, self.sid_map)
         self.builder = PromptBuilder(self.tok, self.data.items, self.sid_map.sid_of, self.data.content, cfg.prompts)
         self.serve_map = live_map(self.sid_map, set(self.data.deleted_at))
@@ -306,10 +368,26 @@ class Run:
         self.timings["prepare_s"] = time.perf_counter() - t
         (self.out / "config.json").write_text(cfg.model_dump_json(indent=1))
 
+    @property
+    def recipe(self) -> ServingRecipe:
+        return ServingRecipe(prompts=self.cfg.prompts, scoring=self.cfg.train.scoring)
+
     def recommender(self, name: str = "leadre") -> GenerativeRecommender:
         return GenerativeRecommender(
-            self.model, self.tok, self.builder, self.serve_map, self.profiles, beams=self.cfg.eval.beams, name=name
+            self.model,
+            self.tok,
+            self.builder,
+            self.serve_map,
+            self.profiles,
+            beams=self.cfg.eval.beams,
+            name=name,
+            renormalize=self.recipe.renormalize,
         )
+
+    def training_trie(self):
+        """Trie of every S-ID in the training data (deleted ads included: histories name them)."""
+        offset = token_offset(self.tok, sid_vocabulary(self.sid_map.codebook_sizes))
+        return self.sid_map.trie_arrays(offset)[0]
 
     def valid_ndcg(self, model: torch.nn.Module) -> dict[str, float]:
         rankings = self.recommender().recommend(self.valid, 10)
@@ -322,7 +400,13 @@ class Run:
         for i, stage in enumerate(curriculum_stages(cfg.tasks.curriculum)):
             key = "+".join(stage)
             examples = stage_examples(
-                stage, self.builder, self.data, self.split.train, list(self.data.items), cfg.tasks
+                stage,
+                self.builder,
+                self.data,
+                self.split.train,
+                list(self.data.items),
+                cfg.tasks,
+                histories=self.split.valid,  # each user's behaviour before the validation target: the sequences
             )
             lm_cfg = LMTrainConfig(
                 out_dir=self.out / f"stage{i}_{key.replace('+', '_')}",
@@ -337,17 +421,24 @@ class Run:
                 patience=t.patience,
                 max_len=cfg.prompts.max_prompt_tokens + 16,
                 torch_threads=t.torch_threads,
+                scoring=t.scoring,
+                label_smoothing=t.label_smoothing,
+                embedding_dropout=t.embedding_dropout,
+                residual_dropout=t.residual_dropout,
+                eval_every=t.eval_every,
                 desc=f"stage {i} {key}",
             )
             eval_fn = self.valid_ndcg if "main" in stage else None
             started = time.perf_counter()
-            metrics = train_causal_lm(self.model, self.tok, examples, lm_cfg, eval_fn=eval_fn)
+            trie = self.training_trie() if t.scoring == "trie" else None
+            metrics = train_causal_lm(self.model, self.tok, examples, lm_cfg, eval_fn=eval_fn, trie=trie)
             reports.append(
                 {"stage": key, "examples": len(examples), "seconds": time.perf_counter() - started, **metrics}
             )
         self.timings["train_s"] = sum(r["seconds"] for r in reports)
         save_lm(self.model, self.out / "model")
         save_tokenizer(self.tok, self.out / "model")
+        save_recipe(self.recipe, self.out / "model")
         return reports
 
     def load_trained(self) -> None:

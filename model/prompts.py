@@ -58,9 +58,26 @@ class PromptError(ValueError):
     """A prompt cannot be built (unknown ad, budget too small for the fixed parts)."""
 
 
-class PromptOptions(BaseModel):
-    """Which components a prompt holds (ablations switch them off) and its token budget."""
+Layout = Literal["per_target", "sequence", "sid_only"]
+AdText = Literal["none", "title", "category", "category_title"]
 
+
+class PromptOptions(BaseModel):
+    """Which components a prompt holds (ablations switch them off), its layout and its token budget.
+
+    Layouts: `per_target` is one prompt per target with the interest summary and "N days ago" times (LEADRE §4.2,
+    the paper's format). `sequence` writes the same behaviours as one growing sequence in which every ad's S-ID is
+    a training target, so a user costs one forward pass instead of one per target (see `PromptBuilder.sequence`);
+    `sid_only` is the TIGER-style control: the ads' S-IDs back to back, nothing else.
+    """
+
+    layout: Layout = "per_target"
+    ad_text: AdText = Field(
+        "title", description="sequence layout: the words written after each ad's S-ID (its title and/or category)."
+    )
+    show_time: bool = Field(
+        True, description="sequence layout: '+Nd' days since the previous behaviour (off for data without real times)."
+    )
     include_profile: bool = True
     include_summary: bool = True
     include_content: bool = Field(True, description="Content-domain behaviours (watch/search) in the sequence.")
@@ -69,6 +86,20 @@ class PromptOptions(BaseModel):
     max_events: int = Field(50, ge=1, description="Most recent positive behaviours considered.")
     window_days: float | None = Field(90.0, gt=0, description="Only behaviours this recent (None = all).")
     title_words: int = Field(8, ge=1, description="Titles are cut to this many words to save tokens.")
+
+
+IGNORE = -100
+"""Label of a token that is not a training target (the cross-entropy ignore index)."""
+
+
+@dataclass(frozen=True)
+class SequencePrompt:
+    """A user's behaviour as one sequence: token ids and, per token, its label (an S-ID token id or IGNORE)."""
+
+    ids: list[int]
+    labels: list[int]
+    text: str
+    behaviours_kept: int
 
 
 @dataclass(frozen=True)
@@ -126,12 +157,12 @@ class PromptBuilder:
         ids = self.tokenizer.convert_tokens_to_ids(sid_tokens(self.sid_of(item_id)))  # type: ignore[attr-defined]
         return list(ids)
 
-    def category_of(self, event: HistoryEvent) -> str:
-        """First meaningful category (catalogue-wide roots such as Amazon's are skipped)."""
+    def category_of(self, event: HistoryEvent, deepest: bool = False) -> str:
+        """First (or deepest) meaningful category (catalogue-wide roots such as Amazon's are skipped)."""
         item = self.items.get(event.ref) if event.kind in AD_KINDS else None
         if item is not None:
             cats = meaningful_categories(item)
-            return cats[0] if cats else ""
+            return (cats[-1] if deepest else cats[0]) if cats else ""
         if event.kind != "content_search" and event.ref in self.content:
             cats = self.content[event.ref].categories
             return cats[0] if cats else event.category
@@ -189,6 +220,9 @@ class PromptBuilder:
         """
         opts = self.options
         now = now if now is not None else (history[-1].ts if history else 0.0)
+        if opts.layout != "per_target" and ads_as == "sid":
+            seq = self.sequence(history, profile, now=now, cue=True)
+            return Prompt(seq.ids, seq.text, seq.behaviours_kept, len(self.positive_events(history, now)))
         events = self.positive_events(history, now)
         head = [MAIN_TEMPLATES[template % len(MAIN_TEMPLATES)].format(soft=SOFT_PROMPT_TOKEN)]
         if opts.include_profile and profile is not None:
@@ -203,6 +237,111 @@ class PromptBuilder:
         tail = "\nNext ad:"
         lines = [(" " if i == 0 else "; ") + self.behaviour_text(e, now, ads_as) for i, e in enumerate(events)]
         return self._fit(head, lines, tail, len(events))
+
+    def sequence(
+        self,
+        history: Sequence[HistoryEvent],
+        profile: UserProfile | None = None,
+        *,
+        now: float | None = None,
+        cue: bool = False,
+    ) -> SequencePrompt:
+        """The behaviours as one sequence whose every ad S-ID is labelled (layouts `sequence` and `sid_only`).
+
+            <soft_prompt> Predict the next ad this user will click.
+            Profile: age 34, sex female
+            Behaviour:
+            watch^Funny cat videos
+            +2d click^<a_1><b_2><c_3><d_0> Cat litter 20 lb
+            +0d click^                       <- the cue, only when serving (`cue=True`): the model writes the S-ID
+
+        Why it is leak-free to train every target at once: a causal LM predicting an ad's S-ID sees only the tokens
+        before it, i.e. the profile and the earlier behaviours; times are gaps to the previous behaviour, never
+        "days before the request"; and there is no interest summary, which would count later behaviours (the
+        per-event categories give the model the same information causally). Training and serving share this code.
+        Over budget, the oldest behaviours go first.
+        """
+        opts = self.options
+        now = now if now is not None else (history[-1].ts if history else 0.0)
+        events = [e for e in self.positive_events(history, now) if opts.layout != "sid_only" or e.kind in AD_KINDS]
+        if opts.layout == "sid_only":
+            head = [SOFT_PROMPT_TOKEN]
+        else:
+            head = [MAIN_TEMPLATES[0].format(soft=SOFT_PROMPT_TOKEN)]
+            if opts.include_profile and profile is not None:
+                text = self.profile_text(profile)
+                if text:
+                    head.append("\n" + text)
+            head.append("\nBehaviour:")
+        head_ids = [t for piece in head for t in self._encode(piece)]
+        pieces = []  # (ids, labels, text) per behaviour
+        previous = None
+        for event in events:
+            pieces.append(self._event_piece(event, previous))
+            previous = event
+        tail_ids: list[int] = []
+        tail_text = ""
+        if cue and opts.layout == "sequence":
+            tail_text = self._event_prefix("ad_click", now, previous)
+            tail_ids = self._encode(tail_text)
+        room = opts.max_prompt_tokens - len(head_ids) - len(tail_ids)
+        if room < 0:
+            raise PromptError(
+                f"instruction and profile take {-room + opts.max_prompt_tokens} tokens, over "
+                f"max_prompt_tokens={opts.max_prompt_tokens}; raise the budget"
+            )
+        keep, used = len(pieces), sum(len(p[0]) for p in pieces)
+        while keep and used > room:
+            used -= len(pieces[len(pieces) - keep][0])
+            keep -= 1
+        kept = pieces[len(pieces) - keep :]
+        ids = head_ids + [t for p in kept for t in p[0]] + tail_ids
+        labels = [IGNORE] * len(head_ids) + [t for p in kept for t in p[1]] + [IGNORE] * len(tail_ids)
+        text = "".join(head) + "".join(p[2] for p in kept) + tail_text
+        return SequencePrompt(ids, labels, text, keep)
+
+    def _event_prefix(self, kind: str, ts: float, previous: HistoryEvent | None) -> str:
+        gap = ""
+        if self.options.show_time and previous is not None:
+            gap = f"+{max(0, round((ts - previous.ts) / DAY_SECONDS))}d "
+        return f"\n{gap}{BEHAVIOUR_WORDS[kind]}^"
+
+    def _event_piece(self, event: HistoryEvent, previous: HistoryEvent | None) -> tuple[list[int], list[int], str]:
+        opts = self.options
+        if opts.layout == "sid_only":
+            sid = self.response_ids(event.ref)
+            return sid, list(sid), self.sid_text(event.ref)
+        prefix = self._event_prefix(event.kind, event.ts, previous)
+        if event.kind in AD_KINDS:
+            sid = self.response_ids(event.ref)
+            words = self.ad_words(event)
+            after = " " + words if words else ""
+            after_ids = self._encode(after) if after else []
+            prefix_ids = self._encode(prefix)
+            ids = prefix_ids + sid + after_ids
+            labels = [IGNORE] * len(prefix_ids) + sid + [IGNORE] * len(after_ids)
+            return ids, labels, prefix + self.sid_text(event.ref) + after
+        if event.kind == "content_search":
+            what = _short(event.title or event.ref, opts.title_words)
+        else:
+            content = self.content.get(event.ref)
+            what = _short(content.title if content else event.title or event.ref, opts.title_words)
+        ids = self._encode(prefix + what)
+        return ids, [IGNORE] * len(ids), prefix + what
+
+    def ad_words(self, event: HistoryEvent) -> str:
+        """The words after an ad's S-ID in the sequence layout: its category and/or its shortened title."""
+        choice = self.options.ad_text
+        if choice == "none":
+            return ""
+        item = self.items.get(event.ref)
+        title = _short(item.title if item else event.title, self.options.title_words)
+        category = as_data(self.category_of(event, deepest=True))
+        if choice == "title":
+            return title
+        if choice == "category":
+            return category
+        return f"{category}: {title}" if category else title
 
     def alignment_prompt(self, item_id: str, template: int = 0) -> Prompt:
         """Explicit alignment: the ad's description -> its S-ID."""

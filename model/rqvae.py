@@ -48,6 +48,13 @@ class RQVAEConfig(BaseModel):
     reseed_dead_codes: bool = True
     kmeans_iters: int = Field(50, ge=1)
     seed: int = 0
+    text_dim: int | None = Field(
+        None,
+        ge=1,
+        description="Set when the input is [text embedding, collaborative vector] (model/collaborative.py): the "
+        "first text_dim dims are text, the rest are predicted from them for ads without behaviour.",
+    )
+    collaborative_weight: float = Field(0.0, ge=0)
 
     @classmethod
     def sized_for(cls, num_items: int, input_dim: int, **overrides: object) -> RQVAEConfig:
@@ -110,6 +117,31 @@ class RQVAE(nn.Module):
         self.encoder = _mlp([config.input_dim, *config.hidden_dims, config.latent_dim])
         self.decoder = _mlp([config.latent_dim, *reversed(config.hidden_dims), config.input_dim])
         self.codebooks = nn.Parameter(torch.randn(config.num_levels, config.codebook_size, config.latent_dim) * 0.1)
+        if config.text_dim is not None and config.text_dim < config.input_dim:
+            collab_dim = config.input_dim - config.text_dim
+            self.register_buffer("text_to_collab", torch.zeros(config.text_dim, collab_dim))
+            self.register_buffer("text_to_collab_bias", torch.zeros(collab_dim))
+
+    def set_text_map(self, weights: np.ndarray, bias: np.ndarray) -> None:
+        """Store the text -> collaborative ridge map (TextToCollaborative) so it ships inside these weights."""
+        if not hasattr(self, "text_to_collab"):
+            raise RQVAEError("this RQ-VAE has no collaborative part (config.text_dim is unset)")
+        self.text_to_collab.copy_(torch.as_tensor(weights, dtype=torch.float32))
+        self.text_to_collab_bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def input_from_text(self, text: np.ndarray) -> np.ndarray:
+        """The RQ-VAE input for ads known only by their text embedding (what the live index codes).
+
+        Text-only models take the embedding as it is; collaborative ones append weight x the unit collaborative
+        vector predicted from the unit text embedding, the same recipe the catalogue's unseen ads got at build time.
+        """
+        text = np.asarray(text, dtype=np.float32)
+        if not hasattr(self, "text_to_collab"):
+            return text
+        text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-8)
+        collab = text @ self.text_to_collab.numpy() + self.text_to_collab_bias.numpy()
+        collab /= np.maximum(np.linalg.norm(collab, axis=1, keepdims=True), 1e-8)
+        return np.concatenate([text, self.config.collaborative_weight * collab], axis=1).astype(np.float32)
 
     def quantise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(straight-through z_q, codes [B, M], codebook+commitment loss, residual entering each level)."""

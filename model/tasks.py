@@ -21,15 +21,17 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from adgen.core.catalogue import Dataset, SplitExample
-from adgen.model.lm_training import Example
+from adgen.model.lm_training import Example, SequenceExample
 from adgen.model.prompts import PROFILE_FIELDS, PromptBuilder, shuffled_profile_order
 
 TaskName = Literal["ex", "im", "main"]
-Curriculum = Literal["ex_im_main", "mixed", "main_only"]
+Curriculum = Literal["ex_im_main", "mixed", "main_only", "ex_main", "ex+main"]
 CURRICULA: dict[str, list[list[TaskName]]] = {
     "ex_im_main": [["ex"], ["im"], ["main"]],
     "mixed": [["ex", "im", "main"]],
     "main_only": [["main"]],
+    "ex_main": [["ex"], ["main"]],
+    "ex+main": [["ex", "main"]],
 }
 
 
@@ -95,6 +97,21 @@ def alignment_examples(builder: PromptBuilder, item_ids: Sequence[str], options:
     ]
 
 
+def sequence_examples(
+    builder: PromptBuilder, dataset: Dataset, histories: Sequence[SplitExample]
+) -> list[SequenceExample]:
+    """One labelled sequence per user (layouts `sequence`, `sid_only`): every ad in `history` is a target.
+
+    Pass each user's behaviour before their validation target (`Split.valid`): the training part, nothing later.
+    """
+    out: list[SequenceExample] = []
+    for example in histories:
+        seq = builder.sequence(example.history, dataset.users[example.user_id].profile)
+        if any(label >= 0 for label in seq.labels):
+            out.append(SequenceExample(seq.ids, seq.labels))
+    return out
+
+
 def stage_examples(
     stage: Sequence[TaskName],
     builder: PromptBuilder,
@@ -102,13 +119,26 @@ def stage_examples(
     train: Sequence[SplitExample],
     item_ids: Sequence[str],
     options: TaskOptions,
+    histories: Sequence[SplitExample] = (),
 ) -> list[Example]:
-    """Every example of one curriculum stage (the training loop shuffles them)."""
-    targets = select_targets(train, options.reuse_positives)
+    """Every example of one curriculum stage (the training loop shuffles them).
+
+    With a `sequence`/`sid_only` prompt layout the main task is one labelled sequence per user in `histories`
+    instead of one prompt per target in `train`; implicit alignment has no sequence form.
+    """
+    per_target = builder.options.layout == "per_target"
+    targets = select_targets(train, options.reuse_positives) if per_target else []
     out: list[Example] = []
     for task in stage:
         if task == "ex":
             out += alignment_examples(builder, item_ids, options)
-        else:
+        elif per_target:
             out += user_examples(builder, dataset, targets, task, options)
+        elif task == "main":
+            out += sequence_examples(builder, dataset, histories)
+        else:
+            raise ValueError(
+                f"task {task!r} has no form for the {builder.options.layout!r} layout (its sequences already pair "
+                "each ad's S-ID with its words); use the curricula ex_main, ex+main or main_only"
+            )
     return out

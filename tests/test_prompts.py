@@ -102,3 +102,53 @@ def test_alignment_prompt_describes_the_ad_and_response_is_its_sid(tokenizer):
     assert tokenizer.convert_ids_to_tokens(builder.response_ids("ad3")) == ["<a_1>", "<b_1>", "<c_0>"]
     with pytest.raises(PromptError, match="unknown ad 'nope'"):
         builder.alignment_prompt("nope")
+
+
+# -- the sequence layout (every ad a target in one pass) ----------------------------------------------------------
+LONG_HISTORY = [*HISTORY, HistoryEvent(ts=12 * DAY, kind="ad_click", ref="ad3")]
+
+
+def test_sequence_labels_exactly_the_s_id_tokens_of_each_ad(tokenizer):
+    builder = _builder(tokenizer, layout="sequence")
+    seq = builder.sequence(LONG_HISTORY, PROFILE)
+    labelled = [(i, t) for i, (t, lab) in enumerate(zip(seq.ids, seq.labels, strict=True)) if lab != -100]
+    assert all(seq.ids[i] == seq.labels[i] for i, _ in labelled)
+    expected = [t for ad in ("ad1", "ad2", "ad3") for t in builder.response_ids(ad)]
+    assert [t for _, t in labelled] == expected
+    assert "watch^Marathon training tips" in seq.text and "search^yoga for beginners" in seq.text
+    assert "Profile: age 34" in seq.text and "Interests" not in seq.text  # no summary: it would count later ads
+    assert "+3d convert^<a_3><b_0><c_1> Jazz concert tickets" in seq.text
+
+
+def test_every_target_sees_exactly_the_serving_prompt_of_its_prefix(tokenizer):
+    """Leak-free by construction: the tokens before a clicked ad's S-ID in the training sequence are the prompt the
+    server builds from the behaviour before that click (ending in the "click^" cue). Nothing later reaches it."""
+    builder = _builder(tokenizer, layout="sequence")
+    full = builder.sequence(LONG_HISTORY, PROFILE)
+    starts = [i for i, lab in enumerate(full.labels) if lab != -100 and full.labels[i - 1] == -100]
+    ads = [n for n, e in enumerate(LONG_HISTORY) if e.kind in ("ad_click", "ad_conversion")]
+    assert len(starts) == len(ads) == 3
+    checked = 0
+    for start, n in zip(starts, ads, strict=True):
+        if LONG_HISTORY[n].kind != "ad_click":  # the cue announces a click; a conversion's prefix says "convert^"
+            continue
+        served = builder.sequence(LONG_HISTORY[:n], PROFILE, now=LONG_HISTORY[n].ts, cue=True)
+        assert served.ids == full.ids[:start]
+        checked += 1
+    assert checked == 2
+
+
+def test_sid_only_layout_is_the_ads_s_ids_back_to_back(tokenizer):
+    builder = _builder(tokenizer, layout="sid_only")
+    seq = builder.sequence(LONG_HISTORY, PROFILE)
+    sids = [t for ad in ("ad1", "ad2", "ad3") for t in builder.response_ids(ad)]
+    assert seq.ids[-len(sids) :] == sids and seq.labels[-len(sids) :] == sids
+    assert all(label == -100 for label in seq.labels[: -len(sids)])
+    assert builder.user_prompt(LONG_HISTORY, PROFILE).ids == seq.ids  # serving: the next S-ID follows directly
+
+
+def test_sequence_over_budget_drops_the_oldest_behaviours_first(tokenizer):
+    full = _builder(tokenizer, layout="sequence").sequence(LONG_HISTORY, PROFILE)
+    cut = _builder(tokenizer, layout="sequence", max_prompt_tokens=len(full.ids) - 3).sequence(LONG_HISTORY, PROFILE)
+    assert cut.behaviours_kept < full.behaviours_kept
+    assert full.ids[-20:] == cut.ids[-20:]  # the newest behaviours are kept verbatim

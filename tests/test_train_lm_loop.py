@@ -47,7 +47,7 @@ def test_collate_puts_labels_on_response_only_and_cuts_prompt_from_left():
     batch = collate([([5, 6, 7, 8], [1, 2]), ([9], [3])], pad_id=0, max_len=5)
     assert batch.input_ids.tolist() == [[6, 7, 8, 1, 2], [9, 3, 0, 0, 0]]
     assert batch.labels.tolist() == [[-100, -100, -100, 1, 2], [-100, 3, -100, -100, -100]]
-    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch.real_tokens == 7
     assert batch.num_response_tokens == 3
 
 
