@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from adgen.core.catalogue import Item, SplitExample
 from adgen.model.evaluate import evaluate_recommender, top_category
 from adgen.model.lm_training import collate, response_logprobs
+from adgen.model.trie_loss import TrieSoftmax
 
 if TYPE_CHECKING:
     from adgen.model.pipeline import Run
@@ -104,12 +105,29 @@ def category_pairs(
     return out
 
 
-def _logps(model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], pad: int, max_len: int):
-    return response_logprobs(model, collate(list(zip(prompts, responses, strict=True)), pad, max_len))
+def _logps(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    pad: int,
+    max_len: int,
+    trie: TrieSoftmax | None = None,
+) -> torch.Tensor:
+    batch = collate(list(zip(prompts, responses, strict=True)), pad, max_len, trie)
+    return response_logprobs(model, batch, trie)
 
 
-def train_dpo(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[PreferencePair], config: DPOConfig) -> dict:
-    """Train `model` in place with DPO against its own frozen starting point; writes metrics.json."""
+def train_dpo(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    config: DPOConfig,
+    trie: TrieSoftmax | None = None,
+) -> dict:
+    """Train `model` in place with DPO against its own frozen starting point; writes metrics.json.
+
+    `trie`: score responses the way a trie-trained model was trained and is served (among valid siblings).
+    """
     if not pairs:
         raise ValueError("no preference pairs: every candidate pair had equal eCPM or no candidates")
     out = Path(config.out_dir)
@@ -123,10 +141,10 @@ def train_dpo(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[Preference
         for s in range(0, len(pairs), 64):
             chunk = pairs[s : s + 64]
             ref_c.append(
-                _logps(model, [p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk], pad, config.max_len)
+                _logps(model, [p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk], pad, config.max_len, trie)
             )
             ref_r.append(
-                _logps(model, [p.prompt_ids for p in chunk], [p.rejected_ids for p in chunk], pad, config.max_len)
+                _logps(model, [p.prompt_ids for p in chunk], [p.rejected_ids for p in chunk], pad, config.max_len, trie)
             )
         ref_chosen, ref_rejected = torch.cat(ref_c), torch.cat(ref_r)
     model.train()
@@ -143,8 +161,8 @@ def train_dpo(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[Preference
             idx = order[s : s + config.batch_size]
             batch = [pairs[i] for i in idx]
             prompts = [p.prompt_ids for p in batch]
-            pc = _logps(model, prompts, [p.chosen_ids for p in batch], pad, config.max_len)
-            pr = _logps(model, prompts, [p.rejected_ids for p in batch], pad, config.max_len)
+            pc = _logps(model, prompts, [p.chosen_ids for p in batch], pad, config.max_len, trie)
+            pr = _logps(model, prompts, [p.rejected_ids for p in batch], pad, config.max_len, trie)
             loss, cr, rr = dpo_loss(pc, pr, ref_chosen[idx], ref_rejected[idx], config.beta)
             opt.zero_grad()
             loss.backward()
@@ -165,6 +183,7 @@ def train_dpo(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[Preference
 def run_dpo(run: Run) -> dict[str, Any]:
     """Pipeline stage: pairs from training users, DPO, then before/after on the test users."""
     from adgen.model.lm import save_lm
+    from adgen.model.recipe import save_recipe
     from adgen.model.tasks import select_targets
 
     cfg = run.cfg.dpo
@@ -203,9 +222,11 @@ def run_dpo(run: Run) -> dict[str, Any]:
             seed=run.cfg.seed,
             torch_threads=run.cfg.train.torch_threads,
         ),
+        trie=TrieSoftmax(run.training_trie()) if run.recipe.renormalize else None,
     )
     after = evaluate_recommender(run.recommender("leadre+dpo"), run.test, run.data, run.cfg.eval)
     save_lm(run.model, out / "model")
+    save_recipe(run.recipe, out / "model")
     report = {"train": train, "before": before, "after": after, "pair_source": cfg.pair_source}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return report

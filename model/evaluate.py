@@ -108,9 +108,16 @@ def truncate(example: SplitExample, keep: float) -> SplitExample:
 
 
 def evaluate_recommender(
-    recommender: Recommender, examples: Sequence[SplitExample], dataset: Dataset, options: EvalOptions
-) -> dict[str, Any]:
-    """HR/NDCG@K, diversity, mean eCPM and (optionally) Dice stability for one recommender."""
+    recommender: Recommender,
+    examples: Sequence[SplitExample],
+    dataset: Dataset,
+    options: EvalOptions,
+    with_rankings: bool = False,
+) -> Any:
+    """HR/NDCG@K, diversity, mean eCPM and (optionally) Dice stability for one recommender.
+
+    With `with_rankings`, returns (metrics, the ranked lists) so callers can combine lists (e.g. channel value).
+    """
     if not examples:
         raise ValueError("no evaluation examples: the split has no users with enough ad interactions")
     k = max(max(options.ks), options.diversity_k)
@@ -128,7 +135,7 @@ def evaluate_recommender(
         metrics[f"dice@{options.diversity_k}"] = mean_dice(rankings, truncated, options.diversity_k)
     metrics["users"] = len(examples)
     metrics["recommend_seconds"] = seconds
-    return metrics
+    return (metrics, rankings) if with_rankings else metrics
 
 
 def write_report(results: Mapping[str, Mapping[str, Any]], out_dir: Path, title: str, ks: Sequence[int]) -> Path:

@@ -170,12 +170,21 @@ def response_loss(
     return trie.loss(states, model.get_output_embeddings().weight, targets[select], parents, label_smoothing)
 
 
-def response_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Sum of response-token log-probabilities per row, shape [batch]."""
+def response_logprobs(model: torch.nn.Module, batch: Batch, trie: TrieSoftmax | None = None) -> torch.Tensor:
+    """Sum of response-token log-probabilities per row, shape [batch]: over the vocabulary, or (with `trie`, for
+    models trained with trie scoring) among each token's valid trie siblings."""
     hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[:, :-1]).float()
     targets = batch.labels[:, 1:]
-    select = targets != -100
+    select = targets != IGNORE
+    if trie is not None:
+        if batch.parents is None:
+            raise ValueError("trie scoring needs a batch collated with the trie (its targets' parents)")
+        logp = trie.token_logprobs(
+            hidden[:, :-1][select], model.get_output_embeddings().weight, targets[select], batch.parents[:, 1:][select]
+        )
+        rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[select]
+        return torch.zeros(targets.shape[0], device=logp.device).index_add(0, rows, logp)
+    logits = model.get_output_embeddings()(hidden[:, :-1]).float()
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logp * select).sum(dim=1)
 

@@ -98,3 +98,20 @@ def _check(rankings: Sequence[Sequence[str]], targets: Sequence[str]) -> None:
         raise ValueError(f"{len(rankings)} rankings but {len(targets)} targets")
     if not targets:
         raise ValueError("no users to evaluate: the split is empty")
+
+
+def channel_value(
+    base: Sequence[Sequence[str]], added: Sequence[Sequence[str]], targets: Sequence[str], k: int = 10
+) -> dict[str, float]:
+    """What a second retrieval channel adds: HR of `base`'s top k merged with `added`'s top k (deduplicated, at
+    most 2k ads) against `base`'s own top 2k, the list a single channel would fill the same slots with."""
+    _check(base, targets)
+    _check(added, targets)
+    merged = [list(dict.fromkeys([*list(b)[:k], *list(a)[:k]])) for b, a in zip(base, added, strict=True)]
+    return {
+        f"hr@{2 * k}_merged": hit_rate(merged, targets, 2 * k),
+        f"hr@{2 * k}_base": hit_rate(base, targets, 2 * k),
+        f"hr@{k}_base": hit_rate(base, targets, k),
+        f"hr@{k}_added": hit_rate(added, targets, k),
+        "mean_merged_size": float(np.mean([len(m) for m in merged])),
+    }

@@ -30,7 +30,7 @@ from adgen.model.collaborative import CollaborativeConfig, catalogue_vectors
 from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, sample_examples, write_report
 from adgen.model.lm import LMConfig, build_lm, count_parameters, load_lm, save_lm
 from adgen.model.lm_training import LMTrainConfig, Scoring, train_causal_lm
-from adgen.model.metrics import ranking_metrics
+from adgen.model.metrics import channel_value, ranking_metrics
 from adgen.model.prompts import PromptBuilder, PromptOptions, fixed_texts
 from adgen.model.recipe import ServingRecipe, save_recipe
 from adgen.model.tasks import TaskOptions, curriculum_stages, stage_examples
@@ -82,6 +82,7 @@ class ModelSection(BaseModel):
     num_heads: int = 4
     intermediate_size: int | None = None
     max_positions: int = 512
+    tie_embeddings: bool = False
     seed: int = 0
 
 
@@ -111,6 +112,10 @@ class TrainSection(BaseModel):
 
 class EvalSection(EvalOptions):
     beams: int = Field(20, ge=1)
+    valid_too: bool = Field(False, description="Also score every model on the validation users (results['valid']).")
+    test: bool = Field(
+        True, description="Score on the test users. Off while choosing settings: then only validation is read."
+    )
     baselines: list[Literal["popularity", "sasrec"]] = Field(default_factory=lambda: ["popularity", "sasrec"])
     sasrec: SASRecConfig = SASRecConfig()
 
@@ -145,10 +150,18 @@ class PipelineConfig(BaseModel):
     dpo: DPOSection = DPOSection()
 
 
-def load_config(path: Path, **overrides: Any) -> PipelineConfig:
-    """A YAML pipeline config; `overrides` replace top-level sections or values."""
+def load_config(path: Path, seed: int | None = None, **overrides: Any) -> PipelineConfig:
+    """A YAML pipeline config; `overrides` replace top-level sections or values.
+
+    `seed` re-seeds the whole run: data order, the RQ-VAE (so the S-IDs), the model's initialisation, the task
+    sampling and the baselines, which is what "one seed" means in docs/results.md.
+    """
     raw = _read_yaml(Path(path))
     raw.update(overrides)
+    if seed is not None:
+        raw["seed"] = seed
+        for section in ("sids", "model", "tasks"):
+            raw[section] = {**(raw.get(section) or {}), "seed": seed}
     return PipelineConfig.model_validate(raw)
 
 
@@ -334,6 +347,7 @@ def prepare_model(cfg: PipelineConfig, data: Dataset, sid_map: SemanticIdMap) ->
                 num_heads=m.num_heads,
                 intermediate_size=m.intermediate_size,
                 max_positions=m.max_positions,
+                tie_embeddings=m.tie_embeddings,
                 pad_token_id=tok.pad_token_id,
                 bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id,
@@ -449,27 +463,52 @@ class Run:
 
     def evaluate(self, models: Sequence[str] = ("leadre", "popularity", "sasrec")) -> dict[str, dict[str, Any]]:
         """Evaluate `models` (those in eval.baselines, plus leadre) on the test users; results for models not
-        re-run are kept from an existing eval.json, so one baseline can be re-evaluated alone."""
+        re-run are kept from an existing eval.json, so one baseline can be re-evaluated alone.
+
+        With `eval.valid_too` the same models are also scored on the validation users (what settings were chosen
+        on), under `results["valid"]`. When LEADRE and SASRec are both evaluated, `results["channel"]` holds
+        LEADRE's value as an added retrieval channel: HR@20 of SASRec's top 10 merged with LEADRE's top 10
+        (deduplicated) against SASRec's own top 20.
+        """
         cfg = self.cfg
         started = time.perf_counter()
         path = self.out / "eval" / "eval.json"
         results: dict[str, dict[str, Any]] = json.loads(path.read_text())["results"] if path.exists() else {}
         candidates = sorted(self.data.active_items())
+        recommenders: dict[str, Any] = {}
         if "leadre" in models:
-            results["leadre"] = evaluate_recommender(self.recommender(), self.test, self.data, cfg.eval)
+            recommenders["leadre"] = self.recommender()
         if "popularity" in models and "popularity" in cfg.eval.baselines:
-            pop = PopularityRecommender(candidates).fit([e.history for e in self.split.valid])
-            results["popularity"] = evaluate_recommender(pop, self.test, self.data, cfg.eval)
+            recommenders["popularity"] = PopularityRecommender(candidates).fit([e.history for e in self.split.valid])
         if "sasrec" in models and "sasrec" in cfg.eval.baselines:
-            sas_cfg = cfg.eval.sasrec.model_copy(update={"torch_threads": cfg.train.torch_threads})
+            sas_cfg = cfg.eval.sasrec.model_copy(update={"torch_threads": cfg.train.torch_threads, "seed": cfg.seed})
             sas = SASRecRecommender(candidates, sas_cfg)
             fit = sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, self.out / "sasrec")
-            results["sasrec"] = {
-                **evaluate_recommender(sas, self.test, self.data, cfg.eval),
-                "train_s": fit["train_seconds"],
-            }
+            recommenders["sasrec"] = sas
+        rankings: dict[str, list[list[str]]] = {}
+        for name, rec in recommenders.items() if cfg.eval.test else []:
+            results[name], rankings[name] = evaluate_recommender(
+                rec, self.test, self.data, cfg.eval, with_rankings=True
+            )
+        if "sasrec" in recommenders and cfg.eval.test:
+            results["sasrec"].update(train_s=fit["train_seconds"], best_valid_ndcg_at_10=fit["best_valid_ndcg@10"])
+        if cfg.eval.valid_too or not cfg.eval.test:
+            valid = sample_examples(self.split.valid, cfg.eval.max_users, cfg.seed)
+            results.setdefault("valid", {})
+            for name, rec in recommenders.items():
+                results["valid"][name] = evaluate_recommender(
+                    rec, valid, self.data, cfg.eval.model_copy(update={"stability": False})
+                )
+        if "leadre" in rankings and "sasrec" in rankings:
+            results["channel"] = channel_value(rankings["sasrec"], rankings["leadre"], [e.target for e in self.test])
         self.timings["eval_s"] = time.perf_counter() - started
-        write_report(results, self.out / "eval", cfg.name, cfg.eval.ks)
+        write_report(
+            {k: v for k, v in results.items() if k not in ("valid", "channel")},
+            self.out / "eval",
+            cfg.name,
+            cfg.eval.ks,
+        )
+        path.write_text(json.dumps({"title": cfg.name, "results": results}, indent=1))
         return results
 
     def summary(self, filename: str = "summary.json", **parts: Any) -> dict[str, Any]:
@@ -495,9 +534,11 @@ class Run:
 def run_pipeline(cfg: PipelineConfig, evaluate: bool = True) -> dict[str, Any]:
     """Train through the curriculum, evaluate against baselines, optionally DPO; returns the summary."""
     torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
     run = Run(cfg)
     stages = run.train()
     results = run.evaluate() if evaluate else {}
+    run.timings["wall_s"] = time.perf_counter() - started  # data + S-IDs + training + evaluation, this process
     dpo_report = None
     if cfg.dpo.enabled:
         from adgen.model.dpo import run_dpo

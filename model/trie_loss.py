@@ -73,6 +73,24 @@ class TrieSoftmax:
             previous_labelled = True
         return out
 
+    def _children_logprobs(
+        self, hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor, parents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-probs over each parent's children [T, width], valid mask, index of the target among them)."""
+        cand = self.children.to(parents.device)[parents]  # [T, width] offsets into the S-ID block
+        valid = cand >= 0
+        block = hidden @ output_weight[self.first_token : self.last_token + 1].T  # [T, block]: one small matmul
+        logits = block.float().gather(1, cand.clamp(min=0)).masked_fill(~valid, float("-inf"))
+        pick = (cand == (targets - self.first_token)[:, None]).float().argmax(dim=1)
+        return torch.log_softmax(logits, dim=-1), valid, pick
+
+    def token_logprobs(
+        self, hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor, parents: torch.Tensor
+    ) -> torch.Tensor:
+        """log P(target | its parent, among the parent's valid children) per target token [T]."""
+        logp, _, pick = self._children_logprobs(hidden, output_weight, targets, parents)
+        return logp.gather(1, pick[:, None]).squeeze(1)
+
     def loss(
         self,
         hidden: torch.Tensor,
@@ -82,12 +100,7 @@ class TrieSoftmax:
         label_smoothing: float = 0.0,
     ) -> torch.Tensor:
         """Mean cross-entropy of `targets` [T] among the children of `parents` [T], from hidden states [T, d]."""
-        cand = self.children.to(parents.device)[parents]  # [T, width] offsets into the S-ID block
-        valid = cand >= 0
-        block = hidden @ output_weight[self.first_token : self.last_token + 1].T  # [T, block]: one small matmul
-        logits = block.float().gather(1, cand.clamp(min=0)).masked_fill(~valid, float("-inf"))
-        logp = torch.log_softmax(logits, dim=-1)
-        pick = (cand == (targets - self.first_token)[:, None]).float().argmax(dim=1)
+        logp, valid, pick = self._children_logprobs(hidden, output_weight, targets, parents)
         nll = -logp.gather(1, pick[:, None]).squeeze(1)
         if label_smoothing > 0:  # smoothing spread over the valid children only
             uniform = -(logp.masked_fill(~valid, 0.0).sum(1) / valid.sum(1))

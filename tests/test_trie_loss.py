@@ -10,7 +10,7 @@ import torch
 from adgen.index.trie_arrays import TrieArrays
 from adgen.model.decoding import ConstrainedBeamSearch
 from adgen.model.lm import LMConfig, build_lm
-from adgen.model.lm_training import IGNORE, SequenceExample, collate, response_loss
+from adgen.model.lm_training import IGNORE, SequenceExample, collate, response_logprobs, response_loss
 from adgen.model.trie_loss import TrieSoftmax, TrieTargetError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -78,6 +78,8 @@ def test_training_loss_is_the_cross_entropy_among_valid_children(tiny_lm):
     first = children_logprob(tiny_lm, prompt, ITEMS[3], table)
     second = children_logprob(tiny_lm, [*prompt, *ITEMS[3]], ITEMS[9], table)
     assert loss == pytest.approx(-(first + second) / 6, rel=1e-4)
+    with torch.no_grad():  # DPO's per-row sum scores the same way
+        assert float(response_logprobs(tiny_lm, batch, soft)[0]) == pytest.approx(first + second, rel=1e-4)
 
 
 def test_renormalised_beam_search_equals_brute_force_over_valid_children(tiny_lm):

@@ -17,14 +17,14 @@ err = Console(stderr=True)
 ConfigArg = Annotated[Path, typer.Option("--config", help="Pipeline YAML (see configs/).", exists=True, dir_okay=False)]
 
 
-def _load(config: Path, out_dir: Path | None):
+def _load(config: Path, out_dir: Path | None, seed: int | None = None):
     from pydantic import ValidationError
 
     from adgen.model.pipeline import load_config
 
     try:
         overrides = {"out_dir": str(out_dir)} if out_dir else {}
-        return load_config(config, **overrides)
+        return load_config(config, seed=seed, **overrides)
     except ValidationError as exc:
         err.print(f"[red]error:[/red] invalid config {config}:\n{exc}")
         raise typer.Exit(code=2) from exc
@@ -50,11 +50,14 @@ def train(
     evaluate: Annotated[
         bool, typer.Option("--eval/--no-eval", help="Evaluate against baselines after training.")
     ] = True,
+    seed: Annotated[
+        int | None, typer.Option(help="Re-seed the whole run (S-IDs, model, data order, baselines).")
+    ] = None,
 ) -> None:
     """Train through the curriculum (resumable), evaluate, optionally DPO; prints the summary path."""
     from adgen.model.pipeline import run_pipeline
 
-    cfg = _load(config, out_dir)
+    cfg = _load(config, out_dir, seed)
     console.print_json(cfg.model_dump_json())
     try:
         summary = run_pipeline(cfg, evaluate=evaluate)
@@ -74,11 +77,14 @@ def evaluate_cmd(
     models: Annotated[
         str, typer.Option(help="Comma-separated subset of leadre,popularity,sasrec to (re-)evaluate.")
     ] = "leadre,popularity,sasrec",
+    seed: Annotated[
+        int | None, typer.Option(help="The seed the run was trained with (see `adgen train --seed`).")
+    ] = None,
 ) -> None:
     """Evaluate the trained model in out_dir/model and the baselines on the test split (JSON + PNG)."""
     from adgen.model.pipeline import Run
 
-    cfg = _load(config, out_dir)
+    cfg = _load(config, out_dir, seed)
     chosen = [m.strip() for m in models.split(",") if m.strip()]
     unknown = sorted(set(chosen) - {"leadre", "popularity", "sasrec"})
     if unknown:

@@ -1,0 +1,63 @@
+"""Issue 13's protocol on the full Amazon Scientific data: every variant x every seed, one harness, JSON committed.
+
+    .venv/bin/python bench/amazon_full.py --seeds 0,1,2 --out docs/data/amazon-full \\
+        --variant leadre=configs/amazon_full.yaml --variant tiger=configs/amazon_full_sid_only.yaml
+
+Each (variant, seed) runs `adgen train` (configs give the settings chosen on validation users; test is read once
+per run, at its end). The variant whose config lists baselines also trains and scores popularity and the tuned
+SASRec with the same seed on the same split and users. What each run leaves in `--out/<variant>/seed<n>/`:
+summary.json (sizes, timings incl. wall time, per-epoch validation history of every stage) and eval.json
+(test metrics, validation metrics, channel value). `bench/make_results.py` renders docs/results.md from them.
+Runs already present in `--out` are skipped unless `--force`; a run's working files stay in `--work`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from adgen.model.pipeline import load_config, run_pipeline
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", required=True, help="name=config.yaml (repeatable)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=Path("docs/data/amazon-full"))
+    parser.add_argument("--work", type=Path, default=Path("var/runs/amazon-full"))
+    parser.add_argument("--force", action="store_true", help="Re-run (variant, seed) pairs already in --out.")
+    args = parser.parse_args()
+    variants = dict(v.split("=", 1) for v in args.variant)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name, config in variants.items():
+            dest = args.out / name / f"seed{seed}"
+            if (dest / "eval.json").exists() and not args.force:
+                print(f"skip {name} seed {seed}: {dest} exists")
+                continue
+            work = args.work / name / f"seed{seed}"
+            if work.exists():
+                shutil.rmtree(work)  # a fresh run: no stage is resumed from an older config
+            cfg = load_config(Path(config), seed=seed, out_dir=str(work))
+            load_start = os.getloadavg()
+            t0 = time.perf_counter()
+            summary = run_pipeline(cfg)
+            summary["loadavg_start"], summary["loadavg_end"] = load_start, os.getloadavg()
+            summary["runner_wall_s"] = time.perf_counter() - t0
+            summary["config_file"] = config
+            dest.mkdir(parents=True, exist_ok=True)
+            results = summary.pop("results")
+            (dest / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+            (dest / "eval.json").write_text(json.dumps(results, indent=1))
+            sasrec_metrics = work / "sasrec" / "metrics.json"
+            if sasrec_metrics.exists():
+                shutil.copy(sasrec_metrics, dest / "sasrec_history.json")
+            scores = {k: v["ndcg@10"] for k, v in results.items() if isinstance(v, dict) and "ndcg@10" in v}
+            print(f"{name} seed {seed}: test ndcg@10 {json.dumps(scores)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
