@@ -19,7 +19,35 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 from adgen.core.checksums import file_sha256
 
 DTypeName = Literal["float32", "bfloat16"]
+DTypeSetting = Literal["auto", "float32", "bfloat16"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+#: CPU flags with native bf16 matrix instructions; without them bf16 is emulated and slower than fp32
+#: (measured: bench/results/train.json, 7-15x slower on an AVX2-only EPYC).
+BF16_CPU_FLAGS: frozenset[str] = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo's flags."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return bool(BF16_CPU_FLAGS & set(flags))
+
+
+def resolve_dtype(setting: DTypeSetting, device: str | torch.device = "cpu") -> DTypeName:
+    """'auto' = bf16 where it is native and faster (a CUDA device, or a CPU with AVX512-BF16/AMX), else fp32.
+
+    bf16 decoding is not bit-identical to fp32; docs/results.md measures whether its NDCG@10 stays within one
+    standard error of fp32 on the Amazon protocol, which is the bar for making it the default.
+    """
+    if setting != "auto":
+        return setting
+    if torch.device(device).type == "cuda":
+        return "bfloat16"
+    return "bfloat16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "float32"
 
 # Decoder-only families whose layers expose q/k/v/o projections, RMSNorms, a gated MLP and RoPE the way
 # `adgen.model.decoding` reads them. Llama and Qwen2 are tested; Mistral and Qwen3 share the layout.
@@ -44,6 +72,7 @@ class LMConfig(BaseModel):
     max_positions: int = Field(2048, ge=16)
     rope_theta: float = Field(10000.0, gt=0)
     tie_embeddings: bool = False
+    attention_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on attention weights (training only).")
     init_std: float = Field(0.02, gt=0, description="Weight init std; larger gives peakier untrained outputs.")
     pad_token_id: int = 0
     bos_token_id: int = 1
@@ -71,6 +100,7 @@ class LMConfig(BaseModel):
             max_position_embeddings=self.max_positions,
             rope_theta=self.rope_theta,
             tie_word_embeddings=self.tie_embeddings,
+            attention_dropout=self.attention_dropout,
             initializer_range=self.init_std,
             pad_token_id=self.pad_token_id,
             bos_token_id=self.bos_token_id,

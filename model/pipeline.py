@@ -83,6 +83,7 @@ class ModelSection(BaseModel):
     intermediate_size: int | None = None
     max_positions: int = 512
     tie_embeddings: bool = False
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
 
 
@@ -348,6 +349,7 @@ def prepare_model(cfg: PipelineConfig, data: Dataset, sid_map: SemanticIdMap) ->
                 intermediate_size=m.intermediate_size,
                 max_positions=m.max_positions,
                 tie_embeddings=m.tie_embeddings,
+                attention_dropout=m.attention_dropout,
                 pad_token_id=tok.pad_token_id,
                 bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id,
