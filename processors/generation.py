@@ -52,12 +52,11 @@ class Generator(Protocol):
 
 
 class LeadreGenerator:
-    """Prompt builder + trie-constrained beam search over a checkpoint dir (`lm/` + `tokenizer/`, or both in one)."""
+    """Prompt builder + trie-constrained beam search over a checkpoint dir (`lm/` + `tokenizer/`, or both in one),
+    on the decoder backend `model.backend` names."""
 
     def __init__(self, checkpoint: Path, model: ModelSettings, window: WindowSettings) -> None:
-        from adgen.model.decoding import ConstrainedBeamSearch
-        from adgen.model.lm import load_lm
-        from adgen.model.prefix_cache import PrefixKVCache
+        from adgen.model.backends import load_backend
         from adgen.model.prompts import PromptOptions
         from adgen.model.tokenizer import load_tokenizer
 
@@ -65,9 +64,7 @@ class LeadreGenerator:
         lm_dir = checkpoint / "lm" if (checkpoint / "lm").is_dir() else checkpoint
         tok_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint
         self.tokenizer = load_tokenizer(tok_dir)
-        lm = load_lm(lm_dir, dtype=model.dtype, device=model.device)
-        cache = PrefixKVCache(max_bytes=model.prefix_cache_mb * 2**20) if model.prefix_cache_mb else None
-        self.search = ConstrainedBeamSearch(lm, prefix_cache=cache)
+        self.backend = load_backend(model, lm_dir)  # ADGEN_MODEL__BACKEND: torch (default) or tensorrt_llm
         self.k, self.beams = model.top_k, max(model.beams, model.top_k)
         self.options = PromptOptions(
             max_prompt_tokens=model.max_prompt_tokens, max_events=window.max_events, window_days=float(window.days)
@@ -96,7 +93,7 @@ class LeadreGenerator:
             now = w.last_request_ts if w.last_request_ts > NO_TIME else None
             prompts.append(builder.user_prompt(events, history.profile, now=now).ids)
         k = min(self.k, len(view.leaf_items))
-        results = self.search.generate(prompts, view.trie, k=k, beams=max(self.beams, k))
+        results = self.backend.generate(prompts, view.trie, k=k, beams=max(self.beams, k))
         return [
             [
                 GeneratedAd(ad_id=view.leaf_items[leaf], sid=list(view.sids[view.leaf_items[leaf]]), score=s)
