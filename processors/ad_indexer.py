@@ -18,11 +18,12 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from adgen.core.ad_text import ad_text, meaningful_categories
 from adgen.core.catalogue import Item
 from adgen.core.config import Settings
 from adgen.datasets import item_from_upsert
@@ -30,11 +31,9 @@ from adgen.index.ad_index import AdIndex
 from adgen.index.semantic_ids import sid_vocabulary
 from adgen.index.snapshot import Snapshot, SnapshotStore
 from adgen.index.trie_arrays import TrieArrays, TrieError
-from adgen.model.ad_text import ad_text, meaningful_categories
 from adgen.processors.feature_store import AdRecord
 from adgen.processors.window_state import AdInfo
-from adgen.runtime.tansu_quirks import consumer_overrides
-from adgen.streams.codec import EventDecodeError, decode_event
+from adgen.streams.app import decode_or_dead_letter
 from adgen.streams.dlq import DeadLetter
 from adgen.streams.events import AdDelete, AdUpsert
 from adgen.streams.topics import AD_UPDATES, topic_name
@@ -199,8 +198,7 @@ class AdUpdatesReader:
         self.topic = topic_name(AD_UPDATES, settings.kafka.topic_prefix)
         self.settings = settings
         conf = {
-            **settings.kafka.confluent_config(),
-            **consumer_overrides(settings),
+            **settings.kafka.consumer_config(),
             "group.id": f"{settings.worker.app_id}-ad-index-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -220,28 +218,18 @@ class AdUpdatesReader:
             if msg.error() is not None:
                 log.warning("ad-updates consumer error: %s", msg.error())
                 continue
-            value = msg.value() or b""
-            try:
-                event = decode_event(
-                    msg.topic(),
-                    value,
-                    key=msg.key(),
-                    prefix=self.settings.kafka.topic_prefix,
-                    max_message_bytes=self.settings.kafka.max_message_bytes,
-                )
-            except EventDecodeError as error:
-                bad.append(
-                    DeadLetter.from_error(
-                        error,
-                        source_topic=msg.topic(),
-                        value=value,
-                        key=msg.key(),
-                        partition=msg.partition(),
-                        offset=msg.offset(),
-                    )
-                )
+            result = decode_or_dead_letter(
+                self.settings,
+                topic=msg.topic(),
+                value=msg.value(),
+                key=msg.key(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+            )
+            if isinstance(result, DeadLetter):
+                bad.append(result)
                 continue
-            good.append((event, msg.partition(), msg.offset()))  # type: ignore[arg-type]
+            good.append((result, msg.partition(), msg.offset()))  # type: ignore[arg-type]
         return good, bad
 
     def close(self) -> None:
@@ -279,7 +267,3 @@ async def run_ad_indexer(
             for letter in bad:
                 if letter.partition is not None and letter.offset is not None:
                     live.offsets[letter.partition] = max(live.offsets.get(letter.partition, 0), letter.offset + 1)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

@@ -14,7 +14,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal, TypeVar
 
 import redis.asyncio as aioredis
@@ -397,7 +397,3 @@ class FeatureStore:
             window=await self.user_window(user_id),
             match=match_features(user_ads, {c: records.get(c) for c in candidates}),
         )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

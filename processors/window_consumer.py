@@ -34,7 +34,6 @@ from adgen.processors.metrics import WorkerMetrics
 from adgen.processors.window_changelog import AckedProducer, ChangelogRestorer, Record, Stopping, backoff
 from adgen.processors.window_state import AdLookup, UserEvent, WindowLimits
 from adgen.processors.window_store import WindowStore
-from adgen.runtime.tansu_quirks import consumer_overrides
 from adgen.streams.app import decode_or_dead_letter
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
 from adgen.streams.topics import USER_BEHAVIOR, topic_name
@@ -86,8 +85,7 @@ class WindowConsumer:
         self.restorer = ChangelogRestorer(settings, store, self.writer)
         self.consumer = Consumer(
             {
-                **settings.kafka.confluent_config(),
-                **consumer_overrides(settings),
+                **settings.kafka.consumer_config(),
                 "group.id": group_id(settings),
                 "enable.auto.commit": False,  # commits only after a batch is durable
                 "auto.offset.reset": "earliest",

@@ -25,7 +25,6 @@ from faust.types import StreamT, TopicT
 from pydantic import BaseModel
 
 from adgen.core.config import KafkaSettings, Settings
-from adgen.runtime.tansu_quirks import faust_overrides
 from adgen.streams.codec import EventDecodeError, decode_event
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
 from adgen.streams.topics import AD_UPDATES, DEAD_LETTER, SEARCH_QUERIES, USER_BEHAVIOR, TopicSpec, topic_name
@@ -69,7 +68,7 @@ def create_app(
 ) -> faust.App:
     """A Faust app configured from settings (broker + credentials, store, partitions, session timeout).
 
-    Tansu quirks are added only when `settings.kafka.embedded`; `overrides` win over everything.
+    The broker's `kafka.client_overrides.faust` (e.g. the embedded Tansu's quirks) come next; `overrides` win.
     """
     kafka = settings.kafka
     datadir = settings.paths.state / "faust"
@@ -77,7 +76,6 @@ def create_app(
     conf: dict[str, Any] = {
         "broker": broker_urls(kafka),
         "broker_credentials": broker_credentials(kafka),
-        "store": settings.worker.store,
         "topic_partitions": kafka.default_partitions,
         "topic_replication_factor": kafka.replication_factor,
         "broker_session_timeout": kafka.session_timeout_ms / 1000,
@@ -88,7 +86,7 @@ def create_app(
         "datadir": str(datadir),
         "producer_max_request_size": max(kafka.max_message_bytes * 2, 1_048_576),
     }
-    conf.update(faust_overrides(settings))
+    conf.update(kafka.client_overrides.faust)
     conf.update(overrides)
     return faust.App(app_id or settings.worker.app_id, **conf)
 

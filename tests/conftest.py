@@ -49,7 +49,7 @@ def stream_settings(runtime_settings: Settings) -> Settings:
     """Runtime settings with a unique topic prefix (topics created) and a unique Faust app id."""
     tag = uuid.uuid4().hex[:10]
     kafka = runtime_settings.kafka.model_copy(update={"topic_prefix": f"t{tag}-"})
-    worker = runtime_settings.worker.model_copy(update={"app_id": f"adgen-test-{tag}", "store": "memory://"})
+    worker = runtime_settings.worker.model_copy(update={"app_id": f"adgen-test-{tag}"})
     settings = runtime_settings.model_copy(update={"kafka": kafka, "worker": worker})
     ensure_topics(settings)
     return settings

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer
 from adgen.core.config import Settings
 from adgen.processors.query_retrieval import SearchKeys, SearchResult
 from adgen.runtime.processes import stop_pid
+from adgen.runtime.tansu_quirks import kafka_env
 from adgen.search.ci_data import QUERY_PROMPT, TextPair
 from adgen.search.ci_index import CIIndex, CISet, save_snapshot
 from adgen.search.ci_model import CIModelConfig, train_ci_model
@@ -62,11 +63,9 @@ def ci_dir(tmp_path_factory) -> Path:
 def _env(settings: Settings, ci_dir: Path, state: Path) -> dict[str, str]:
     env = {
         **os.environ,
-        "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "ADGEN_KAFKA__EMBEDDED": "true",
+        **kafka_env(settings.kafka),
         "ADGEN_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "ADGEN_WORKER__APP_ID": settings.worker.app_id,
-        "ADGEN_WORKER__STORE": "memory://",
         "ADGEN_PATHS__STATE": str(state),
         "ADGEN_REDIS__URL": settings.redis.url,
         "ADGEN_REDIS__NAMESPACE": settings.redis.namespace,

@@ -25,6 +25,7 @@ from topic_reads import read_topic
 from adgen.core.config import Settings
 from adgen.runtime.processes import free_port, stop_pid
 from adgen.runtime.redis_server import RedisServer
+from adgen.runtime.tansu_quirks import client_overrides
 from adgen.runtime.tls import TansuBehindTls, TestPki, TlsProxy, make_test_pki
 
 SECRET = "s3cr3t-Tl5-Kx9qP"  # distinctive so a match in a log is never a coincidence
@@ -194,7 +195,7 @@ def kafka_env(kafka: TlsKafka, ca: Path, prefix: str) -> dict[str, str]:
         "ADGEN_KAFKA__BOOTSTRAP_SERVERS": kafka.proxy.address,
         "ADGEN_KAFKA__SECURITY_PROTOCOL": "SSL",
         "ADGEN_KAFKA__SSL_CAFILE": str(ca),
-        "ADGEN_KAFKA__EMBEDDED": "true",
+        "ADGEN_KAFKA__CLIENT_OVERRIDES": client_overrides().model_dump_json(),
         "ADGEN_KAFKA__TOPIC_PREFIX": prefix,
     }
 
@@ -256,7 +257,7 @@ def test_faust_worker_consumes_and_produces_over_tls(
         for event in clicks:
             producer.send(event)
 
-    env = {**os.environ, **values, "ADGEN_WORKER__APP_ID": "adgen-tls-relay", "ADGEN_WORKER__STORE": "memory://"}
+    env = {**os.environ, **values, "ADGEN_WORKER__APP_ID": "adgen-tls-relay"}
     env |= {"ADGEN_PATHS__STATE": str(tmp_path / "state"), "ADGEN_KAFKA__SASL_PASSWORD": SECRET}
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:

@@ -20,6 +20,7 @@ from topic_reads import read_topic
 
 from adgen.core.config import Settings
 from adgen.runtime.processes import stop_pid
+from adgen.runtime.tansu_quirks import kafka_env
 from adgen.streams.app import create_app, declare_topics, decoded_stream
 from adgen.streams.codec import encode_event, event_key
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
@@ -55,11 +56,9 @@ def topic_name_for(settings: Settings, name: str) -> str:
 def worker_env(settings: Settings, state_dir: Path) -> dict[str, str]:
     return {
         **os.environ,
-        "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "ADGEN_KAFKA__EMBEDDED": "true",
+        **kafka_env(settings.kafka),
         "ADGEN_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "ADGEN_WORKER__APP_ID": settings.worker.app_id,
-        "ADGEN_WORKER__STORE": "memory://",
         "ADGEN_PATHS__STATE": str(state_dir),
     }
 

@@ -53,7 +53,6 @@ def _paths_env(root: Path) -> dict[str, str]:
         "ADGEN_PATHS__ROOT": str(root),
         "ADGEN_PATHS__WORLD": str(root / "world"),
         "ADGEN_PATHS__INDEX": str(root / "index"),
-        "ADGEN_PATHS__SNAPSHOTS": str(root / "index"),
         "ADGEN_PATHS__MODELS": str(root / "models"),
         "ADGEN_PATHS__RUNS": str(root / "runs"),
         "ADGEN_PATHS__EMBEDDING_CACHE": str(root / "cache" / "embeddings"),
@@ -146,7 +145,7 @@ def demo(
     import shutil
 
     from adgen.core.config import Settings
-    from adgen.runtime import EmbeddedRuntime
+    from adgen.runtime import EmbeddedRuntime, runtime_env
     from adgen.runtime.processes import free_port, stop_pid
 
     started = time.perf_counter()
@@ -221,10 +220,7 @@ def demo(
             metrics_port, web_port = free_port(), free_port()
             env.update(
                 {
-                    "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-                    "ADGEN_KAFKA__EMBEDDED": "true",
-                    "ADGEN_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
-                    "ADGEN_REDIS__URL": settings.redis.url,
+                    **runtime_env(settings),
                     "ADGEN_MODEL__CHECKPOINT": str(model_dir),
                     "ADGEN_WORKER__METRICS_PORT": str(metrics_port),
                     "ADGEN_WORKER__WEB_PORT": str(web_port),

@@ -34,7 +34,7 @@ from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
 from adgen.processors.feature_store import FeatureKeys, UserAds
 from adgen.processors.generation import write_untrained_checkpoint
 from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
-from adgen.runtime import EmbeddedRuntime
+from adgen.runtime import EmbeddedRuntime, runtime_env
 from adgen.runtime.processes import free_port
 from adgen.streams.events import USER_BEHAVIOR_ADAPTER, AdRequest
 from adgen.streams.producer import EventProducer
@@ -84,7 +84,6 @@ class Assets:
             "ADGEN_PATHS__INDEX": str(var / "index"),
             "ADGEN_PATHS__MODELS": str(var / "models"),
             "ADGEN_PATHS__EMBEDDING_CACHE": str(var / "cache"),
-            "ADGEN_PATHS__SNAPSHOTS": str(var / "snapshots"),
             "ADGEN_MODEL__CHECKPOINT": str(self.checkpoint),
             "HF_HUB_OFFLINE": "1",
         }
@@ -156,10 +155,7 @@ class Stack:
         full_env = {
             **os.environ,
             **assets.env(),
-            "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "ADGEN_KAFKA__EMBEDDED": "true",
-            "ADGEN_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
-            "ADGEN_REDIS__URL": settings.redis.url,
+            **runtime_env(settings),
             "ADGEN_REDIS__RETRY_BACKOFF_S": "0.1",
             "ADGEN_MODEL__TOP_K": "5",
             "ADGEN_MODEL__BEAMS": "5",
