@@ -157,7 +157,8 @@ def faust_child(variant: str, expected: int, result_path: Path) -> None:
     from adgen.streams.codec import decode_event
 
     settings = load_settings()
-    app = create_app(settings, app_id=f"bench-{variant}-{os.getpid()}")
+    # the naive baseline keeps its window table in RocksDB, as a Faust table with changelog would
+    app = create_app(settings, app_id=f"bench-{variant}-{os.getpid()}", store="rocksdb://")
     topics = declare_topics(app, settings)
     table = app.Table("user-windows", default=None, key_type=bytes, value_type=bytes, partitions=4)
     table.key_serializer = table.value_serializer = "raw"

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import torch
 
+from adgen.core.clock import utc_now
 from adgen.core.config import BudgetSettings, ModelSettings, WindowSettings
 from adgen.processors.ad_indexer import IndexView, LiveAdIndex
 from adgen.processors.feature_store import FeatureStore, GeneratedAd, UserAds
@@ -37,6 +38,7 @@ from adgen.processors.scheduler import (
     debounce,
 )
 from adgen.processors.window_state import NO_TIME, UserWindow
+from adgen.processors.worker_parts import Component
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +105,9 @@ class LeadreGenerator:
         ]
 
 
-class GenerationService:
-    """Owns the queue, the budget and the decode loop; `observe` is called from the window agent."""
+class GenerationService(Component):
+    """The generation component: owns the queue, the budget and the decode loop; the behaviour-window
+    component hands it changed windows through `observe`."""
 
     def __init__(
         self,
@@ -116,6 +119,7 @@ class GenerationService:
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
     ) -> None:
+        super().__init__()
         self.budget = budget
         self.live = live
         self.generator = generator
@@ -167,6 +171,13 @@ class GenerationService:
             self.metrics.queue_depth_by_group.labels(str(group)).set(depth)
 
     # ---- the loop -------------------------------------------------------------------------------------
+
+    @Component.task
+    async def _generate(self) -> None:
+        await self.run(lambda: self.should_stop)
+
+    async def on_shutdown(self) -> None:
+        self._decoder.shutdown(wait=False)
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
         deadline_s = self.budget.batch_deadline_ms / 1000
@@ -228,7 +239,7 @@ class GenerationService:
         loop = asyncio.get_running_loop()
         lists = await loop.run_in_executor(self._decoder, self.generator.generate, [w for _, w in chosen], view)
         self.metrics.decode_seconds.observe(time.perf_counter() - started)
-        generated_at = datetime.now(UTC)
+        generated_at = utc_now()
         records = [
             UserAds(
                 user_id=w.user_id,

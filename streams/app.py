@@ -8,7 +8,7 @@ with its reason instead of an exception that kills the agent.
 
     @app.agent(topics.user_behavior)
     async def behavior_windows(stream):
-        async for event in decoded_stream(stream, topics.dead_letter, settings):
+        async for event in decoded_stream(stream, partial(send_dead_letter, topics.dead_letter), settings):
             ...  # only valid, correctly keyed events arrive here
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +159,11 @@ def decode_or_dead_letter(
     return DeadLetter.from_error(error, source_topic=topic, value=value, key=key, partition=partition, offset=offset)
 
 
-async def decoded_stream(stream: StreamT, dead_letters: TopicT, settings: Settings) -> AsyncIterator[BaseModel]:
-    """Yield decoded events from a raw stream; send each bad one to the dead-letter topic and go on."""
+async def decoded_stream(
+    stream: StreamT, dead_letters: Callable[[DeadLetter], Awaitable[None]], settings: Settings
+) -> AsyncIterator[BaseModel]:
+    """Yield decoded events from a raw stream; hand each bad one to `dead_letters` (which sends it to the
+    dead-letter topic, e.g. `functools.partial(send_dead_letter, topic)`, and may count it) and go on."""
     async for raw in stream.events():
         message = raw.message
         result = decode_or_dead_letter(
@@ -172,7 +175,7 @@ async def decoded_stream(stream: StreamT, dead_letters: TopicT, settings: Settin
             offset=message.offset,
         )
         if isinstance(result, DeadLetter):
-            await send_dead_letter(dead_letters, result)
+            await dead_letters(result)
             continue
         yield result
 

@@ -137,7 +137,8 @@ def test_redis_tls_with_an_untrusted_ca_or_wrong_password_fails_at_once_with_a_c
     redis_tls: TlsProxy, pki: TestPki, monkeypatch: pytest.MonkeyPatch, which: str, expected: str
 ) -> None:
     """The worker's store retries connection errors forever; neither of these can heal, so neither may loop."""
-    from adgen.processors.feature_store import FeatureStore, FeatureStoreUnavailable
+    from adgen.processors.feature_store import FeatureStore
+    from adgen.processors.redis_client import RedisUnavailable
 
     ca = pki.untrusted_ca_cert if which == "untrusted_ca" else pki.ca_cert
     password = "wrong-" + SECRET[::-1] if which == "wrong_password" else SECRET
@@ -146,7 +147,7 @@ def test_redis_tls_with_an_untrusted_ca_or_wrong_password_fails_at_once_with_a_c
     async def run() -> None:
         store = FeatureStore(settings.redis)  # no give_up_after: the worker's configuration
         try:
-            with pytest.raises(FeatureStoreUnavailable) as info:
+            with pytest.raises(RedisUnavailable) as info:
                 await asyncio.wait_for(store.write_user_windows([window("u-bad")]), timeout=10)  # type: ignore[list-item]
         finally:
             await store.close()
@@ -203,7 +204,7 @@ def kafka_env(kafka: TlsKafka, ca: Path, prefix: str) -> dict[str, str]:
 def test_event_producer_and_ad_updates_reader_round_trip_over_tls(
     kafka_tls: TlsKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from adgen.processors.ad_indexer import AdUpdatesReader
+    from adgen.processors.ad_updates import AdUpdatesReader
     from adgen.streams.admin import ensure_topics
     from adgen.streams.events import AdDelete
     from adgen.streams.producer import EventProducer
@@ -361,7 +362,9 @@ def test_sasl_ssl_login_refused_by_the_broker_is_a_clear_error_without_the_passw
 
 
 if __name__ == "__main__":  # the Faust worker of test_faust_worker_consumes_and_produces_over_tls
-    from adgen.streams.app import create_app, declare_topics, decoded_stream
+    from functools import partial
+
+    from adgen.streams.app import create_app, declare_topics, decoded_stream, send_dead_letter
     from adgen.streams.codec import encode_event
 
     worker_settings = Settings()
@@ -373,7 +376,7 @@ if __name__ == "__main__":  # the Faust worker of test_faust_worker_consumes_and
 
     @app.agent(topics.user_behavior)
     async def relay_behavior(stream):  # type: ignore[no-untyped-def]
-        async for event in decoded_stream(stream, topics.dead_letter, worker_settings):
+        async for event in decoded_stream(stream, partial(send_dead_letter, topics.dead_letter), worker_settings):
             key, value = encode_event(event)
             await relay_out.send(key=key, value=value)
 

@@ -31,8 +31,9 @@ from confluent_kafka import Consumer, TopicPartition
 from adgen.core.config import Settings
 from adgen.index.semantic_ids import sid_vocabulary
 from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
-from adgen.processors.feature_store import FeatureKeys, UserAds
+from adgen.processors.feature_store import UserAds
 from adgen.processors.generation import write_untrained_checkpoint
+from adgen.processors.redis_keys import RedisKeys
 from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
 from adgen.runtime import EmbeddedRuntime, runtime_env
 from adgen.runtime.processes import free_port
@@ -281,8 +282,8 @@ class Stack:
         return sorted({e.event_id for events in every for e in events} - held), held
 
     @property
-    def keys(self) -> FeatureKeys:
-        return FeatureKeys(namespace=self.settings.redis.namespace, env=self.settings.redis.env)
+    def keys(self) -> RedisKeys:
+        return RedisKeys.of(self.settings.redis)
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.env["ADGEN_REDIS__URL"], socket_timeout=5)
