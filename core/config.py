@@ -92,9 +92,8 @@ class RedisSettings(BaseModel):
 
 
 class PathSettings(BaseModel):
-    """Where data, indexes, models and runs live; relative paths are under `root`."""
+    """Where data, indexes, models, runs and worker state live (relative paths: from the working directory)."""
 
-    root: Path = Path("var")
     world: Path = Path("var/world")
     index: Path = Path("var/index")
     models: Path = Path("var/models")

@@ -27,7 +27,7 @@ from adgen.streams.admin import ensure_topics
 @pytest.fixture(scope="session")
 def embedded_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRuntime]:
     data_dir: Path = tmp_path_factory.mktemp("runtime")
-    base = Settings(paths={"root": data_dir, "state": data_dir / "state"})
+    base = Settings(paths={"state": data_dir / "state"})
     embedded = EmbeddedRuntime(base, data_dir)
     with embedded:
         yield embedded

@@ -75,7 +75,6 @@ def _secret_env(tmp_path: Path) -> dict[str, str]:
             "ADGEN_REDIS__PASSWORD": SECRET,
             "ADGEN_KAFKA__SASL_PASSWORD": SECRET,
             "ADGEN_KAFKA__SASL_USERNAME": "adgen",
-            "ADGEN_PATHS__ROOT": str(tmp_path),
             "ADGEN_PATHS__STATE": str(tmp_path / "state"),
             "ADGEN_PATHS__INDEX": str(tmp_path / "index"),
             "ADGEN_WORKER__LOG_LEVEL": "DEBUG",

@@ -119,7 +119,7 @@ def test_adgen_features_get_reads_over_tls_and_never_prints_the_password(
 
     asyncio.run(seed())
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADGEN_")}
-    env.update({**values, "ADGEN_PATHS__ROOT": str(tmp_path), "ADGEN_PATHS__STATE": str(tmp_path / "state")})
+    env.update({**values, "ADGEN_PATHS__STATE": str(tmp_path / "state")})
     done = subprocess.run(
         [ADGEN, "features", "get", "u-cli"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
     )

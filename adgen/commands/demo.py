@@ -50,7 +50,6 @@ def _run(args: list[str], env: dict[str, str], what: str) -> None:
 
 def _paths_env(root: Path) -> dict[str, str]:
     return {
-        "ADGEN_PATHS__ROOT": str(root),
         "ADGEN_PATHS__WORLD": str(root / "world"),
         "ADGEN_PATHS__INDEX": str(root / "index"),
         "ADGEN_PATHS__MODELS": str(root / "models"),

@@ -81,7 +81,6 @@ class Assets:
     def env(self) -> dict[str, str]:
         var = self.root / "var"
         return {
-            "ADGEN_PATHS__ROOT": str(var),
             "ADGEN_PATHS__INDEX": str(var / "index"),
             "ADGEN_PATHS__MODELS": str(var / "models"),
             "ADGEN_PATHS__EMBEDDING_CACHE": str(var / "cache"),
