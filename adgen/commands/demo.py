@@ -128,6 +128,19 @@ def _titles(world: Path) -> dict[str, str]:
     return titles
 
 
+def _ci_build_usable(ci_dir: Path) -> bool:
+    """A CI model and a CI snapshot this version can load."""
+    from adgen.search.ci_index import CIError, load_latest_snapshot
+
+    if not (ci_dir / "model").is_dir():
+        return False
+    try:
+        load_latest_snapshot(ci_dir / "snapshots")
+    except CIError:
+        return False
+    return True
+
+
 @app.command()
 def demo(
     root: Annotated[Path, typer.Option(help="Working directory for everything the demo writes.")] = Path("var/demo"),
@@ -206,9 +219,10 @@ def demo(
 
         _stage("4/6 RARE search index (CIs → CI set → CI model → CI→ads)")
         ci_dir = root / "index" / "ci"
-        if ci_dir.exists() and any(ci_dir.iterdir()):
+        if _ci_build_usable(ci_dir):
             console.print(f"reusing the CI build in {ci_dir}")
         else:
+            shutil.rmtree(ci_dir, ignore_errors=True)  # e.g. snapshots in a layout this version no longer reads
             timed(
                 "ci",
                 lambda: _run(["ci", "build", "--world", str(world), "--out", str(ci_dir)], env, "CI index built"),
