@@ -87,7 +87,7 @@ def answer(stack: Stack, query_id: str, text: str) -> SearchResult:
 def test_a_new_ads_cis_are_written_snapshotted_and_still_answer_after_a_restart(stack: Stack) -> None:
     r, keys = stack.redis(), stack.keys
     stack.start_worker("w1")
-    wait_for(lambda: r.get(keys.ci_current()) == VERSION.encode(), 60, "the CI index published on start")
+    wait_for(lambda: r.get(keys.ci_current()) == VERSION.encode(), 180, "the CI index published on start")
     assert r.hgetall(keys.ad_cis(VERSION, "seed-1")) == {b"1": b"1.0"}
 
     stack.produce([lab_ad(NEW_AD, "glass beakers")])
@@ -105,13 +105,13 @@ def test_a_new_ads_cis_are_written_snapshotted_and_still_answer_after_a_restart(
         catalogue = sid_store.latest().manifest.meta.get("catalogue", [])
         return NEW_AD in load_latest_snapshot(ci_root).ad_cis and any(d["item_id"] == NEW_AD for d in catalogue)
 
-    wait_for(both_snapshotted, 60, "S-ID and CI snapshots holding the new ad")
+    wait_for(both_snapshotted, 180, "S-ID and CI snapshots holding the new ad")
     stack.kill("w1", signal.SIGTERM)
 
     for key in r.scan_iter(f"{keys.prefix}:ci:*"):  # nothing left in Redis to fall back on
         r.delete(key)
     w2 = stack.start_worker("w2")
-    wait_for(lambda: bool(r.hgetall(keys.ad_cis(VERSION, NEW_AD))), 60, "the restored CIs republished")
+    wait_for(lambda: bool(r.hgetall(keys.ad_cis(VERSION, NEW_AD))), 180, "the restored CIs republished")
     result = answer(stack, "q-after-restart", "glass beakers")
     assert NEW_AD in {a.ad_id for a in result.ads}, result
     # restored from the snapshots: the restarted worker resumed after the ad's event and never re-read it
