@@ -37,10 +37,10 @@ from rich.console import Console
 from rich.table import Table
 
 from adgen.index.ad_index import collision_level_size
+from adgen.index.rqvae import RQVAEConfig, train_rqvae
 from adgen.index.semantic_ids import SemanticIdMap, level_offsets, sid_vocabulary
 from adgen.index.sid_trie import build_fixed_depth_trie, trie_nbytes
 from adgen.index.trie_arrays import TrieArrays
-from adgen.model.rqvae import RQVAEConfig, train_rqvae
 
 console = Console()
 AMAZON = Path("/work/shared/datasets/amazon-scientific")
@@ -58,9 +58,9 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def bench_real(epochs: int) -> dict:
+    from adgen.core.ad_text import ad_text
     from adgen.datasets import load_amazon
     from adgen.index.ad_index import build_ad_index
-    from adgen.model.ad_text import ad_text
     from adgen.model.encoder import CachedEncoder, load_encoder
 
     items = sorted(load_amazon(AMAZON).active_items().values(), key=lambda i: i.item_id)

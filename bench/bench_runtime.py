@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_runtime.py [--events 20000] [--out var/runs/bench/runtime.json]
 
 1. start-up: EmbeddedRuntime (broker answers metadata, redis PING, topics created) and `adgen up` wall
-   time (includes CLI import) and `python -m adgen.runtime up` (imports only the runtime); target < 10 s.
+   time (includes CLI import) and `python -m adgen.commands.runtime up` (imports only the runtime); target < 10 s.
 2. produce: EventProducer (encode + validate + keyed produce) vs a raw confluent-kafka producer sending
    pre-encoded bytes (baseline).
 3. decode: codec.decode_event (with key check) vs the bare TypeAdapter.validate_json (baseline).
@@ -54,7 +54,7 @@ def bench_startup(runs: int, work: Path) -> dict:
             totals.append(runtime.timings.total_s)
     adgen = [str(Path(sys.executable).with_name("adgen"))]
     up_wall, up_servers = _time_up(adgen, work / "up-state")
-    module_wall, _ = _time_up([sys.executable, "-m", "adgen.runtime"], work / "module-up-state")
+    module_wall, _ = _time_up([sys.executable, "-m", "adgen.commands.runtime"], work / "module-up-state")
     return {
         "runtime_start_s_median": statistics.median(totals),
         "runtime_start_runs": parts,
@@ -179,7 +179,7 @@ def main() -> None:
         st = result["startup"]
         print(f"startup: EmbeddedRuntime median {st['runtime_start_s_median']:.2f}s; `adgen up` wall "
               f"{st['adgen_up_wall_s']:.2f}s (servers {st['adgen_up_servers_s']:.2f}s, the rest is CLI import) "
-              f"target < 10s: {'OK' if st['meets_target'] else 'MISSED'}; `python -m adgen.runtime up` wall "
+              f"target < 10s: {'OK' if st['meets_target'] else 'MISSED'}; `python -m adgen.commands.runtime up` wall "
               f"{st['python_m_adgen_runtime_up_wall_s']:.2f}s: "
               f"{'OK' if st['meets_target_python_m'] else 'MISSED'}")  # fmt: skip
         result["decode"] = bench_decode(events, args.repeats)

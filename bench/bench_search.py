@@ -94,7 +94,7 @@ def main() -> None:
     bm25_ms = [_timed(lambda q=q: bm25(q)) for q in misses]
     trie = service.trie
     prompts = [service.model.prompt_ids(QUERY_PROMPT.format(text=validate_query(q))) for q in misses]
-    search = service.model.search
+    search = service.model.backend.search  # the torch decoder (its unconstrained mode is the baseline)
     unconstrained_ms = [
         _timed(lambda p=p: search.generate_unconstrained([p], steps=trie.max_depth, beams=args.beams))
         for p in prompts[: min(len(prompts), 100)]

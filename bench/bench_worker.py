@@ -157,7 +157,8 @@ def faust_child(variant: str, expected: int, result_path: Path) -> None:
     from adgen.streams.codec import decode_event
 
     settings = load_settings()
-    app = create_app(settings, app_id=f"bench-{variant}-{os.getpid()}")
+    # the naive baseline keeps its window table in RocksDB, as a Faust table with changelog would
+    app = create_app(settings, app_id=f"bench-{variant}-{os.getpid()}", store="rocksdb://")
     topics = declare_topics(app, settings)
     table = app.Table("user-windows", default=None, key_type=bytes, value_type=bytes, partitions=4)
     table.key_serializer = table.value_serializer = "raw"
@@ -194,7 +195,7 @@ def faust_child(variant: str, expected: int, result_path: Path) -> None:
 
 def bench_windows(args: argparse.Namespace, work: Path) -> dict:
     from adgen.core.config import Settings
-    from adgen.runtime import EmbeddedRuntime
+    from adgen.runtime import EmbeddedRuntime, runtime_env
     from adgen.streams.producer import EventProducer
 
     runtime = EmbeddedRuntime(Settings(), work / "runtime")
@@ -208,10 +209,7 @@ def bench_windows(args: argparse.Namespace, work: Path) -> dict:
         produce_s = time.perf_counter() - started
         env = {
             **os.environ,
-            "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "ADGEN_KAFKA__EMBEDDED": "true",
-            "ADGEN_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
-            "ADGEN_REDIS__URL": settings.redis.url,
+            **runtime_env(settings),
         }
         results: dict[str, dict] = {"produce": {"events": len(events), "events_per_s": len(events) / produce_s}}
         for variant in VARIANTS:
@@ -330,13 +328,13 @@ def bench_generation(args: argparse.Namespace, work: Path) -> dict:
 
     builder = PromptBuilder(tokenizer, items, view.sids.__getitem__, options=generator.options)
     prompts = [builder.user_prompt(w.to_history().events, w.profile, now=w.last_request_ts).ids for w in windows]
-    generator.search.prefix_cache = None  # measure both without cross-request prefix reuse
-    generator.search.generate(prompts[:batch], trie, k=20, beams=20)  # warm-up
+    generator.backend.search.prefix_cache = None  # measure both without cross-request prefix reuse
+    generator.backend.search.generate(prompts[:batch], trie, k=20, beams=20)  # warm-up
 
     def decoder_alone() -> float:
         started = time.perf_counter()
         for i in range(0, len(prompts), batch):
-            generator.search.generate(prompts[i : i + batch], trie, k=20, beams=20)
+            generator.backend.search.generate(prompts[i : i + batch], trie, k=20, beams=20)
         return time.perf_counter() - started
 
     def in_thread(fn):  # the worker decodes in a worker thread (asyncio.to_thread): measure the same way

@@ -15,6 +15,19 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class ClientOverrides(BaseModel):
+    """Client options a particular broker needs on top of the stock ones; empty for a real Kafka.
+
+    Whoever provides the broker fills them: the embedded runtime puts its Tansu quirks here
+    (adgen/runtime/tansu_quirks.py) in the settings it hands out, in process and as
+    `ADGEN_KAFKA__CLIENT_OVERRIDES` (JSON) for child processes, so no client knows which broker it talks to.
+    """
+
+    producer: dict[str, Any] = Field(default_factory=dict, description="confluent-kafka producer config.")
+    consumer: dict[str, Any] = Field(default_factory=dict, description="confluent-kafka consumer config.")
+    faust: dict[str, Any] = Field(default_factory=dict, description="faust.App keyword settings.")
+
+
 class KafkaSettings(BaseModel):
     """Broker connection; SASL/SSL fields are passed to both confluent-kafka and Faust/aiokafka."""
 
@@ -26,7 +39,10 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
-    embedded: bool = Field(False, description="Broker is the embedded Tansu: apply adgen.runtime.tansu_quirks.")
+    client_overrides: ClientOverrides = Field(
+        default_factory=lambda: ClientOverrides(),
+        description="Options one particular broker needs on top of the stock client settings (see ClientOverrides).",
+    )
     topic_prefix: str = ""
     default_partitions: int = Field(4, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -51,6 +67,14 @@ class KafkaSettings(BaseModel):
             conf["ssl.key.location"] = str(self.ssl_keyfile)
         return conf
 
+    def producer_config(self, **conf: Any) -> dict[str, Any]:
+        """confluent-kafka producer config: the connection, `conf` (acks, batching), the broker's overrides."""
+        return {**self.confluent_config(), **conf, **self.client_overrides.producer}
+
+    def consumer_config(self, **conf: Any) -> dict[str, Any]:
+        """confluent-kafka consumer config: the connection, `conf` (group id, offsets), the broker's overrides."""
+        return {**self.confluent_config(), **conf, **self.client_overrides.consumer}
+
 
 class RedisSettings(BaseModel):
     """Feature-store connection; `url` may be redis:// or rediss:// (TLS)."""
@@ -61,17 +85,17 @@ class RedisSettings(BaseModel):
     namespace: str = Field("adgen", description="First key segment: adgen:{env}:...")
     env: str = "dev"
     ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
-    max_retries: int = Field(8, ge=0)
+    max_retries: int = Field(
+        8, ge=0, description="Attempts a reader (e.g. `adgen features get`) makes; the worker retries without limit."
+    )
     retry_backoff_s: float = Field(0.2, gt=0)
 
 
 class PathSettings(BaseModel):
-    """Where data, indexes, models and runs live; relative paths are under `root`."""
+    """Where data, indexes, models, runs and worker state live (relative paths: from the working directory)."""
 
-    root: Path = Path("var")
     world: Path = Path("var/world")
     index: Path = Path("var/index")
-    snapshots: Path = Path("var/snapshots")
     models: Path = Path("var/models")
     runs: Path = Path("var/runs")
     embedding_cache: Path = Path("var/cache/embeddings")
@@ -118,7 +142,6 @@ class WorkerSettings(BaseModel):
     """Faust worker process."""
 
     app_id: str = "adgen"
-    store: str = "rocksdb://"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     metrics_port: int = 9464

@@ -1,1 +1,1 @@
-"""Semantic-ID trie (CSR arrays), CI set and inverted index, snapshot store. No servers."""
+"""Semantic IDs: RQ-VAE quantiser, S-ID map, trie as CSR arrays, the ad index, snapshot store. No servers."""

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from adgen.core.ad_text import TextEncoder, ad_text
 from adgen.core.catalogue import Item
+from adgen.index.rqvae import RQVAE, RQVAEConfig, code_usage_metrics, load_rqvae, save_rqvae, train_rqvae
 from adgen.index.semantic_ids import SemanticIdMap
 from adgen.index.snapshot import (
     IndexSnapshot,
@@ -27,9 +29,6 @@ from adgen.index.snapshot import (
     read_model_files,
     write_index_snapshot,
 )
-from adgen.model.ad_text import ad_text
-from adgen.model.encoder import TextEncoder
-from adgen.model.rqvae import RQVAE, RQVAEConfig, code_usage_metrics, load_rqvae, save_rqvae, train_rqvae
 
 
 class IndexBuildError(ValueError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from adgen.model.rqvae import code_usage_metrics
+from adgen.index.rqvae import code_usage_metrics
 
 
 class NeighbourCheck(BaseModel):

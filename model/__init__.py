@@ -1,4 +1,4 @@
-"""Encoder, RQ-VAE, tokenizer, prompts, causal LM, training, DPO, constrained decoding, metrics.
+"""Encoder, tokenizer, prompts, causal LM, training, DPO, constrained decoding, metrics.
 
 Knows nothing of Kafka, Faust or Redis.
 """

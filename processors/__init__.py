@@ -1,1 +1,1 @@
-"""Faust agents: behaviour windows, generation, live ad indexing, query retrieval, snapshots."""
+"""The worker: one component per input path and duty (worker_app.py wires them), and the Redis contract."""

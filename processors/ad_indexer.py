@@ -1,9 +1,7 @@
-"""Live ad index: ad upserts and deletes -> incremental S-IDs (frozen RQ-VAE) -> trie -> Redis ad records.
+"""Live ad index: ad upserts and deletes -> incremental S-IDs (frozen RQ-VAE) -> trie, as immutable views.
 
-Every worker needs the *whole* ad index (any user may be shown any ad), so ad-updates is read by a
-broadcast consumer (all partitions assigned, no consumer group) rather than a Faust group agent. It starts
-at the offsets recorded in the newest valid snapshot and catches up from there; the snapshot timer records
-the offsets it covers, so a restart never skips an update nor needs the whole topic.
+The worker component that feeds it from the ad-updates topic is `AdIndexer` (processors/ad_updates.py);
+this module is the index itself: apply a batch, read the current view, write a snapshot.
 
 Generation decodes against one immutable `IndexView` per index version: a batch of ad updates builds a
 new view and swaps it in with one reference assignment, so a decode never sees half an update, and from
@@ -12,32 +10,23 @@ the moment a delete is applied no view contains the deleted ad.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
+from adgen.core.ad_text import ad_text, meaningful_categories
 from adgen.core.catalogue import Item
-from adgen.core.config import Settings
 from adgen.datasets import item_from_upsert
 from adgen.index.ad_index import AdIndex
 from adgen.index.semantic_ids import sid_vocabulary
 from adgen.index.snapshot import Snapshot, SnapshotStore
 from adgen.index.trie_arrays import TrieArrays, TrieError
-from adgen.model.ad_text import ad_text, meaningful_categories
 from adgen.processors.feature_store import AdRecord
 from adgen.processors.window_state import AdInfo
-from adgen.runtime.tansu_quirks import consumer_overrides
-from adgen.streams.codec import EventDecodeError, decode_event
-from adgen.streams.dlq import DeadLetter
 from adgen.streams.events import AdDelete, AdUpsert
-from adgen.streams.topics import AD_UPDATES, topic_name
 
 log = logging.getLogger(__name__)
 
@@ -190,96 +179,3 @@ class LiveAdIndex:
             last_update={a: (float(v[0]), str(v[1])) for a, v in meta.get("last_update", {}).items()},
         )
         return live
-
-
-class AdUpdatesReader:
-    """Broadcast consumer of ad-updates: every partition, from the snapshot's offsets, no group commits."""
-
-    def __init__(self, settings: Settings, offsets: Mapping[int, int]) -> None:
-        self.topic = topic_name(AD_UPDATES, settings.kafka.topic_prefix)
-        self.settings = settings
-        conf = {
-            **settings.kafka.confluent_config(),
-            **consumer_overrides(settings),
-            "group.id": f"{settings.worker.app_id}-ad-index-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-        self.consumer = Consumer(conf)
-        self.consumer.assign(
-            [TopicPartition(self.topic, p, offsets.get(p, OFFSET_BEGINNING)) for p in range(AD_UPDATES.partitions)]
-        )
-
-    def poll(
-        self, max_messages: int = 500, timeout_s: float = 0.5
-    ) -> tuple[list[tuple[AdUpdate, int, int]], list[DeadLetter]]:
-        """Decoded (event, partition, offset) and dead letters for the undecodable ones."""
-        good: list[tuple[AdUpdate, int, int]] = []
-        bad: list[DeadLetter] = []
-        for msg in self.consumer.consume(max_messages, timeout_s):
-            if msg.error() is not None:
-                log.warning("ad-updates consumer error: %s", msg.error())
-                continue
-            value = msg.value() or b""
-            try:
-                event = decode_event(
-                    msg.topic(),
-                    value,
-                    key=msg.key(),
-                    prefix=self.settings.kafka.topic_prefix,
-                    max_message_bytes=self.settings.kafka.max_message_bytes,
-                )
-            except EventDecodeError as error:
-                bad.append(
-                    DeadLetter.from_error(
-                        error,
-                        source_topic=msg.topic(),
-                        value=value,
-                        key=msg.key(),
-                        partition=msg.partition(),
-                        offset=msg.offset(),
-                    )
-                )
-                continue
-            good.append((event, msg.partition(), msg.offset()))  # type: ignore[arg-type]
-        return good, bad
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-async def run_ad_indexer(
-    live: LiveAdIndex,
-    reader: AdUpdatesReader,
-    on_applied: Callable[[list[AdRecord], list[DeadLetter], int], Any],
-    on_idle: Callable[[], None],
-    should_stop: Callable[[], bool],
-    lock: asyncio.Lock | None = None,
-) -> None:
-    """Poll -> apply (in a thread: encoding is CPU work) -> hand records and dead letters to `on_applied`.
-
-    `on_idle` runs after every empty poll: the worker uses the first one to decide the index has caught up
-    with what the topic held at start-up, so behaviour windows see ad titles and categories from then on.
-    """
-    lock = lock or asyncio.Lock()
-    while not should_stop():
-        good, bad = await asyncio.to_thread(reader.poll)
-        if not good and not bad:
-            on_idle()
-            continue
-        # apply, publish, then advance the offsets, all under the lock the snapshot timer takes: a snapshot
-        # never covers an update whose Redis records were not written yet
-        async with lock:
-            records = await asyncio.to_thread(live.apply, [e for e, _, _ in good]) if good else []
-            result = on_applied(records, bad, len(good))
-            if asyncio.iscoroutine(result):
-                await result
-            for _, partition, offset in good:
-                live.offsets[partition] = max(live.offsets.get(partition, 0), offset + 1)
-            for letter in bad:
-                if letter.partition is not None and letter.offset is not None:
-                    live.offsets[letter.partition] = max(live.offsets.get(letter.partition, 0), letter.offset + 1)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

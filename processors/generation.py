@@ -23,6 +23,7 @@ from typing import Protocol
 
 import torch
 
+from adgen.core.clock import utc_now
 from adgen.core.config import BudgetSettings, ModelSettings, WindowSettings
 from adgen.processors.ad_indexer import IndexView, LiveAdIndex
 from adgen.processors.feature_store import FeatureStore, GeneratedAd, UserAds
@@ -37,6 +38,7 @@ from adgen.processors.scheduler import (
     debounce,
 )
 from adgen.processors.window_state import NO_TIME, UserWindow
+from adgen.processors.worker_parts import Component
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,11 @@ class Generator(Protocol):
 
 
 class LeadreGenerator:
-    """Prompt builder + trie-constrained beam search over a checkpoint dir (`lm/` + `tokenizer/`, or both in one)."""
+    """Prompt builder + trie-constrained beam search over a checkpoint dir (`lm/` + `tokenizer/`, or both in one),
+    on the decoder backend `model.backend` names."""
 
     def __init__(self, checkpoint: Path, model: ModelSettings, window: WindowSettings) -> None:
-        from adgen.model.decoding import ConstrainedBeamSearch
-        from adgen.model.lm import load_lm
-        from adgen.model.prefix_cache import PrefixKVCache
+        from adgen.model.backends import load_backend
         from adgen.model.prompts import PromptOptions
         from adgen.model.tokenizer import load_tokenizer
 
@@ -65,9 +66,7 @@ class LeadreGenerator:
         lm_dir = checkpoint / "lm" if (checkpoint / "lm").is_dir() else checkpoint
         tok_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint
         self.tokenizer = load_tokenizer(tok_dir)
-        lm = load_lm(lm_dir, dtype=model.dtype, device=model.device)
-        cache = PrefixKVCache(max_bytes=model.prefix_cache_mb * 2**20) if model.prefix_cache_mb else None
-        self.search = ConstrainedBeamSearch(lm, prefix_cache=cache)
+        self.backend = load_backend(model, lm_dir)  # ADGEN_MODEL__BACKEND: torch (default) or tensorrt_llm
         self.k, self.beams = model.top_k, max(model.beams, model.top_k)
         self.options = PromptOptions(
             max_prompt_tokens=model.max_prompt_tokens, max_events=window.max_events, window_days=float(window.days)
@@ -96,7 +95,7 @@ class LeadreGenerator:
             now = w.last_request_ts if w.last_request_ts > NO_TIME else None
             prompts.append(builder.user_prompt(events, history.profile, now=now).ids)
         k = min(self.k, len(view.leaf_items))
-        results = self.search.generate(prompts, view.trie, k=k, beams=max(self.beams, k))
+        results = self.backend.generate(prompts, view.trie, k=k, beams=max(self.beams, k))
         return [
             [
                 GeneratedAd(ad_id=view.leaf_items[leaf], sid=list(view.sids[view.leaf_items[leaf]]), score=s)
@@ -106,8 +105,9 @@ class LeadreGenerator:
         ]
 
 
-class GenerationService:
-    """Owns the queue, the budget and the decode loop; `observe` is called from the window agent."""
+class GenerationService(Component):
+    """The generation component: owns the queue, the budget and the decode loop; the behaviour-window
+    component hands it changed windows through `observe`."""
 
     def __init__(
         self,
@@ -119,6 +119,7 @@ class GenerationService:
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
     ) -> None:
+        super().__init__()
         self.budget = budget
         self.live = live
         self.generator = generator
@@ -170,6 +171,13 @@ class GenerationService:
             self.metrics.queue_depth_by_group.labels(str(group)).set(depth)
 
     # ---- the loop -------------------------------------------------------------------------------------
+
+    @Component.task
+    async def _generate(self) -> None:
+        await self.run(lambda: self.should_stop)
+
+    async def on_shutdown(self) -> None:
+        self._decoder.shutdown(wait=False)
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
         deadline_s = self.budget.batch_deadline_ms / 1000
@@ -231,7 +239,7 @@ class GenerationService:
         loop = asyncio.get_running_loop()
         lists = await loop.run_in_executor(self._decoder, self.generator.generate, [w for _, w in chosen], view)
         self.metrics.decode_seconds.observe(time.perf_counter() - started)
-        generated_at = datetime.now(UTC)
+        generated_at = utc_now()
         records = [
             UserAds(
                 user_id=w.user_id,

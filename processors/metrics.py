@@ -76,6 +76,7 @@ class WorkerMetrics:
         self.index_live_ads = Gauge("adgen_index_live_ads", "Ads in the live trie.", registry=r)
         self.index_updates = Counter("adgen_index_updates", "Ad updates applied to the live index.", registry=r)
         self.snapshots = Counter("adgen_snapshots", "Index snapshots written.", registry=r)
+        self.ready = Gauge("adgen_ready", "1 once a readiness flag of the worker is set.", ["flag"], registry=r)
 
     def observe_redis_write(self, kind: str, seconds: float, keys: int) -> None:
         self.redis_write_seconds.labels(kind).observe(seconds)

@@ -1,10 +1,9 @@
 """RARE query path: normalise -> head-query cache -> constrained CI generation -> union of the CIs' ads.
 
 `SearchService` is the whole path as plain Python (used by the CLI, evaluation and the benchmark). The edges
-live here too: `register_search_agent` (Faust agent on `search-queries`, answers into Redis, bad queries to
-the dead-letter topic with the reason), the HTTP view `GET /search?q=...` (aiohttp app or Faust page, 4xx
-with a reason for bad queries) and `SearchRedisStore` (CI index and results in Redis; keys in
-docs/search.md).
+live here too: the worker component `QueryRetrieval` (Faust agent on `search-queries`, answers into Redis,
+bad queries to the dead-letter topic with the reason, CIs for new ads) and the HTTP view `GET /search?q=...`
+(aiohttp app or Faust page, 4xx with a reason for bad queries). Redis keys: processors/search_store.py.
 
 The head cache holds *CIs* per head query, not ads: a hit skips the model (the expensive step) but still
 resolves ads through the live index, so an ad added or removed a second ago is already reflected.
@@ -13,7 +12,6 @@ resolves ads through the live index, so an ad added or removed a second ago is a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -21,19 +19,28 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
+if TYPE_CHECKING:
+    from adgen.processors.search_store import SearchRedisStore
+
 from adgen.core.catalogue import Item
-from adgen.core.config import RedisSettings, Settings
+from adgen.core.config import ModelSettings, Settings
+from adgen.index.snapshot import SnapshotStore
 from adgen.index.trie_arrays import TrieArrays
-from adgen.processors.feature_store import GUARDED_SET_LUA, version_ms
+from adgen.processors.feature_store import AdRecord
+from adgen.processors.metrics import WorkerMetrics
+from adgen.processors.worker_parts import Component, DeadLetters
 from adgen.search.ci_data import AD_PROMPT, ad_prompt_text
-from adgen.search.ci_index import CIIndex, build_ci_trie, load_latest_snapshot, normalise_text
+from adgen.search.ci_index import CI_KIND, CIIndex, build_ci_trie, load_latest_snapshot, normalise_text, save_snapshot
 from adgen.search.ci_model import CIModel, assign_cis, query_cis
-from adgen.streams.events import MAX_TEXT_LEN
+from adgen.streams.app import decoded_stream
+from adgen.streams.codec import EventDecodeError, encode_event
+from adgen.streams.dlq import DeadLetter
+from adgen.streams.events import MAX_TEXT_LEN, SearchQuery
+from adgen.streams.topics import SEARCH_QUERIES
 
 log = logging.getLogger(__name__)
 
@@ -198,20 +205,31 @@ class SearchService:
         prompts = [AD_PROMPT.format(text=ad_prompt_text(item)) for item in items]
         cfg = self.config
         rows = assign_cis(self.model, self.trie, prompts, k=cfg.new_ad_cis, min_prob=cfg.new_ad_min_prob)
-        assigned = {}
-        for item, cis in zip(items, rows, strict=True):
-            self.index.set_ad(item.item_id, cis)
-            assigned[item.item_id] = cis
+        assigned = {item.item_id: cis for item, cis in zip(items, rows, strict=True)}
+        self.index.update(assigned)  # one change: queries see all of these ads' CIs or none
         return assigned
 
     def remove_ad(self, ad_id: str) -> bool:
         return self.index.remove_ad(ad_id)
 
+    def save_snapshot(self, root: Path, keep: int = 5) -> Path:
+        """Publish the index as it is now (new ads' CIs included) as the next CI snapshot; prune to `keep`."""
+        sequences = self.model.ci_sequences(self.index.ci_set)
+        path = save_snapshot(root, self.index, sequences, self.head_cache_json(), self.model.fingerprint())
+        SnapshotStore(root, CI_KIND).prune(keep)
+        return path
+
     @classmethod
-    def from_snapshot(cls, snapshot_root: Path, model_dir: Path, config: SearchConfig | None = None) -> SearchService:
-        """Load the newest valid CI snapshot and the CI model it was built with."""
+    def from_snapshot(
+        cls,
+        snapshot_root: Path,
+        model_dir: Path,
+        config: SearchConfig | None = None,
+        model_settings: ModelSettings | None = None,
+    ) -> SearchService:
+        """Load the newest valid CI snapshot and the CI model it was built with (on `model_settings.backend`)."""
         snap = load_latest_snapshot(snapshot_root)
-        model = CIModel.load(model_dir)
+        model = CIModel.load(model_dir, model_settings)
         fp = snap.manifest.tokenizer_fingerprint
         if fp and snap.token_sequences is not None and fp == model.fingerprint():
             trie = build_ci_trie(snap.token_sequences)
@@ -224,119 +242,6 @@ class SearchService:
 def query_frequencies(texts: Iterable[str]) -> Counter[str]:
     """Normalised query -> count, from any query log (e.g. content_search events)."""
     return Counter(q for q in (normalise_text(t) for t in texts) if q)
-
-
-# --- Redis ----------------------------------------------------------------------------------------------
-
-
-class SearchKeys(BaseModel):
-    """The search path's Redis keys (documented in docs/search.md). CI ids are only valid per version."""
-
-    namespace: str = "adgen"
-    env: str = "dev"
-
-    @property
-    def prefix(self) -> str:
-        return f"{self.namespace}:{self.env}"
-
-    def ci_current(self) -> str:
-        return f"{self.prefix}:ci:current"
-
-    def ci_texts(self, version: str) -> str:
-        return f"{self.prefix}:ci:{version}:texts"
-
-    def ci_ads(self, version: str, ci_id: int) -> str:
-        return f"{self.prefix}:ci:{version}:ads:{ci_id}"
-
-    def ad_cis(self, version: str, ad_id: str) -> str:
-        return f"{self.prefix}:ci:{version}:ad:{ad_id}"
-
-    def result(self, query_id: str) -> str:
-        return f"{self.prefix}:search:result:{query_id}"
-
-    def by_query(self, normalised: str) -> str:
-        digest = hashlib.sha1(normalised.encode(), usedforsecurity=False).hexdigest()
-        return f"{self.prefix}:search:query:{digest}"
-
-
-class SearchRedisStore:
-    """Writes the CI index (full publish + incremental ad updates) and query results; async, pipelined."""
-
-    def __init__(self, settings: RedisSettings, index_ttl_s: int | None = None) -> None:
-        self.settings = settings
-        self.keys = SearchKeys(namespace=settings.namespace, env=settings.env)
-        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
-        if settings.password is not None:
-            options["password"] = settings.password.get_secret_value()
-        self.client = aioredis.Redis.from_url(settings.url, **options)
-        self._guarded_set = self.client.register_script(GUARDED_SET_LUA)
-        self.index_ttl_s = index_ttl_s if index_ttl_s is not None else settings.ttl_seconds
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-    async def publish_index(self, index: CIIndex, chunk: int = 2000) -> int:
-        """Write every key of one index version, then flip `ci:current` to it; returns keys written.
-
-        Readers follow the pointer, so they never see a half-written version; old versions expire by TTL.
-        """
-        v, ttl = index.version, self.index_ttl_s
-        writes: list[tuple[str, dict[str, str]]] = [
-            (self.keys.ci_texts(v), {str(i): t for i, t in enumerate(index.ci_set.texts)})
-        ]
-        writes += [(self.keys.ci_ads(v, ci), {a: repr(w) for a, w in ads.items()}) for ci, ads in index.ci_ads.items()]
-        writes += [
-            (self.keys.ad_cis(v, ad), {str(c): repr(w) for c, w in cis.items()}) for ad, cis in index.ad_cis.items()
-        ]
-        for start in range(0, len(writes), chunk):
-            pipe = self.client.pipeline(transaction=False)
-            for key, mapping in writes[start : start + chunk]:
-                pipe.delete(key)
-                pipe.hset(key, mapping=mapping)
-                pipe.expire(key, ttl)
-            await pipe.execute()
-        await self.client.set(self.keys.ci_current(), v)
-        return len(writes)
-
-    async def write_ad(self, index: CIIndex, ad_id: str, old_cis: Iterable[int]) -> None:
-        """Mirror one ad's incremental change (after `index.set_ad`/`remove_ad`) into the live version."""
-        v = index.version
-        new = index.ad_cis.get(ad_id, {})
-        pipe = self.client.pipeline(transaction=True)
-        for ci in set(old_cis) - set(new):
-            pipe.hdel(self.keys.ci_ads(v, ci), ad_id)
-        pipe.delete(self.keys.ad_cis(v, ad_id))
-        if new:
-            pipe.hset(self.keys.ad_cis(v, ad_id), mapping={str(c): repr(w) for c, w in new.items()})
-            pipe.expire(self.keys.ad_cis(v, ad_id), self.index_ttl_s)
-            for ci, w in new.items():
-                pipe.hset(self.keys.ci_ads(v, ci), ad_id, repr(w))
-                pipe.expire(self.keys.ci_ads(v, ci), self.index_ttl_s)
-        await pipe.execute()
-
-    async def write_results(self, results: Sequence[tuple[str, float, SearchResult]]) -> int:
-        """(query_id, event time s, result) each: guarded by event time so a replay never regresses a key."""
-        if not results:
-            return 0
-        ttl = self.settings.ttl_seconds
-        pipe = self.client.pipeline(transaction=False)
-        for query_id, event_time, result in results:
-            payload = result.model_dump_json()
-            version = version_ms(event_time)
-            for key in (self.keys.result(query_id), self.keys.by_query(result.normalised)):
-                await self._guarded_set(keys=[key], args=[version, payload, ttl, 0], client=pipe)
-        return sum(int(r) for r in await pipe.execute())
-
-    async def read_result(self, query_id: str) -> SearchResult | None:
-        raw = await self.client.hget(self.keys.result(query_id), "data")
-        return SearchResult.model_validate_json(raw) if raw else None
-
-    async def read_ads_of_ci(self, ci_id: int) -> dict[str, float]:
-        version = await self.client.get(self.keys.ci_current())
-        if version is None:
-            return {}
-        raw = await self.client.hgetall(self.keys.ci_ads(version.decode(), ci_id))
-        return {k.decode(): float(v) for k, v in raw.items()}
 
 
 # --- HTTP -----------------------------------------------------------------------------------------------
@@ -397,47 +302,115 @@ def register_search_view(app: Any, service: SearchService) -> None:
             return self.json(body, status=status)
 
 
-# --- Faust agent ----------------------------------------------------------------------------------------
+# --- the worker component ------------------------------------------------------------------------------
 
 
-def register_search_agent(
-    app: Any,
-    topics: Any,
-    settings: Settings,
-    service: SearchService,
-    store: SearchRedisStore,
-    metrics: Any | None = None,
-) -> Any:
-    """The agent on `search-queries`: each valid query is answered and written to Redis (by query id and by
-    normalised query); a query that decodes but cannot be searched goes to the dead-letter topic.
+class QueryRetrieval(Component):
+    """The search path in the worker: owns `search-queries` (a Faust agent), the CI index and its Redis keys.
 
-    The search runs in a worker thread so a model-path query never stalls the event loop (and with it the
-    behaviour windows); `metrics` (WorkerMetrics) counts decoded queries like the other topics."""
-    from adgen.streams.app import decoded_stream, send_dead_letter
-    from adgen.streams.codec import EventDecodeError, encode_event
-    from adgen.streams.dlq import DeadLetter
-    from adgen.streams.events import SearchQuery
-    from adgen.streams.topics import SEARCH_QUERIES
+    - queries: each valid query is answered (in a thread, so a model-path query never stalls the loop) and
+      written to Redis by query id and by normalised query; a query that decodes but cannot be searched goes
+      to the dead-letter topic like an undecodable one, and both are counted;
+    - `index_ads`: the ad index hands it every applied ad batch: new ads get CIs by constrained inference,
+      deleted or paused ads leave the CI index, the change is mirrored to the `ci:*` keys and the ad records
+      come back with their CIs;
+    - on start the whole CI index is published to Redis (`ci:current` flips to its version), and
+      `save_snapshot` (called by the snapshot component) keeps new ads' CIs across restarts;
+    - `GET /search?q=...` on the worker's web port.
+    """
 
-    @app.agent(topics.search_queries, name="query_retrieval")
-    async def query_retrieval(stream: Any) -> None:
-        async for event in decoded_stream(stream, topics.dead_letter, settings):
-            if not isinstance(event, SearchQuery):
-                continue
-            if metrics is not None:
-                metrics.events.labels(SEARCH_QUERIES.name).inc()
-            try:
-                result = await asyncio.to_thread(service.search, event.text)
-            except QueryError as exc:
-                key, value = encode_event(event)
-                letter = DeadLetter.from_error(
-                    EventDecodeError("schema_violation", f"field 'text': {exc.reason}"),
-                    source_topic=topics.search_queries.get_topic_name(),
-                    value=value,
-                    key=key,
-                )
-                await send_dead_letter(topics.dead_letter, letter)
-                continue
-            await store.write_results([(event.query_id, event.event_time.timestamp(), result)])
+    def __init__(
+        self,
+        app: Any,
+        query_topic: Any,
+        settings: Settings,
+        service: SearchService,
+        store: SearchRedisStore,
+        dead_letters: DeadLetters,
+        metrics: WorkerMetrics,
+        snapshot_root: Path,
+    ) -> None:
+        super().__init__()
+        self.app = app
+        self.settings = settings
+        self.service = service
+        self.store = store
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.snapshot_root = snapshot_root
+        self._published = False
+        self.query_topic = query_topic
+        self.agent = app.agent(query_topic, name="query_retrieval")(self._answer_queries)
+        register_search_view(app, service)
 
-    return query_retrieval
+    @property
+    def ready(self) -> bool:
+        return self._published and super().ready
+
+    async def on_start(self) -> None:
+        written = await self.store.publish_index(self.service.index)
+        self._published = True
+        log.info("CI index %s published to Redis (%d keys)", self.service.index.version, written)
+
+    async def _answer_queries(self, stream: Any) -> None:
+        async for event in decoded_stream(stream, self.dead_letters.sink(SEARCH_QUERIES.name), self.settings):
+            if isinstance(event, SearchQuery):
+                await self.answer(event)
+
+    async def answer(self, query: SearchQuery) -> None:
+        """Answer one decoded query into Redis, or dead-letter it with the reason it cannot be searched."""
+        self.metrics.events.labels(SEARCH_QUERIES.name).inc()
+        try:
+            result = await asyncio.to_thread(self.service.search, query.text)
+        except QueryError as exc:
+            key, value = encode_event(query)
+            letter = DeadLetter.from_error(
+                EventDecodeError("schema_violation", f"field 'text': {exc.reason}"),
+                source_topic=self.query_topic.get_topic_name(),
+                value=value,
+                key=key,
+            )
+            await self.dead_letters.send(letter, SEARCH_QUERIES.name)
+            return
+        await self.store.write_results([(query.query_id, query.event_time.timestamp(), result)])
+
+    async def index_ads(self, records: Sequence[AdRecord], items: Mapping[str, Item]) -> list[AdRecord]:
+        """CIs for an applied ad batch (see the class docstring); returns the records with `cis` filled.
+
+        A model failure is logged and never stops ad indexing: those records then go out without new CIs."""
+        index = self.service.index
+        before = index.view.ad_cis
+        gone = [r.ad_id for r in records if r.status != "active" and r.ad_id in before]
+        new = [items[r.ad_id] for r in records if r.status == "active" and r.ad_id not in before and r.ad_id in items]
+        try:
+            if gone:
+                index.update(removals=gone)
+            if new:
+                await asyncio.to_thread(self.service.upsert_ads, new)
+        except Exception:
+            log.exception("CI assignment failed for %d ad records", len(records))
+        await self.store.write_ads(index, {ad: before.get(ad, {}) for ad in [*gone, *(i.item_id for i in new)]})
+        view, texts = index.view, index.ci_set.texts
+        return [
+            r.model_copy(update={"cis": _ci_texts(view.ad_cis.get(r.ad_id, {}), texts)}) if r.status == "active" else r
+            for r in records
+        ]
+
+    def save_snapshot(self) -> Path:
+        """The CI index with every new ad's CIs, as the next CI snapshot (blocking: run it in a thread)."""
+        return self.service.save_snapshot(self.snapshot_root)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """High watermark minus next offset per assigned partition (Faust's consumer and monitor, public API)."""
+        consumer, read = self.app.consumer, self.app.monitor.tp_read_offsets
+        out = {}
+        for tp in consumer.assignment():
+            last = read.get(tp)
+            if last is not None:
+                out[(tp.topic, tp.partition)] = max(0, consumer.highwater(tp) - (last + 1))
+        return out
+
+
+def _ci_texts(weights: Mapping[int, float], texts: Sequence[str]) -> list[str]:
+    """The ad's CIs as text, strongest first."""
+    return [texts[ci] for ci, _ in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))]

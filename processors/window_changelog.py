@@ -22,7 +22,6 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from adgen.core.config import Settings
 from adgen.processors.window_store import WindowStore
-from adgen.runtime.tansu_quirks import consumer_overrides
 from adgen.streams.topics import WINDOW_CHANGELOG, topic_name
 
 log = logging.getLogger(__name__)
@@ -149,8 +148,7 @@ class ChangelogRestorer:
         self.writer = writer
         self.consumer = Consumer(
             {
-                **settings.kafka.confluent_config(),
-                **consumer_overrides(settings),
+                **settings.kafka.consumer_config(),
                 "group.id": f"{settings.worker.app_id}-windows-restore",  # assign() only: never joins, never commits
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import httpx
 from pydantic import BaseModel, Field
 
+from adgen.core.ad_text import meaningful_categories
 from adgen.core.catalogue import Item
-from adgen.model.ad_text import meaningful_categories
 from adgen.search.ci_index import STOPWORDS, CISet, normalise_text
 
 AD_PROMPT = "ad: {text}\nintent:"

@@ -13,8 +13,8 @@ import numpy as np
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
+from adgen.core.ad_text import ad_text
 from adgen.core.catalogue import Item
-from adgen.model.ad_text import ad_text
 from adgen.search.ci_index import normalise_text
 
 

@@ -8,21 +8,20 @@ trie) come in as plain callables so the index stays independent of which encoder
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import time
+import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from adgen.core.checksums import file_sha256
+from adgen.core.clock import utc_now
+from adgen.index.snapshot import Snapshot, SnapshotError, SnapshotStore
 from adgen.index.trie_arrays import TrieArrays
 
 _NON_WORD = re.compile(r"[^\w&+]+")
@@ -231,70 +230,173 @@ def _merge_near_duplicates(
     return out
 
 
-class CIIndex:
-    """CI -> ads and ad -> CIs over a fixed CI set, with incremental add/remove of ads.
+@dataclass(frozen=True)
+class CIView:
+    """One consistent version of the CI <-> ads maps. Never mutated once published: a reader that took it
+    iterates it safely while writers publish newer ones (like `IndexView` of the live ad index)."""
 
-    The two maps are kept exact inverses of each other (`check_consistency`). Weights are the strength of
-    an ad's association with a CI (e.g. the model's probability), used to rank the union of ads.
-    """
+    ci_ads: Mapping[int, Mapping[str, float]]
+    ad_cis: Mapping[str, Mapping[int, float]]
 
-    def __init__(self, ci_set: CISet, version: str | None = None) -> None:
-        self.ci_set = ci_set
-        self.version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        self.ci_ads: dict[int, dict[str, float]] = {}
-        self.ad_cis: dict[str, dict[int, float]] = {}
-
-    @property
-    def num_cis(self) -> int:
-        return len(self.ci_set.texts)
-
-    def set_ad(self, ad_id: str, ci_weights: Mapping[int, float]) -> None:
-        """Replace the CIs of one ad (idempotent: replaying the same update gives the same index)."""
-        for ci in ci_weights:
-            if not 0 <= ci < self.num_cis:
-                raise CIError(f"CI id {ci} for ad {ad_id!r} is outside the CI set of {self.num_cis}")
-        self.remove_ad(ad_id)
-        if not ci_weights:
-            return
-        self.ad_cis[ad_id] = {int(ci): float(w) for ci, w in ci_weights.items()}
-        for ci, w in self.ad_cis[ad_id].items():
-            self.ci_ads.setdefault(ci, {})[ad_id] = w
-
-    def remove_ad(self, ad_id: str) -> bool:
-        """Drop an ad from both maps; True if it was indexed."""
-        old = self.ad_cis.pop(ad_id, None)
-        if old is None:
-            return False
-        for ci in old:
-            ads = self.ci_ads.get(ci)
-            if ads is not None:
-                ads.pop(ad_id, None)
-                if not ads:
-                    del self.ci_ads[ci]
-        return True
-
-    def ads_of(self, ci: int) -> dict[str, float]:
-        return self.ci_ads.get(ci, {})
-
-    def check_consistency(self) -> None:
-        """Raise CIError unless ci_ads and ad_cis are exact inverses with ids inside the CI set."""
+    def check_consistency(self, num_cis: int) -> None:
+        """Raise CIError unless ci_ads and ad_cis are exact inverses with ids inside a CI set of `num_cis`."""
         pairs_a = {(ci, ad, w) for ci, ads in self.ci_ads.items() for ad, w in ads.items()}
         pairs_b = {(ci, ad, w) for ad, cis in self.ad_cis.items() for ci, w in cis.items()}
         if pairs_a != pairs_b:
             raise CIError(f"CI index out of sync: {len(pairs_a ^ pairs_b)} (ci, ad) pairs differ between maps")
         if any(not ads for ads in self.ci_ads.values()) or any(not cis for cis in self.ad_cis.values()):
             raise CIError("CI index holds an empty posting list")
-        bad = [ci for ci in self.ci_ads if not 0 <= ci < self.num_cis]
+        bad = [ci for ci in self.ci_ads if not 0 <= ci < num_cis]
         if bad:
             raise CIError(f"CI ids outside the CI set: {bad[:5]}")
 
+
+_EMPTY_VIEW = CIView(MappingProxyType({}), MappingProxyType({}))
+
+
+class CIIndex:
+    """CI -> ads and ad -> CIs over a fixed CI set, with incremental add/remove of ads.
+
+    Writers (`update`, `set_ad`, `remove_ad`; any thread, serialised by a lock) change private working maps;
+    readers (`view`, `rank`, `ads_of`, `ci_ads`, `ad_cis`) get an immutable `CIView`. A view is published
+    lazily, at the first read after a change, so a bulk build of N ads costs one publication rather than N,
+    and it rebuilds only the postings that changed (unchanged ones are shared between versions). The two
+    maps are exact inverses (`check_consistency`). Weights are the strength of an ad's association with a
+    CI (e.g. the model's probability), used to rank the union of ads.
+    """
+
+    def __init__(self, ci_set: CISet, version: str | None = None) -> None:
+        self.ci_set = ci_set
+        self.version = version or utc_now().strftime("%Y%m%dT%H%M%S%f")
+        self._ci_ads: dict[int, dict[str, float]] = {}
+        self._ad_cis: dict[str, dict[int, float]] = {}
+        self._changed_cis: set[int] = set()
+        self._changed_ads: set[str] = set()
+        self._published = _EMPTY_VIEW
+        self._current: CIView | None = _EMPTY_VIEW  # None: a change is waiting to be published
+        self._lock = threading.Lock()
+
+    @property
+    def num_cis(self) -> int:
+        return len(self.ci_set.texts)
+
+    # -- writers ------------------------------------------------------------------------------------------
+    def update(
+        self, upserts: Mapping[str, Mapping[int, float]] | None = None, removals: Iterable[str] = ()
+    ) -> set[str]:
+        """Replace the CIs of `upserts`' ads and drop `removals`, as one change; returns the ads that changed.
+
+        Idempotent: replaying the same update gives the same index. An empty mapping removes the ad.
+        """
+        upserts = upserts or {}
+        for ad_id, weights in upserts.items():
+            for ci in weights:
+                if not 0 <= ci < self.num_cis:
+                    raise CIError(f"CI id {ci} for ad {ad_id!r} is outside the CI set of {self.num_cis}")
+        changed: set[str] = set()
+        with self._lock:
+            for ad_id in removals:
+                if self._drop(ad_id):
+                    changed.add(ad_id)
+            for ad_id, weights in upserts.items():
+                new = {int(ci): float(w) for ci, w in weights.items()}
+                if self._ad_cis.get(ad_id) == new:
+                    continue
+                self._drop(ad_id)
+                if new:
+                    self._ad_cis[ad_id] = new
+                    for ci, w in new.items():
+                        self._ci_ads.setdefault(ci, {})[ad_id] = w
+                    self._changed_cis.update(new)
+                self._changed_ads.add(ad_id)
+                changed.add(ad_id)
+            if changed:
+                self._current = None
+        return changed
+
+    def _drop(self, ad_id: str) -> bool:
+        old = self._ad_cis.pop(ad_id, None)
+        if old is None:
+            return False
+        for ci in old:
+            ads = self._ci_ads.get(ci)
+            if ads is not None:
+                ads.pop(ad_id, None)
+                if not ads:
+                    del self._ci_ads[ci]
+        self._changed_cis.update(old)
+        self._changed_ads.add(ad_id)
+        return True
+
+    def set_ad(self, ad_id: str, ci_weights: Mapping[int, float]) -> None:
+        """Replace the CIs of one ad (idempotent: replaying the same update gives the same index)."""
+        self.update({ad_id: ci_weights})
+
+    def remove_ad(self, ad_id: str) -> bool:
+        """Drop an ad from both maps; True if it was indexed."""
+        return bool(self.update(removals=[ad_id]))
+
+    # -- readers ------------------------------------------------------------------------------------------
+    @property
+    def view(self) -> CIView:
+        """The current immutable version (published here if a change is waiting)."""
+        current = self._current
+        if current is not None:
+            return current
+        with self._lock:
+            if self._current is None:
+                self._current = self._publish()
+            return self._current
+
+    def _publish(self) -> CIView:
+        """A new view sharing every posting that did not change since the last one (under the lock)."""
+        ci_ads = dict(self._published.ci_ads)
+        for ci in self._changed_cis:
+            ads = self._ci_ads.get(ci)
+            if ads:
+                ci_ads[ci] = MappingProxyType(dict(ads))
+            else:
+                ci_ads.pop(ci, None)
+        ad_cis = dict(self._published.ad_cis)
+        for ad in self._changed_ads:
+            cis = self._ad_cis.get(ad)
+            if cis:
+                ad_cis[ad] = MappingProxyType(dict(cis))
+            else:
+                ad_cis.pop(ad, None)
+        self._changed_cis.clear()
+        self._changed_ads.clear()
+        self._published = CIView(MappingProxyType(ci_ads), MappingProxyType(ad_cis))
+        return self._published
+
+    @property
+    def ci_ads(self) -> Mapping[int, Mapping[str, float]]:
+        return self.view.ci_ads
+
+    @property
+    def ad_cis(self) -> Mapping[str, Mapping[int, float]]:
+        return self.view.ad_cis
+
+    def ads_of(self, ci: int) -> Mapping[str, float]:
+        return self.view.ci_ads.get(ci, _NO_ADS)
+
+    def check_consistency(self) -> None:
+        """Raise CIError unless the current view's maps are exact inverses with ids inside the CI set."""
+        self.view.check_consistency(self.num_cis)
+
     def rank(self, ci_scores: Mapping[int, float], top_n: int) -> list[tuple[str, float]]:
-        """Union of the CIs' ads, scored by sum over CIs of ci_score * association weight, best first."""
+        """Union of the CIs' ads, scored by sum over CIs of ci_score * association weight, best first.
+
+        Reads one view throughout, so an update published meanwhile never shows half applied."""
+        ci_ads = self.view.ci_ads
         scores: dict[str, float] = {}
         for ci, s in ci_scores.items():
-            for ad, w in self.ads_of(ci).items():
+            for ad, w in ci_ads.get(ci, _NO_ADS).items():
                 scores[ad] = scores.get(ad, 0.0) + s * w
         return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
+
+
+_NO_ADS: Mapping[str, float] = MappingProxyType({})
 
 
 def ci_token_sequences(ci_set: CISet, encode: Callable[[str], list[int]], eos_id: int) -> list[list[int]]:
@@ -318,25 +420,24 @@ def build_ci_trie(token_sequences: Sequence[Sequence[int]]) -> TrieArrays:
     return TrieArrays.from_sequences(token_sequences, list(range(len(token_sequences))))
 
 
-# --- snapshots -----------------------------------------------------------------------------------------
+# --- snapshots ---------------------------------------------------------------------------------------
+# One snapshot store for every index (index/snapshot.py): versioned `v00000042/` directories with a manifest
+# and checksums, written atomically. A CI snapshot's own identity (the CI-set version its ids belong to, the
+# tokenizer fingerprint) lives in the manifest's meta; the worker writes new versions of the same CI set as
+# new ads get CIs.
+
+CI_KIND = "ci-index"
 
 
 class CISnapshotManifest(BaseModel):
-    """What a CI snapshot holds; checksums let a reader reject a torn or edited snapshot."""
+    """What a CI snapshot holds (from the store's verified manifest)."""
 
-    version: str
+    version: str = Field(description="The CI-set version its CI ids belong to (CIIndex.version).")
     created_at: float
     num_cis: int
     num_ads: int
     tokenizer_fingerprint: str = ""
     files: dict[str, str] = Field(description="file name -> sha256")
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_snapshot(
@@ -346,50 +447,40 @@ def save_snapshot(
     head_cache: Mapping[str, object] | None = None,
     tokenizer_fingerprint: str = "",
 ) -> Path:
-    """Write `root/ci-{version}/` atomically (temp dir, fsync, rename); returns its path.
+    """Publish the next version under `root` atomically (index/snapshot.py's store); returns its path.
 
     JSON for the CI set and ad -> CIs (CI -> ads is derived on load, so the two can never disagree on disk),
     npy for the CI token sequences (flat tokens + offsets).
     """
-    index.check_consistency()
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{SNAPSHOT_PREFIX}{index.version}"
-    if final.exists():
-        raise CIError(f"snapshot {final} already exists; versions are immutable")
-    tmp = root / f".tmp-{SNAPSHOT_PREFIX}{index.version}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    _write_file(tmp / "ci_set.json", index.ci_set.model_dump_json().encode())
-    ad_cis = {ad: {str(ci): w for ci, w in sorted(cis.items())} for ad, cis in sorted(index.ad_cis.items())}
-    _write_file(tmp / "ad_cis.json", json.dumps(ad_cis).encode())
+    view = index.view
+    view.check_consistency(index.num_cis)
+    documents: dict[str, object] = {
+        "ci_set": index.ci_set.model_dump(mode="json"),
+        "ad_cis": {ad: {str(ci): w for ci, w in sorted(cis.items())} for ad, cis in sorted(view.ad_cis.items())},
+    }
+    if head_cache is not None:
+        documents["head_cache"] = dict(head_cache)
+    arrays: dict[str, np.ndarray] = {}
     if token_sequences is not None:
         offsets = np.zeros(len(token_sequences) + 1, dtype=np.int64)
         np.cumsum([len(s) for s in token_sequences], out=offsets[1:])
-        flat = np.fromiter((t for s in token_sequences for t in s), dtype=np.int64, count=int(offsets[-1]))
-        for name, arr in (("ci_tokens.npy", flat), ("ci_token_offsets.npy", offsets)):
-            with (tmp / name).open("wb") as f:
-                np.save(f, arr, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-    if head_cache is not None:
-        _write_file(tmp / "head_cache.json", json.dumps(head_cache).encode())
-    files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
-    manifest = CISnapshotManifest(
-        version=index.version,
-        created_at=time.time(),
-        num_cis=index.num_cis,
-        num_ads=len(index.ad_cis),
-        tokenizer_fingerprint=tokenizer_fingerprint,
-        files=files,
-    )
-    _write_file(tmp / MANIFEST, manifest.model_dump_json(indent=2).encode())
-    os.rename(tmp, final)
-    dir_fd = os.open(root, os.O_RDONLY)
+        arrays["ci_tokens"] = np.fromiter(
+            (t for s in token_sequences for t in s), dtype=np.int64, count=int(offsets[-1])
+        )
+        arrays["ci_token_offsets"] = offsets
+    meta = {
+        "ci_version": index.version,
+        "num_cis": index.num_cis,
+        "num_ads": len(view.ad_cis),
+        "tokenizer_fingerprint": tokenizer_fingerprint,
+    }
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return final
+        snapshot = SnapshotStore(root, CI_KIND).write(
+            model_version=tokenizer_fingerprint, arrays=arrays, documents=documents, meta=meta
+        )
+    except SnapshotError as exc:
+        raise CIError(str(exc)) from exc
+    return snapshot.path
 
 
 class CISnapshot(BaseModel):
@@ -406,41 +497,53 @@ class CISnapshot(BaseModel):
 
     def to_index(self) -> CIIndex:
         index = CIIndex(self.ci_set, version=self.manifest.version)
-        for ad, cis in self.ad_cis.items():
-            index.set_ad(ad, cis)
+        index.update(self.ad_cis)
         return index
 
 
-def load_snapshot(path: Path) -> CISnapshot:
-    """Load one snapshot directory, verifying every checksum in its manifest."""
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise CIError(f"{path} has no {MANIFEST}: not a CI snapshot (or a torn write)")
-    manifest = CISnapshotManifest.model_validate_json(manifest_path.read_text())
-    for name, digest in manifest.files.items():
-        file = path / name
-        if not file.is_file() or file_sha256(file) != digest:
-            raise CIError(f"snapshot {path}: {name} is missing or fails its checksum")
-    ci_set = CISet.model_validate_json((path / "ci_set.json").read_text())
-    raw = json.loads((path / "ad_cis.json").read_text())
-    ad_cis = {ad: {int(ci): float(w) for ci, w in cis.items()} for ad, cis in raw.items()}
+def _read(snapshot: Snapshot) -> CISnapshot:
+    manifest = snapshot.manifest
+    meta = manifest.meta
+    files = manifest.files
+    raw = snapshot.document("ad_cis")
     seqs = None
-    if "ci_tokens.npy" in manifest.files:
-        flat = np.load(path / "ci_tokens.npy", allow_pickle=False)
-        offsets = np.load(path / "ci_token_offsets.npy", allow_pickle=False)
+    if "ci_tokens.npy" in files:
+        flat, offsets = snapshot.array("ci_tokens"), snapshot.array("ci_token_offsets")
         seqs = [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
-    head = json.loads((path / "head_cache.json").read_text()) if "head_cache.json" in manifest.files else None
-    return CISnapshot(path=path, manifest=manifest, ci_set=ci_set, ad_cis=ad_cis, token_sequences=seqs, head_cache=head)
+    return CISnapshot(
+        path=snapshot.path,
+        manifest=CISnapshotManifest(
+            version=str(meta["ci_version"]),
+            created_at=manifest.created_at.timestamp(),
+            num_cis=int(meta["num_cis"]),
+            num_ads=int(meta["num_ads"]),
+            tokenizer_fingerprint=str(meta.get("tokenizer_fingerprint", "")),
+            files={name: entry.sha256 for name, entry in files.items()},
+        ),
+        ci_set=CISet.model_validate(snapshot.document("ci_set")),
+        ad_cis={ad: {int(ci): float(w) for ci, w in cis.items()} for ad, cis in raw.items()},
+        token_sequences=seqs,
+        head_cache=snapshot.document("head_cache") if "head_cache.json" in files else None,
+    )
+
+
+def load_snapshot(path: Path) -> CISnapshot:
+    """Load one snapshot directory (`<root>/v00000042`), verifying every checksum in its manifest."""
+    path = Path(path)
+    try:
+        version = int(path.name.removeprefix("v"))
+        return _read(SnapshotStore(path.parent, CI_KIND).open(version))
+    except (SnapshotError, ValueError, KeyError) as exc:
+        raise CIError(f"{path} is not a valid CI snapshot: {exc}") from exc
 
 
 def load_latest_snapshot(root: Path) -> CISnapshot:
     """Newest valid snapshot under `root`; a corrupt newer one is skipped so readers keep the last good one."""
-    candidates = sorted((p for p in root.glob(f"{SNAPSHOT_PREFIX}*") if p.is_dir()), reverse=True)
-    errors: list[str] = []
-    for path in candidates:
-        try:
-            return load_snapshot(path)
-        except (CIError, ValueError, OSError) as exc:
-            errors.append(f"{path.name}: {exc}")
-    detail = "; ".join(errors) if errors else "none found"
-    raise CIError(f"no valid CI snapshot under {root} ({detail}); run `adgen ci build` first")
+    try:
+        snapshot = SnapshotStore(root, CI_KIND).latest()
+    except SnapshotError as exc:
+        raise CIError(f"no valid CI snapshot under {root} ({exc}); run `adgen ci build` first") from exc
+    try:
+        return _read(snapshot)
+    except (ValueError, KeyError) as exc:
+        raise CIError(f"CI snapshot {snapshot.path} is unreadable: {exc}") from exc

@@ -19,8 +19,9 @@ import torch
 from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from adgen.core.config import ModelSettings
 from adgen.index.trie_arrays import TrieArrays
-from adgen.model.decoding import ConstrainedBeamSearch
+from adgen.model.backends import GenerationBackend, TorchBackend, load_backend
 from adgen.model.lm import LMConfig, build_lm, load_lm, save_lm
 from adgen.model.lm_training import LMTrainConfig, train_causal_lm
 from adgen.model.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
@@ -58,19 +59,27 @@ class CIModelConfig(BaseModel):
 class CIModel:
     """Tokenizer + LM + constrained decoder, and the prompt/CI encodings shared by training and inference."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, config: CIModelConfig) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        model: PreTrainedModel,
+        config: CIModelConfig,
+        backend: GenerationBackend | None = None,
+    ) -> None:
+        """`backend`: the decoder that generates CIs (`load_backend`, as `model.backend` says); None: the torch
+        decoder over `model`, created at the first generation (training never needs one)."""
         self.tokenizer = tokenizer
         self.model = model.eval()
         self.config = config
         self.eos_id = int(tokenizer.eos_token_id)
         self.bos_id = int(tokenizer.bos_token_id)
-        self._search: ConstrainedBeamSearch | None = None
+        self._backend = backend
 
     @property
-    def search(self) -> ConstrainedBeamSearch:
-        if self._search is None:
-            self._search = ConstrainedBeamSearch(self.model)
-        return self._search
+    def backend(self) -> GenerationBackend:
+        if self._backend is None:
+            self._backend = TorchBackend(self.model)
+        return self._backend
 
     def ci_tokens(self, text: str) -> list[int]:
         """Token ids of a CI as a response (a leading space, as it follows 'intent:'), without EOS."""
@@ -107,7 +116,7 @@ class CIModel:
         if not prompts:
             return []
         ids = [self.prompt_ids(p) for p in prompts]
-        return self.search.generate(ids, trie, k=k, beams=max(beams or k, k), score_floor=score_floor)
+        return self.backend.generate(ids, trie, k=k, beams=max(beams or k, k), score_floor=score_floor)
 
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
@@ -117,12 +126,17 @@ class CIModel:
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> CIModel:
+    def load(cls, directory: Path, settings: ModelSettings | None = None) -> CIModel:
+        """A saved CI model; `settings.backend` picks its decoder (torch when no settings are given)."""
         directory = Path(directory)
         if not (directory / CONFIG_FILE).is_file():
             raise CIModelError(f"no {CONFIG_FILE} in {directory}: train one with `adgen ci build`")
         config = CIModelConfig.model_validate_json((directory / CONFIG_FILE).read_text())
-        return cls(load_tokenizer(directory / "tokenizer"), load_lm(directory / "lm"), config)
+        lm = load_lm(directory / "lm")
+        backend = None
+        if settings is not None:  # the CI model is tiny and its prompts never repeat: no prefix cache
+            backend = load_backend(settings, directory / "lm", model=lm, prefix_cache_mb=0)
+        return cls(load_tokenizer(directory / "tokenizer"), lm, config, backend)
 
 
 def probabilities(scored: Sequence[tuple[int, float]]) -> dict[int, float]:

@@ -8,7 +8,7 @@ with its reason instead of an exception that kills the agent.
 
     @app.agent(topics.user_behavior)
     async def behavior_windows(stream):
-        async for event in decoded_stream(stream, topics.dead_letter, settings):
+        async for event in decoded_stream(stream, partial(send_dead_letter, topics.dead_letter), settings):
             ...  # only valid, correctly keyed events arrive here
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,6 @@ from faust.types import StreamT, TopicT
 from pydantic import BaseModel
 
 from adgen.core.config import KafkaSettings, Settings
-from adgen.runtime.tansu_quirks import faust_overrides
 from adgen.streams.codec import EventDecodeError, decode_event
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
 from adgen.streams.topics import AD_UPDATES, DEAD_LETTER, SEARCH_QUERIES, USER_BEHAVIOR, TopicSpec, topic_name
@@ -69,7 +68,7 @@ def create_app(
 ) -> faust.App:
     """A Faust app configured from settings (broker + credentials, store, partitions, session timeout).
 
-    Tansu quirks are added only when `settings.kafka.embedded`; `overrides` win over everything.
+    The broker's `kafka.client_overrides.faust` (e.g. the embedded Tansu's quirks) come next; `overrides` win.
     """
     kafka = settings.kafka
     datadir = settings.paths.state / "faust"
@@ -77,7 +76,6 @@ def create_app(
     conf: dict[str, Any] = {
         "broker": broker_urls(kafka),
         "broker_credentials": broker_credentials(kafka),
-        "store": settings.worker.store,
         "topic_partitions": kafka.default_partitions,
         "topic_replication_factor": kafka.replication_factor,
         "broker_session_timeout": kafka.session_timeout_ms / 1000,
@@ -88,7 +86,7 @@ def create_app(
         "datadir": str(datadir),
         "producer_max_request_size": max(kafka.max_message_bytes * 2, 1_048_576),
     }
-    conf.update(faust_overrides(settings))
+    conf.update(kafka.client_overrides.faust)
     conf.update(overrides)
     return faust.App(app_id or settings.worker.app_id, **conf)
 
@@ -161,8 +159,11 @@ def decode_or_dead_letter(
     return DeadLetter.from_error(error, source_topic=topic, value=value, key=key, partition=partition, offset=offset)
 
 
-async def decoded_stream(stream: StreamT, dead_letters: TopicT, settings: Settings) -> AsyncIterator[BaseModel]:
-    """Yield decoded events from a raw stream; send each bad one to the dead-letter topic and go on."""
+async def decoded_stream(
+    stream: StreamT, dead_letters: Callable[[DeadLetter], Awaitable[None]], settings: Settings
+) -> AsyncIterator[BaseModel]:
+    """Yield decoded events from a raw stream; hand each bad one to `dead_letters` (which sends it to the
+    dead-letter topic, e.g. `functools.partial(send_dead_letter, topic)`, and may count it) and go on."""
     async for raw in stream.events():
         message = raw.message
         result = decode_or_dead_letter(
@@ -174,7 +175,7 @@ async def decoded_stream(stream: StreamT, dead_letters: TopicT, settings: Settin
             offset=message.offset,
         )
         if isinstance(result, DeadLetter):
-            await send_dead_letter(dead_letters, result)
+            await dead_letters(result)
             continue
         yield result
 

@@ -129,7 +129,3 @@ class SearchQuery(_Event):
 USER_BEHAVIOR_ADAPTER: TypeAdapter[UserBehaviorEvent] = TypeAdapter(UserBehaviorEvent)
 AD_UPDATE_ADAPTER: TypeAdapter[AdUpdateEvent] = TypeAdapter(AdUpdateEvent)
 SEARCH_QUERY_ADAPTER: TypeAdapter[SearchQuery] = TypeAdapter(SearchQuery)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

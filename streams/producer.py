@@ -14,7 +14,6 @@ from confluent_kafka import KafkaError, Message, Producer
 from pydantic import BaseModel
 
 from adgen.core.config import Settings
-from adgen.runtime.tansu_quirks import producer_overrides
 from adgen.streams.codec import decode_event, encode_event, topic_for
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
 from adgen.streams.topics import topic_name
@@ -41,14 +40,14 @@ class EventProducer:
 
     def __init__(self, settings: Settings, *, linger_ms: int = DEFAULT_LINGER_MS, **config: Any) -> None:
         self.settings = settings
-        conf: dict[str, Any] = {
-            **settings.kafka.confluent_config(),
-            "acks": "all",
-            "enable.idempotence": True,  # retries never reorder or duplicate a key's events
-            "linger.ms": linger_ms,
-            "message.max.bytes": max(settings.kafka.max_message_bytes * 2, 1_000_000),
-            **producer_overrides(settings),  # embedded Tansu: no idempotence (quirk 7)
-        }
+        conf: dict[str, Any] = settings.kafka.producer_config(  # the embedded Tansu turns idempotence off (quirk 7)
+            **{
+                "acks": "all",
+                "enable.idempotence": True,  # retries never reorder or duplicate a key's events
+                "linger.ms": linger_ms,
+                "message.max.bytes": max(settings.kafka.max_message_bytes * 2, 1_000_000),
+            }
+        )
         conf.update(config)
         conf.setdefault("error_cb", self._on_error)
         self.broker_error: str | None = None

@@ -27,7 +27,7 @@ from adgen.streams.admin import ensure_topics
 @pytest.fixture(scope="session")
 def embedded_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRuntime]:
     data_dir: Path = tmp_path_factory.mktemp("runtime")
-    base = Settings(paths={"root": data_dir, "state": data_dir / "state"})
+    base = Settings(paths={"state": data_dir / "state"})
     embedded = EmbeddedRuntime(base, data_dir)
     with embedded:
         yield embedded
@@ -49,7 +49,7 @@ def stream_settings(runtime_settings: Settings) -> Settings:
     """Runtime settings with a unique topic prefix (topics created) and a unique Faust app id."""
     tag = uuid.uuid4().hex[:10]
     kafka = runtime_settings.kafka.model_copy(update={"topic_prefix": f"t{tag}-"})
-    worker = runtime_settings.worker.model_copy(update={"app_id": f"adgen-test-{tag}", "store": "memory://"})
+    worker = runtime_settings.worker.model_copy(update={"app_id": f"adgen-test-{tag}"})
     settings = runtime_settings.model_copy(update={"kafka": kafka, "worker": worker})
     ensure_topics(settings)
     return settings

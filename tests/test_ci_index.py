@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from adgen.search.ci_index import (
     CIError,
     CIIndex,
     CISet,
+    CIView,
     CleaningConfig,
     build_ci_set,
     build_ci_trie,
@@ -98,9 +100,55 @@ def test_index_rejects_ci_ids_outside_the_set_and_detects_corruption():
     with pytest.raises(CIError, match="outside the CI set"):
         index.set_ad("ad1", {3: 1.0})
     index.set_ad("ad1", {0: 1.0})
-    index.ci_ads[0]["ghost"] = 1.0
+    with pytest.raises(TypeError):  # a published view is read-only
+        index.ci_ads[0]["ghost"] = 1.0  # type: ignore[index]
+    torn = CIView(ci_ads={0: {"ad1": 1.0, "ghost": 1.0}}, ad_cis={"ad1": {0: 1.0}})
     with pytest.raises(CIError, match="out of sync"):
-        index.check_consistency()
+        torn.check_consistency(index.num_cis)
+
+
+def test_queries_from_threads_never_see_a_half_applied_update():
+    """Readers rank while a writer adds and removes ads. Every ad goes into CIs 0 and 1 with one weight in
+    [1, 1.5) as one update, so an answer scores it 2 x weight >= 2; a reader that saw one posting but not the
+    other scores it < 1.5, and one that iterated a posting while it changed raises."""
+    index = CIIndex(CISet(texts=["ci zero", "ci one"], support=[1, 1]))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    answers = [0]
+
+    def write() -> None:
+        rng = random.Random(1)
+        try:
+            for step in range(20_000):
+                ads = {f"ad{rng.randrange(300)}" for _ in range(rng.randrange(1, 5))}
+                if step % 3 == 2:
+                    index.update(removals=ads)
+                else:
+                    index.update({ad: dict.fromkeys((0, 1), 1.0 + rng.random() / 2) for ad in ads})
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                half = [(ad, s) for ad, s in index.rank({0: 1.0, 1: 1.0}, top_n=1000) if s < 2.0]
+                assert not half, f"half-applied updates seen: {half[:3]}"
+                index.view.check_consistency(index.num_cis)
+                answers[0] += 1
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=read) for _ in range(3)] + [threading.Thread(target=write)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, repr(errors[0])
+    assert answers[0] > 10
+    index.check_consistency()
 
 
 def test_rank_sums_ci_scores_times_weights_over_the_union():
@@ -144,8 +192,7 @@ def test_snapshot_round_trip_and_corrupt_newest_falls_back(tmp_path):
     assert restored.ad_cis == index.ad_cis and restored.ci_ads == index.ci_ads
     assert snap.token_sequences == [[3, 4, 2], [5, 6, 2]]
     assert snap.head_cache == {"q": {"ads": []}}
-    with pytest.raises(CIError, match="immutable"):
-        save_snapshot(tmp_path, index)
+    assert path.parent == tmp_path and path.name == "v00000001"  # index/snapshot.py's store and layout
 
     newer = CIIndex(ci_set, version="002")
     newer.set_ad("c", {0: 1.0})
@@ -153,6 +200,20 @@ def test_snapshot_round_trip_and_corrupt_newest_falls_back(tmp_path):
     assert load_latest_snapshot(tmp_path).manifest.version == "002"
     (newer_path / "ad_cis.json").write_text(json.dumps({"c": {"0": 9.0}}))
     assert load_latest_snapshot(tmp_path).manifest.version == "001"
+    with pytest.raises(CIError, match="corrupt"):
+        load_snapshot(newer_path)
+
+
+def test_a_new_snapshot_of_the_same_ci_set_keeps_its_version_and_adds_the_new_ads(tmp_path):
+    """What the worker does when new ads got CIs: the same CI ids, one more snapshot version."""
+    index = CIIndex(CISet(texts=["lab gloves", "pipette tips"], support=[1, 1]), version="build-1")
+    index.set_ad("a", {0: 1.0})
+    save_snapshot(tmp_path, index)
+    index.set_ad("new", {1: 0.7})
+    second = save_snapshot(tmp_path, index)
+    latest = load_latest_snapshot(tmp_path)
+    assert latest.path == second and latest.manifest.version == "build-1"
+    assert latest.to_index().ad_cis == {"a": {0: 1.0}, "new": {1: 0.7}}
 
 
 def test_load_latest_snapshot_without_any_explains_what_to_run(tmp_path):

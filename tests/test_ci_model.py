@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from adgen.core.config import ModelSettings
+from adgen.model.backends import BackendUnavailable
 from adgen.search.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair
 from adgen.search.ci_index import CISet
 from adgen.search.ci_model import CIModel, CIModelConfig, assign_cis, probabilities, train_ci_model
@@ -73,6 +76,22 @@ def test_saved_model_reloads_and_generates_the_same(trained):
     a = model.generate(prompt, model.ci_trie(ci_set), k=3)[0]
     b = again.generate(prompt, again.ci_trie(ci_set), k=3)[0]
     assert [ci for ci, _ in a] == [ci for ci, _ in b]
+
+
+def test_model_backend_setting_selects_the_ci_models_decoder(trained):
+    """The CI model generates on the backend `model.backend` names; TensorRT-LLM is refused here with a reason
+    (no GPU) rather than silently replaced by torch."""
+    model, ci_set, out, _ = trained
+    on_torch = CIModel.load(out / "model", ModelSettings(backend="torch"))
+    assert on_torch.backend.name == "torch" and on_torch.backend.search.prefix_cache is None
+    prompt = [QUERY_PROMPT.format(text="glass beakers")]
+    assert on_torch.generate(prompt, on_torch.ci_trie(ci_set), k=3) == model.generate(
+        prompt, model.ci_trie(ci_set), k=3
+    )
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: tests/test_backends.py runs the real TensorRT-LLM comparison")
+    with pytest.raises(BackendUnavailable, match="needs an NVIDIA GPU"):
+        CIModel.load(out / "model", ModelSettings(backend="tensorrt_llm"))
 
 
 def test_probabilities_softmax_the_beam_scores():

@@ -77,7 +77,7 @@ def test_every_adgen_env_var_of_the_worker_is_a_real_setting_and_validates(
     for name, value in adgen_vars.items():
         monkeypatch.setenv(name, _DEFAULTED_VAR.sub(lambda m: m.group(2), value))
     settings = Settings()
-    assert settings.kafka.bootstrap_servers == "kafka:9092" and not settings.kafka.embedded
+    assert settings.kafka.bootstrap_servers == "kafka:9092" and not settings.kafka.client_overrides.faust
     assert settings.redis.password is not None
 
 

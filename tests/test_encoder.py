@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adgen.core.ad_text import ad_text
 from adgen.core.catalogue import Item
-from adgen.model.ad_text import ad_text
 from adgen.model.encoder import (
     CachedEncoder,
     EmbeddingCache,

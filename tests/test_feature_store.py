@@ -15,12 +15,12 @@ from adgen.core.config import RedisSettings
 from adgen.processors.feature_store import (
     AdRecord,
     FeatureStore,
-    FeatureStoreUnavailable,
     GeneratedAd,
     UserAds,
     UserWindowFeatures,
     sid_prefix_similarity,
 )
+from adgen.processors.redis_client import RedisUnavailable
 from adgen.runtime import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -168,7 +168,7 @@ def test_reader_gives_a_clear_error_when_redis_is_unreachable() -> None:
 
     async def go() -> None:
         store = FeatureStore(store_settings, give_up_after=2)
-        with pytest.raises(FeatureStoreUnavailable, match=r"redis://127.0.0.1:1/0 unreachable after 3 attempts"):
+        with pytest.raises(RedisUnavailable, match=r"redis://127.0.0.1:1/0 unreachable after 3 attempts"):
             await store.user_ads(["u1"])
         await store.close()
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from adgen.cli import app as cli
 from adgen.commands.produce import Pacer, iter_world_lines
 from adgen.core.config import Settings
-from adgen.runtime.tansu_quirks import consumer_overrides
+from adgen.runtime.tansu_quirks import kafka_env
 from adgen.streams.codec import decode_event
 from adgen.streams.events import AdClick, AdUpsert, ContentPlay, SearchQuery
 from adgen.streams.topics import INPUT_TOPICS, topic_name
@@ -107,8 +107,7 @@ def test_adgen_produce_sends_every_valid_line_keyed_and_reports_the_bad_ones(
     valid = write_world(tmp_path / "world")
     prefix = stream_settings.kafka.topic_prefix
     env = {
-        "ADGEN_KAFKA__BOOTSTRAP_SERVERS": stream_settings.kafka.bootstrap_servers,
-        "ADGEN_KAFKA__EMBEDDED": "true",
+        **kafka_env(stream_settings.kafka),
         "ADGEN_KAFKA__TOPIC_PREFIX": prefix,
     }
     report_path = tmp_path / "report.json"
@@ -126,8 +125,7 @@ def test_adgen_produce_sends_every_valid_line_keyed_and_reports_the_bad_ones(
     total = sum(len(ids) for ids in valid.values())
     consumer = Consumer(
         {
-            **stream_settings.kafka.confluent_config(),
-            **consumer_overrides(stream_settings),
+            **stream_settings.kafka.consumer_config(),
             "group.id": f"produce-{time.monotonic_ns()}",
             "auto.offset.reset": "earliest",
         }
@@ -147,13 +145,9 @@ def test_adgen_produce_sends_every_valid_line_keyed_and_reports_the_bad_ones(
 
 def test_producers_to_the_embedded_broker_run_without_idempotence_and_real_kafka_keeps_it() -> None:
     """Tansu quirk 7: an idempotent retry after a broker SIGKILL is acknowledged but not stored."""
-    from adgen.runtime.tansu_quirks import producer_overrides
+    from adgen.runtime.tansu_quirks import embedded_kafka_settings
 
-    embedded = Settings().model_copy(update={"kafka": Settings().kafka.model_copy(update={"embedded": True})})
-    assert producer_overrides(embedded) == {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1}
-    assert (
-        producer_overrides(
-            Settings().model_copy(update={"kafka": embedded.kafka.model_copy(update={"embedded": False})})
-        )
-        == {}
-    )
+    embedded = embedded_kafka_settings(Settings().kafka, bootstrap="127.0.0.1:1")
+    conf = embedded.producer_config(**{"enable.idempotence": True})
+    assert conf["enable.idempotence"] is False and conf["max.in.flight.requests.per.connection"] == 1
+    assert Settings().kafka.producer_config(**{"enable.idempotence": True})["enable.idempotence"] is True

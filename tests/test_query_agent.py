@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import redis
 from confluent_kafka import Consumer
 
 from adgen.core.config import Settings
-from adgen.processors.query_retrieval import SearchKeys, SearchResult
-from adgen.runtime.processes import stop_pid
+from adgen.processors.query_retrieval import SearchResult
+from adgen.processors.redis_keys import RedisKeys
+from adgen.runtime.processes import free_port, stop_pid
+from adgen.runtime.tansu_quirks import kafka_env
 from adgen.search.ci_data import QUERY_PROMPT, TextPair
 from adgen.search.ci_index import CIIndex, CISet, save_snapshot
 from adgen.search.ci_model import CIModelConfig, train_ci_model
@@ -34,13 +37,30 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def build_worker(settings: Settings, ci_dir: Path):  # type: ignore[no-untyped-def]
-    from adgen.processors.query_retrieval import SearchConfig, SearchRedisStore, SearchService, register_search_agent
+    """The worker's search component alone, wired as processors/worker_app.py wires it."""
+    from adgen.processors.metrics import WorkerMetrics
+    from adgen.processors.query_retrieval import QueryRetrieval, SearchConfig, SearchService
+    from adgen.processors.search_store import SearchRedisStore
+    from adgen.processors.worker_app import start_with_app
+    from adgen.processors.worker_parts import DeadLetters
     from adgen.streams.app import create_app, declare_topics
 
     service = SearchService.from_snapshot(ci_dir / "snapshots", ci_dir / "model", SearchConfig(beams=3, top_cis=2))
     app = create_app(settings)
     topics = declare_topics(app, settings)
-    register_search_agent(app, topics, settings, service, SearchRedisStore(settings.redis))
+    metrics = WorkerMetrics()
+    retrieval = QueryRetrieval(
+        app,
+        topics.search_queries,
+        settings,
+        service,
+        SearchRedisStore(settings.redis),
+        DeadLetters(topics.dead_letter, metrics),
+        metrics,
+        ci_dir / "snapshots",
+    )
+    start_with_app(app, [retrieval])
+    metrics.serve(settings.worker.web_host, settings.worker.metrics_port)
     return app
 
 
@@ -62,11 +82,9 @@ def ci_dir(tmp_path_factory) -> Path:
 def _env(settings: Settings, ci_dir: Path, state: Path) -> dict[str, str]:
     env = {
         **os.environ,
-        "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "ADGEN_KAFKA__EMBEDDED": "true",
+        **kafka_env(settings.kafka),
         "ADGEN_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "ADGEN_WORKER__APP_ID": settings.worker.app_id,
-        "ADGEN_WORKER__STORE": "memory://",
         "ADGEN_PATHS__STATE": str(state),
         "ADGEN_REDIS__URL": settings.redis.url,
         "ADGEN_REDIS__NAMESPACE": settings.redis.namespace,
@@ -117,23 +135,28 @@ def test_agent_answers_queries_into_redis_and_dead_letters_unsearchable_ones(
         for q in queries[1:]:
             producer.send(q)
 
-    keys = SearchKeys(namespace=settings.redis.namespace, env=settings.redis.env)
+    keys = RedisKeys.of(settings.redis)
     log_path = tmp_path / "worker.log"
+    metrics_port = free_port()
+    env = {**_env(settings, ci_dir, tmp_path / "state"), "ADGEN_WORKER__METRICS_PORT": str(metrics_port)}
     with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, __file__], env=_env(settings, ci_dir, tmp_path / "state"), stdout=log, stderr=log
-        )
+        worker = subprocess.Popen([sys.executable, __file__], env=env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 120
         results: dict[str, SearchResult] = {}
         while len(results) < len(queries) and time.monotonic() < deadline and worker.poll() is None:
             for q in queries:
-                raw = redis_client.hget(keys.result(q.query_id), "data")
+                raw = redis_client.hget(keys.search_result(q.query_id), "data")
                 if raw:
                     results[q.query_id] = SearchResult.model_validate_json(raw)
             time.sleep(0.5)
         letters = _dead_letters(settings, expected=2, timeout_s=30)
         assert worker.poll() is None, "worker died:\n" + log_path.read_text()[-3000:]
+        try:
+            counted = _metric(metrics_port, 'adgen_dead_letters_total{topic="search-queries"}')
+            answered = _metric(metrics_port, 'adgen_events_total{topic="search-queries"}')
+        except OSError as exc:
+            raise AssertionError(f"no metrics on :{metrics_port} ({exc}):\n" + log_path.read_text()[-3000:]) from exc
     finally:
         stop_pid(worker.pid, process=worker, grace_s=30)
 
@@ -143,7 +166,7 @@ def test_agent_answers_queries_into_redis_and_dead_letters_unsearchable_ones(
         assert result.source == "model" and result.index_version == "agent-test"
         assert all(0 <= c.ci_id < len(CIS) for c in result.cis)
         assert {a.ad_id for a in result.ads} <= {"ad0", "ad1", "ad2"} and result.ads
-    by_query = redis_client.hget(keys.by_query("nitrile gloves"), "data")
+    by_query = redis_client.hget(keys.search_by_query("nitrile gloves"), "data")
     assert by_query and json.loads(by_query)["normalised"] == "nitrile gloves"
 
     kinds = sorted(letter.error_kind for letter in letters)
@@ -151,7 +174,19 @@ def test_agent_answers_queries_into_redis_and_dead_letters_unsearchable_ones(
     unsearchable = next(letter for letter in letters if letter.error_kind == "schema_violation")
     assert "empty after normalisation" in unsearchable.error
     assert json.loads(unsearchable.original())["query_id"] == "q-bad"
-    assert redis_client.hget(keys.result("q-bad"), "data") is None
+    assert redis_client.hget(keys.search_result("q-bad"), "data") is None
+    # the search path's dead letters are counted like every other input's (adgen monitor reads this)
+    assert counted == 2 and answered == 4
+    # the worker published the documented ci:* keys of its CI index version on start
+    assert redis_client.get(keys.ci_current()) == b"agent-test"
+    assert redis_client.hgetall(keys.ad_cis("agent-test", "ad1")) == {b"1": b"1.0"}
+    assert redis_client.hget(keys.ci_texts("agent-test"), "2") == b"digital multimeter"
+
+
+def _metric(port: int, sample: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(sample + " "))
 
 
 if __name__ == "__main__":

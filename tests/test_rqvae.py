@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from adgen.model.rqvae import EpochMetrics, RQVAEConfig, RQVAEError, kmeans, load_rqvae, save_rqvae, train_rqvae
+from adgen.index.rqvae import EpochMetrics, RQVAEConfig, RQVAEError, kmeans, load_rqvae, save_rqvae, train_rqvae
 
 
 @pytest.fixture(autouse=True)

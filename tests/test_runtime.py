@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from adgen.cli import app as cli
 from adgen.core.config import Settings
 from adgen.runtime import EmbeddedRuntime, RedisServer, ServerStartError
 from adgen.runtime.processes import pid_alive
+from adgen.runtime.tansu_quirks import client_overrides
 from adgen.streams.topics import ALL_TOPICS
 
 pytestmark = pytest.mark.integration
@@ -39,7 +41,7 @@ def wait_gone(pids: list[int], timeout_s: float = 15) -> list[int]:
 def test_runtime_serves_kafka_and_redis_with_every_topic_and_stops_both(tmp_path: Path) -> None:
     runtime = EmbeddedRuntime(Settings(), tmp_path)
     with runtime as settings:
-        assert settings.kafka.embedded and settings.kafka.session_timeout_ms == 6000
+        assert settings.kafka.client_overrides.faust and settings.kafka.session_timeout_ms == 6000
         topics = AdminClient(settings.kafka.confluent_config()).list_topics(timeout=10).topics
         assert {name: len(topics[name].partitions) for name in topics} == {t.name: t.partitions for t in ALL_TOPICS}
         assert redis.Redis.from_url(settings.redis.url).ping()
@@ -103,8 +105,8 @@ def test_adgen_up_runs_in_background_is_idempotent_and_down_stops_it(tmp_path: P
     state = json.loads((tmp_path / "state" / "runtime.json").read_text())
     pids = [state["broker"]["pid"], state["redis"]["pid"]]
     try:
-        exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
-        assert exports["ADGEN_KAFKA__EMBEDDED"] == "true"
+        exports = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in up.stdout.splitlines())
+        assert json.loads(exports["ADGEN_KAFKA__CLIENT_OVERRIDES"]) == client_overrides().model_dump()
         bootstrap = exports["ADGEN_KAFKA__BOOTSTRAP_SERVERS"]
         assert AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).brokers
         assert redis.Redis.from_url(exports["ADGEN_REDIS__URL"]).ping()
@@ -120,9 +122,9 @@ def test_adgen_up_runs_in_background_is_idempotent_and_down_stops_it(tmp_path: P
     assert not (tmp_path / "state" / "runtime.json").exists()
 
 
-def test_python_m_adgen_runtime_starts_and_stops_without_the_full_cli(tmp_path: Path) -> None:
+def test_python_m_adgen_commands_runtime_starts_and_stops_without_the_full_cli(tmp_path: Path) -> None:
     env = {**os.environ, "ADGEN_PATHS__STATE": str(tmp_path / "state")}
-    command = [sys.executable, "-m", "adgen.runtime"]
+    command = [sys.executable, "-m", "adgen.commands.runtime"]
     up = subprocess.run([*command, "up"], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert "ADGEN_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:" in up.stdout
     status = subprocess.run([*command, "status"], env=env, capture_output=True, text=True, timeout=60, check=True)

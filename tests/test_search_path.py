@@ -11,11 +11,11 @@ from adgen.processors.query_retrieval import (
     MAX_QUERY_CHARS,
     QueryError,
     SearchConfig,
-    SearchRedisStore,
     SearchService,
     aiohttp_app,
     validate_query,
 )
+from adgen.processors.search_store import SearchRedisStore
 from adgen.search.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair, ad_prompt_text
 from adgen.search.ci_index import CIIndex, CISet
 from adgen.search.ci_model import CIModelConfig, train_ci_model
@@ -141,11 +141,12 @@ def test_redis_store_mirrors_the_index_and_guards_results_by_event_time(service,
             assert await store.read_ads_of_ci(gloves) == service.index.ads_of(gloves)
             old = service.index.ad_cis["glov0"].copy()
             service.index.set_ad("glov0", {CIS.index("glass beakers"): 0.5})
-            await store.write_ad(service.index, "glov0", old)
+            await store.write_ads(service.index, {"glov0": old})
+            assert await store.read_cis_of_ad("glov0") == {CIS.index("glass beakers"): 0.5}
             assert "glov0" not in await store.read_ads_of_ci(gloves)
             assert (await store.read_ads_of_ci(CIS.index("glass beakers")))["glov0"] == 0.5
             service.index.set_ad("glov0", old)
-            await store.write_ad(service.index, "glov0", [CIS.index("glass beakers")])
+            await store.write_ads(service.index, {"glov0": [CIS.index("glass beakers")]})
 
             newer = service.search("nitrile gloves")
             older = service.search("Nitrile Gloves!")  # same normalised query, older event

@@ -75,7 +75,6 @@ def _secret_env(tmp_path: Path) -> dict[str, str]:
             "ADGEN_REDIS__PASSWORD": SECRET,
             "ADGEN_KAFKA__SASL_PASSWORD": SECRET,
             "ADGEN_KAFKA__SASL_USERNAME": "adgen",
-            "ADGEN_PATHS__ROOT": str(tmp_path),
             "ADGEN_PATHS__STATE": str(tmp_path / "state"),
             "ADGEN_PATHS__INDEX": str(tmp_path / "index"),
             "ADGEN_WORKER__LOG_LEVEL": "DEBUG",
@@ -220,7 +219,8 @@ def test_whole_message_query_and_dead_letter_sizes_are_bounded() -> None:
 
 @pytest.mark.integration
 def test_feature_store_authenticates_and_a_wrong_password_is_a_clear_error_not_a_retry_loop(tmp_path: Path) -> None:
-    from adgen.processors.feature_store import FeatureStore, FeatureStoreUnavailable, UserWindowFeatures
+    from adgen.processors.feature_store import FeatureStore, UserWindowFeatures
+    from adgen.processors.redis_client import RedisUnavailable
 
     with RedisServer(tmp_path / "redis", password=SECRET) as server:
         good = RedisSettings(url=server.url, password=SECRET)
@@ -238,9 +238,7 @@ def test_feature_store_authenticates_and_a_wrong_password_is_a_clear_error_not_a
             for password in (None, SecretStr("wrong")):
                 bad = FeatureStore(good.model_copy(update={"password": password}))  # the worker's: no give-up
                 try:
-                    with pytest.raises(
-                        (redis.AuthenticationError, FeatureStoreUnavailable, redis.ResponseError)
-                    ) as info:
+                    with pytest.raises((redis.AuthenticationError, RedisUnavailable, redis.ResponseError)) as info:
                         await asyncio.wait_for(bad.write_user_windows([record]), timeout=20)
                     assert SECRET not in str(info.value)
                     assert re.search(r"auth|password", str(info.value), re.I), str(info.value)

@@ -25,6 +25,7 @@ from topic_reads import read_topic
 from adgen.core.config import Settings
 from adgen.runtime.processes import free_port, stop_pid
 from adgen.runtime.redis_server import RedisServer
+from adgen.runtime.tansu_quirks import client_overrides
 from adgen.runtime.tls import TansuBehindTls, TestPki, TlsProxy, make_test_pki
 
 SECRET = "s3cr3t-Tl5-Kx9qP"  # distinctive so a match in a log is never a coincidence
@@ -118,7 +119,7 @@ def test_adgen_features_get_reads_over_tls_and_never_prints_the_password(
 
     asyncio.run(seed())
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADGEN_")}
-    env.update({**values, "ADGEN_PATHS__ROOT": str(tmp_path), "ADGEN_PATHS__STATE": str(tmp_path / "state")})
+    env.update({**values, "ADGEN_PATHS__STATE": str(tmp_path / "state")})
     done = subprocess.run(
         [ADGEN, "features", "get", "u-cli"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
@@ -136,7 +137,8 @@ def test_redis_tls_with_an_untrusted_ca_or_wrong_password_fails_at_once_with_a_c
     redis_tls: TlsProxy, pki: TestPki, monkeypatch: pytest.MonkeyPatch, which: str, expected: str
 ) -> None:
     """The worker's store retries connection errors forever; neither of these can heal, so neither may loop."""
-    from adgen.processors.feature_store import FeatureStore, FeatureStoreUnavailable
+    from adgen.processors.feature_store import FeatureStore
+    from adgen.processors.redis_client import RedisUnavailable
 
     ca = pki.untrusted_ca_cert if which == "untrusted_ca" else pki.ca_cert
     password = "wrong-" + SECRET[::-1] if which == "wrong_password" else SECRET
@@ -145,7 +147,7 @@ def test_redis_tls_with_an_untrusted_ca_or_wrong_password_fails_at_once_with_a_c
     async def run() -> None:
         store = FeatureStore(settings.redis)  # no give_up_after: the worker's configuration
         try:
-            with pytest.raises(FeatureStoreUnavailable) as info:
+            with pytest.raises(RedisUnavailable) as info:
                 await asyncio.wait_for(store.write_user_windows([window("u-bad")]), timeout=10)  # type: ignore[list-item]
         finally:
             await store.close()
@@ -194,7 +196,7 @@ def kafka_env(kafka: TlsKafka, ca: Path, prefix: str) -> dict[str, str]:
         "ADGEN_KAFKA__BOOTSTRAP_SERVERS": kafka.proxy.address,
         "ADGEN_KAFKA__SECURITY_PROTOCOL": "SSL",
         "ADGEN_KAFKA__SSL_CAFILE": str(ca),
-        "ADGEN_KAFKA__EMBEDDED": "true",
+        "ADGEN_KAFKA__CLIENT_OVERRIDES": client_overrides().model_dump_json(),
         "ADGEN_KAFKA__TOPIC_PREFIX": prefix,
     }
 
@@ -202,7 +204,7 @@ def kafka_env(kafka: TlsKafka, ca: Path, prefix: str) -> dict[str, str]:
 def test_event_producer_and_ad_updates_reader_round_trip_over_tls(
     kafka_tls: TlsKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from adgen.processors.ad_indexer import AdUpdatesReader
+    from adgen.processors.ad_updates import AdUpdatesReader
     from adgen.streams.admin import ensure_topics
     from adgen.streams.events import AdDelete
     from adgen.streams.producer import EventProducer
@@ -256,7 +258,7 @@ def test_faust_worker_consumes_and_produces_over_tls(
         for event in clicks:
             producer.send(event)
 
-    env = {**os.environ, **values, "ADGEN_WORKER__APP_ID": "adgen-tls-relay", "ADGEN_WORKER__STORE": "memory://"}
+    env = {**os.environ, **values, "ADGEN_WORKER__APP_ID": "adgen-tls-relay"}
     env |= {"ADGEN_PATHS__STATE": str(tmp_path / "state"), "ADGEN_KAFKA__SASL_PASSWORD": SECRET}
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
@@ -360,7 +362,9 @@ def test_sasl_ssl_login_refused_by_the_broker_is_a_clear_error_without_the_passw
 
 
 if __name__ == "__main__":  # the Faust worker of test_faust_worker_consumes_and_produces_over_tls
-    from adgen.streams.app import create_app, declare_topics, decoded_stream
+    from functools import partial
+
+    from adgen.streams.app import create_app, declare_topics, decoded_stream, send_dead_letter
     from adgen.streams.codec import encode_event
 
     worker_settings = Settings()
@@ -372,7 +376,7 @@ if __name__ == "__main__":  # the Faust worker of test_faust_worker_consumes_and
 
     @app.agent(topics.user_behavior)
     async def relay_behavior(stream):  # type: ignore[no-untyped-def]
-        async for event in decoded_stream(stream, topics.dead_letter, worker_settings):
+        async for event in decoded_stream(stream, partial(send_dead_letter, topics.dead_letter), worker_settings):
             key, value = encode_event(event)
             await relay_out.send(key=key, value=value)
 

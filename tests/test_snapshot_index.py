@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from adgen.index.rqvae import RQVAE, RQVAEConfig, load_rqvae, save_rqvae
 from adgen.index.semantic_ids import SemanticIdMap
 from adgen.index.snapshot import (
     INDEX_KIND,
@@ -15,7 +16,6 @@ from adgen.index.snapshot import (
     read_model_files,
     write_index_snapshot,
 )
-from adgen.model.rqvae import RQVAE, RQVAEConfig, load_rqvae, save_rqvae
 
 
 def _store(tmp_path: Path) -> SnapshotStore:

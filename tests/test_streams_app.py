@@ -9,13 +9,14 @@ import faust
 import pytest
 
 from adgen.core.config import Settings
+from adgen.runtime.tansu_quirks import client_overrides
 from adgen.streams import app as streams_app
 from adgen.streams.app import broker_credentials, create_app, declare_topics, decode_or_dead_letter
 from adgen.streams.dlq import DeadLetter
 
 
 def settings_with(tmp_path: Path, **kafka: object) -> Settings:
-    return Settings(kafka=kafka, paths={"state": tmp_path / "state"}, worker={"store": "memory://"})
+    return Settings(kafka=kafka, paths={"state": tmp_path / "state"})
 
 
 def test_app_takes_brokers_partitions_session_timeout_and_store_from_settings(tmp_path: Path) -> None:
@@ -32,7 +33,8 @@ def test_app_takes_brokers_partitions_session_timeout_and_store_from_settings(tm
 
 
 def test_tansu_quirks_apply_only_to_the_embedded_broker(tmp_path: Path) -> None:
-    app = create_app(settings_with(tmp_path, embedded=True), app_id="t-emb")
+    """The runtime hands the quirks out in the settings (client overrides); create_app applies them unseen."""
+    app = create_app(settings_with(tmp_path, client_overrides=client_overrides().model_dump()), app_id="t-emb")
     assert app.conf.recovery_consistency_check is False
     assert app.conf.processing_guarantee.value == "at_least_once"
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from topic_reads import read_topic
 
 from adgen.core.config import Settings
 from adgen.runtime.processes import stop_pid
-from adgen.streams.app import create_app, declare_topics, decoded_stream
+from adgen.runtime.tansu_quirks import kafka_env
+from adgen.streams.app import create_app, declare_topics, decoded_stream, send_dead_letter
 from adgen.streams.codec import encode_event, event_key
 from adgen.streams.dlq import DeadLetter, dead_letter_topic
 from adgen.streams.events import AdClick, AdDelete, ContentPlay
@@ -41,7 +43,7 @@ def build_relay_app(settings: Settings):  # type: ignore[no-untyped-def]
 
     @app.agent(topics.user_behavior)
     async def relay_behavior(stream):  # type: ignore[no-untyped-def]
-        async for event in decoded_stream(stream, topics.dead_letter, settings):
+        async for event in decoded_stream(stream, partial(send_dead_letter, topics.dead_letter), settings):
             key, value = encode_event(event)
             await relay.send(key=key, value=value)
 
@@ -55,11 +57,9 @@ def topic_name_for(settings: Settings, name: str) -> str:
 def worker_env(settings: Settings, state_dir: Path) -> dict[str, str]:
     return {
         **os.environ,
-        "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "ADGEN_KAFKA__EMBEDDED": "true",
+        **kafka_env(settings.kafka),
         "ADGEN_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "ADGEN_WORKER__APP_ID": settings.worker.app_id,
-        "ADGEN_WORKER__STORE": "memory://",
         "ADGEN_PATHS__STATE": str(state_dir),
     }
 

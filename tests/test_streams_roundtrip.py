@@ -13,7 +13,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from adgen.core.config import Settings
 from adgen.runtime.tansu_broker import TansuBroker
-from adgen.runtime.tansu_quirks import consumer_overrides
 from adgen.streams.admin import TopicAdminError, ensure_topics
 from adgen.streams.codec import EventDecodeError, decode_event
 from adgen.streams.events import AdClick, AdUpsert, SearchQuery
@@ -28,8 +27,7 @@ def read_all(settings: Settings, topics: list[str], expected: int, timeout_s: fl
     """All messages of `topics` from the beginning, counting records (Tansu watermarks lag: quirk 2)."""
     consumer = Consumer(
         {
-            **settings.kafka.confluent_config(),
-            **consumer_overrides(settings),
+            **settings.kafka.consumer_config(),
             "group.id": f"read-all-{time.monotonic_ns()}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

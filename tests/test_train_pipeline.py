@@ -10,10 +10,10 @@ import yaml
 from typer.testing import CliRunner
 
 from adgen.cli import app
+from adgen.index.rqvae import RQVAE, RQVAEConfig, save_rqvae
 from adgen.index.semantic_ids import SemanticIdMap
 from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_model_files, write_index_snapshot
 from adgen.model.pipeline import load_config, merge_click_conversions
-from adgen.model.rqvae import RQVAE, RQVAEConfig, save_rqvae
 
 N_ITEMS = 12
 

@@ -22,8 +22,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from adgen.core.config import Settings
 from adgen.processors.behavior_windows import WindowUpdate
-from adgen.processors.feature_store import FeatureKeys, FeatureStore, UserWindowFeatures
+from adgen.processors.feature_store import FeatureStore, UserWindowFeatures
 from adgen.processors.metrics import WorkerMetrics
+from adgen.processors.redis_keys import RedisKeys
 from adgen.processors.window_changelog import MARKER_KEY
 from adgen.processors.window_consumer import WindowConsumer, loop_publisher, run_in_thread
 from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
@@ -71,7 +72,7 @@ def expected(events: list, settings: Settings) -> dict[str, UserWindow]:
 
 
 def redis_windows(client: redis.Redis, settings: Settings, users: Sequence[str]) -> dict[str, dict | None]:
-    keys = FeatureKeys(namespace=settings.redis.namespace, env=settings.redis.env)
+    keys = RedisKeys.of(settings.redis)
     out = {}
     for user in users:
         raw = client.hget(keys.user_window(user), "data")

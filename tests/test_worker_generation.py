@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from adgen.core.catalogue import Item
 from adgen.core.config import BudgetSettings, ModelSettings, RedisSettings, WindowSettings
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
+from adgen.model.backends import BackendUnavailable
 from adgen.processors.ad_indexer import IndexView
 from adgen.processors.feature_store import FeatureStore
 from adgen.processors.generation import GenerationService, LeadreGenerator, write_untrained_checkpoint
@@ -170,5 +172,19 @@ def test_a_list_holding_a_deleted_ad_is_regenerated_without_it(generator, redis_
 def test_the_prefix_cache_budget_comes_from_settings_and_zero_turns_it_off(tmp_path: Path) -> None:
     ckpt = write_untrained_checkpoint(tmp_path / "ckpt", sid_vocabulary(fresh_sid_map().codebook_sizes), ["an ad"])
     bounded = LeadreGenerator(ckpt, ModelSettings(prefix_cache_mb=8), WindowSettings())
-    assert bounded.search.prefix_cache is not None and bounded.search.prefix_cache.max_bytes == 8 * 2**20
-    assert LeadreGenerator(ckpt, ModelSettings(prefix_cache_mb=0), WindowSettings()).search.prefix_cache is None
+    assert (
+        bounded.backend.search.prefix_cache is not None and bounded.backend.search.prefix_cache.max_bytes == 8 * 2**20
+    )
+    unbounded = LeadreGenerator(ckpt, ModelSettings(prefix_cache_mb=0), WindowSettings())
+    assert unbounded.backend.search.prefix_cache is None
+
+
+def test_model_backend_setting_selects_the_generators_decoder(tmp_path: Path) -> None:
+    """`model.backend` is not decoration: torch builds the torch decoder, tensorrt_llm is really attempted
+    (and, without a GPU, refused with a reason instead of silently falling back to torch)."""
+    ckpt = write_untrained_checkpoint(tmp_path / "ckpt", sid_vocabulary(fresh_sid_map().codebook_sizes), ["an ad"])
+    assert LeadreGenerator(ckpt, ModelSettings(backend="torch"), WindowSettings()).backend.name == "torch"
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: tests/test_backends.py runs the real TensorRT-LLM comparison")
+    with pytest.raises(BackendUnavailable, match="needs an NVIDIA GPU"):
+        LeadreGenerator(ckpt, ModelSettings(backend="tensorrt_llm"), WindowSettings())

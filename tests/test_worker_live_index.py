@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from adgen.core.ad_text import ad_text
 from adgen.datasets import item_from_upsert
 from adgen.index.ad_index import AdIndex, build_ad_index
+from adgen.index.rqvae import RQVAEConfig
 from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
-from adgen.model.ad_text import ad_text
 from adgen.model.encoder import CachedEncoder, load_encoder
-from adgen.model.rqvae import RQVAEConfig
 from adgen.processors.ad_indexer import LiveAdIndex
 from adgen.processors.snapshots import write_snapshot
 from adgen.streams.events import AdDelete, AdUpsert

@@ -50,10 +50,8 @@ def _run(args: list[str], env: dict[str, str], what: str) -> None:
 
 def _paths_env(root: Path) -> dict[str, str]:
     return {
-        "ADGEN_PATHS__ROOT": str(root),
         "ADGEN_PATHS__WORLD": str(root / "world"),
         "ADGEN_PATHS__INDEX": str(root / "index"),
-        "ADGEN_PATHS__SNAPSHOTS": str(root / "index"),
         "ADGEN_PATHS__MODELS": str(root / "models"),
         "ADGEN_PATHS__RUNS": str(root / "runs"),
         "ADGEN_PATHS__EMBEDDING_CACHE": str(root / "cache" / "embeddings"),
@@ -130,6 +128,19 @@ def _titles(world: Path) -> dict[str, str]:
     return titles
 
 
+def _ci_build_usable(ci_dir: Path) -> bool:
+    """A CI model and a CI snapshot this version can load."""
+    from adgen.search.ci_index import CIError, load_latest_snapshot
+
+    if not (ci_dir / "model").is_dir():
+        return False
+    try:
+        load_latest_snapshot(ci_dir / "snapshots")
+    except CIError:
+        return False
+    return True
+
+
 @app.command()
 def demo(
     root: Annotated[Path, typer.Option(help="Working directory for everything the demo writes.")] = Path("var/demo"),
@@ -146,7 +157,7 @@ def demo(
     import shutil
 
     from adgen.core.config import Settings
-    from adgen.runtime import EmbeddedRuntime
+    from adgen.runtime import EmbeddedRuntime, runtime_env
     from adgen.runtime.processes import free_port, stop_pid
 
     started = time.perf_counter()
@@ -208,9 +219,10 @@ def demo(
 
         _stage("4/6 RARE search index (CIs → CI set → CI model → CI→ads)")
         ci_dir = root / "index" / "ci"
-        if ci_dir.exists() and any(ci_dir.iterdir()):
+        if _ci_build_usable(ci_dir):
             console.print(f"reusing the CI build in {ci_dir}")
         else:
+            shutil.rmtree(ci_dir, ignore_errors=True)  # e.g. snapshots in a layout this version no longer reads
             timed(
                 "ci",
                 lambda: _run(["ci", "build", "--world", str(world), "--out", str(ci_dir)], env, "CI index built"),
@@ -221,10 +233,7 @@ def demo(
             metrics_port, web_port = free_port(), free_port()
             env.update(
                 {
-                    "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-                    "ADGEN_KAFKA__EMBEDDED": "true",
-                    "ADGEN_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
-                    "ADGEN_REDIS__URL": settings.redis.url,
+                    **runtime_env(settings),
                     "ADGEN_MODEL__CHECKPOINT": str(model_dir),
                     "ADGEN_WORKER__METRICS_PORT": str(metrics_port),
                     "ADGEN_WORKER__WEB_PORT": str(web_port),

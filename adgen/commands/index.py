@@ -93,9 +93,9 @@ def build(
     """Catalogue -> ad texts -> embeddings (cached) -> RQ-VAE -> S-IDs -> trie -> new snapshot."""
     import torch
 
+    from adgen.core.ad_text import ad_text
     from adgen.index.ad_index import build_ad_index
-    from adgen.model.ad_text import ad_text
-    from adgen.model.rqvae import RQVAEConfig
+    from adgen.index.rqvae import RQVAEConfig
 
     settings = load_settings(config_file)
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -190,9 +190,9 @@ def remove(
 @app.command()
 def stats(index: IndexOpt = None, config_file: ConfigOpt = None) -> None:
     """Size, code usage, collisions and trie memory of the newest valid snapshot."""
+    from adgen.index.rqvae import code_usage_metrics
     from adgen.index.sid_trie import trie_nbytes
     from adgen.index.snapshot import LiveSnapshot, read_index_snapshot
-    from adgen.model.rqvae import code_usage_metrics
 
     settings = load_settings(config_file)
     store = _store(settings, index)
@@ -246,9 +246,9 @@ def report(
     config_file: ConfigOpt = None,
 ) -> None:
     """Quality report (JSON + PNG) of the index on the real Amazon data: code usage, Table 3, coherence."""
+    from adgen.core.ad_text import ad_text, meaningful_categories
     from adgen.datasets import load_amazon
     from adgen.index.quality import plot_report, quality_report
-    from adgen.model.ad_text import ad_text, meaningful_categories
 
     settings = load_settings(config_file)
     store, live = _open_live(settings, index, "none")

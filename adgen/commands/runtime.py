@@ -1,8 +1,14 @@
-"""`adgen up` / `adgen down` / `adgen status`: the embedded broker + redis-server in the background."""
+"""`adgen up` / `adgen down` / `adgen status`: the embedded broker + redis-server in the background.
+
+`python -m adgen.commands.runtime up|down|status` runs the same commands without importing the whole CLI:
+`adgen up` loads every command module (torch included) before it starts anything, this entry point loads
+only the runtime, so the servers answer within a second or two of the command starting.
+"""
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -94,4 +100,8 @@ def status(config_file: ConfigOption = None) -> None:
 def _print_env(state: RuntimeState) -> None:
     """`export` lines on stdout, so `eval "$(adgen up)"` configures the shell."""
     for name, value in state.env().items():
-        print(f"export {name}={value}")
+        print(f"export {name}={shlex.quote(value)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -135,6 +135,7 @@ def _query_log(world_dir: Path) -> list[str]:
 def _service(settings: Settings, out: Path | None, threads: int = 1):  # type: ignore[no-untyped-def]
     import torch
 
+    from adgen.model.backends import BackendUnavailable
     from adgen.processors.query_retrieval import SearchConfig, SearchService
     from adgen.search.ci_index import CIError
     from adgen.search.ci_model import CIModelError
@@ -142,8 +143,9 @@ def _service(settings: Settings, out: Path | None, threads: int = 1):  # type: i
     torch.set_num_threads(threads)  # one thread answers faster than two on the shared, oversubscribed cores
     root = _out(settings, out)
     try:
-        return SearchService.from_snapshot(root / "snapshots", root / "model", SearchConfig(beams=settings.model.beams))
-    except (CIError, CIModelError) as exc:
+        config = SearchConfig(beams=settings.model.beams)
+        return SearchService.from_snapshot(root / "snapshots", root / "model", config, settings.model)  # model.backend
+    except (CIError, CIModelError, BackendUnavailable) as exc:
         raise _fail(str(exc)) from exc
 
 

@@ -153,12 +153,13 @@ def features_get(
     config_file: ConfigOpt = None,
 ) -> None:
     """What the ranking service sees for USER: generated ads (deleted ones hidden), window, match features."""
-    from adgen.processors.feature_store import FeatureStore, FeatureStoreUnavailable
+    from adgen.processors.feature_store import FeatureStore
+    from adgen.processors.redis_client import RedisClient, RedisUnavailable
 
     settings = load_settings(config_file)
 
     async def read() -> str:
-        store = FeatureStore(settings.redis, give_up_after=3)
+        store = FeatureStore(RedisClient.reader(settings.redis))  # gives up after redis.max_retries
         try:
             view = await store.user_view(user, [c for c in candidates.split(",") if c])
             return view.model_dump_json(indent=1)
@@ -167,6 +168,6 @@ def features_get(
 
     try:
         console.print_json(asyncio.run(read()))
-    except FeatureStoreUnavailable as exc:
+    except RedisUnavailable as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from exc

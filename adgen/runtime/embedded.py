@@ -12,7 +12,7 @@ from pydantic import BaseModel, SecretStr
 from adgen.core.config import Settings
 from adgen.runtime.redis_server import RedisServer
 from adgen.runtime.tansu_broker import TansuBroker
-from adgen.runtime.tansu_quirks import embedded_kafka_settings
+from adgen.runtime.tansu_quirks import embedded_kafka_settings, kafka_env
 from adgen.streams.admin import ensure_topics
 
 
@@ -102,6 +102,12 @@ class EmbeddedRuntime:
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
+
+
+def runtime_env(settings: Settings) -> dict[str, str]:
+    """The ADGEN_* variables that point a child process at the broker and Redis of `settings` (as handed out by
+    `EmbeddedRuntime.start`), client overrides included."""
+    return {**kafka_env(settings.kafka), "ADGEN_REDIS__URL": settings.redis.url}
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

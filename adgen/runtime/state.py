@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from adgen.core.config import KafkaSettings
 from adgen.runtime.embedded import StartupTimings
 from adgen.runtime.processes import pid_runs, stop_pid
-from adgen.runtime.tansu_quirks import SESSION_TIMEOUT_MS, STOP_GRACE_S
+from adgen.runtime.tansu_quirks import STOP_GRACE_S, embedded_kafka_settings, kafka_env
 
 STATE_FILE_NAME = "runtime.json"
 ENV_FILE_NAME = "runtime.env"
@@ -38,12 +40,8 @@ class RuntimeState(BaseModel):
 
     def env(self) -> dict[str, str]:
         """The ADGEN_* variables that point any adgen process at this runtime."""
-        return {
-            "ADGEN_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "ADGEN_KAFKA__EMBEDDED": "true",
-            "ADGEN_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-            "ADGEN_REDIS__URL": self.redis_url,
-        }
+        kafka = embedded_kafka_settings(KafkaSettings(), bootstrap=self.bootstrap_servers)
+        return {**kafka_env(kafka), "ADGEN_REDIS__URL": self.redis_url}
 
     def alive(self) -> dict[str, bool]:
         """Per server: is its PID still running its binary (not a reused PID)?"""
@@ -63,7 +61,7 @@ def write_state(state_dir: Path, state: RuntimeState) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
     target = state_path(state_dir)
     _atomic_write(target, state.model_dump_json(indent=2))
-    env_text = "".join(f"export {name}={value}\n" for name, value in state.env().items())
+    env_text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in state.env().items())
     _atomic_write(state_dir / ENV_FILE_NAME, env_text)
     return target
 

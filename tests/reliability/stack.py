@@ -31,10 +31,11 @@ from confluent_kafka import Consumer, TopicPartition
 from adgen.core.config import Settings
 from adgen.index.semantic_ids import sid_vocabulary
 from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
-from adgen.processors.feature_store import FeatureKeys, UserAds
+from adgen.processors.feature_store import UserAds
 from adgen.processors.generation import write_untrained_checkpoint
+from adgen.processors.redis_keys import RedisKeys
 from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
-from adgen.runtime import EmbeddedRuntime
+from adgen.runtime import EmbeddedRuntime, runtime_env
 from adgen.runtime.processes import free_port
 from adgen.streams.events import USER_BEHAVIOR_ADAPTER, AdRequest
 from adgen.streams.producer import EventProducer
@@ -80,11 +81,9 @@ class Assets:
     def env(self) -> dict[str, str]:
         var = self.root / "var"
         return {
-            "ADGEN_PATHS__ROOT": str(var),
             "ADGEN_PATHS__INDEX": str(var / "index"),
             "ADGEN_PATHS__MODELS": str(var / "models"),
             "ADGEN_PATHS__EMBEDDING_CACHE": str(var / "cache"),
-            "ADGEN_PATHS__SNAPSHOTS": str(var / "snapshots"),
             "ADGEN_MODEL__CHECKPOINT": str(self.checkpoint),
             "HF_HUB_OFFLINE": "1",
         }
@@ -156,10 +155,7 @@ class Stack:
         full_env = {
             **os.environ,
             **assets.env(),
-            "ADGEN_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "ADGEN_KAFKA__EMBEDDED": "true",
-            "ADGEN_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
-            "ADGEN_REDIS__URL": settings.redis.url,
+            **runtime_env(settings),
             "ADGEN_REDIS__RETRY_BACKOFF_S": "0.1",
             "ADGEN_MODEL__TOP_K": "5",
             "ADGEN_MODEL__BEAMS": "5",
@@ -285,8 +281,8 @@ class Stack:
         return sorted({e.event_id for events in every for e in events} - held), held
 
     @property
-    def keys(self) -> FeatureKeys:
-        return FeatureKeys(namespace=self.settings.redis.namespace, env=self.settings.redis.env)
+    def keys(self) -> RedisKeys:
+        return RedisKeys.of(self.settings.redis)
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.env["ADGEN_REDIS__URL"], socket_timeout=5)

@@ -132,7 +132,7 @@ def test_a_snapshot_never_unpickles_an_object_array(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def rqvae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from adgen.model.rqvae import RQVAE, RQVAEConfig, save_rqvae
+    from adgen.index.rqvae import RQVAE, RQVAEConfig, save_rqvae
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("rqvae")
@@ -143,7 +143,7 @@ def rqvae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage_header", "flip_weight_byte"])
 def test_a_corrupt_rqvae_file_is_refused(rqvae_dir: Path, tmp_path: Path, damage: str) -> None:
-    from adgen.model.rqvae import CONFIG_FILE, WEIGHTS_FILE, RQVAEError, load_rqvae
+    from adgen.index.rqvae import CONFIG_FILE, WEIGHTS_FILE, RQVAEError, load_rqvae
 
     directory = tmp_path / "m"
     shutil.copytree(rqvae_dir, directory)

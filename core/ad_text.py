@@ -1,10 +1,16 @@
-"""One text per ad from a fixed template, so the encoder sees every ad (synthetic or real) the same way.
+"""One text per ad from a fixed template, so the encoder sees every ad (synthetic or real) the same way,
+and the `TextEncoder` shape every encoder has (index/ embeds ad texts without knowing which model does it).
 
 The template follows LEADRE: name, product type, first- and second-level category, attributes. Real data
 has no product type or attribute list, so the brand, the deepest category and the description stand in.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
 
 from adgen.core.catalogue import Item
 
@@ -41,3 +47,12 @@ def ad_text(item: Item) -> str:
     if description:
         text += " " + description[:MAX_DESCRIPTION_CHARS]
     return text
+
+
+class TextEncoder(Protocol):
+    """Turns texts into L2-normalised float32 vectors [N, dim] (implemented in model/encoder.py)."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray: ...
