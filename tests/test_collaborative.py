@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adgen.index.rqvae import RQVAEConfig, load_rqvae, save_rqvae, train_rqvae
 from adgen.model.collaborative import (
     CollaborativeConfig,
     TextToCollaborative,
     catalogue_vectors,
     collaborative_vectors,
 )
-from adgen.index.rqvae import RQVAEConfig, load_rqvae, save_rqvae, train_rqvae
 
 ITEMS = [f"i{n}" for n in range(12)]
 # two groups of ads bought together: {i0..i5} and {i6..i11}; i11 never co-occurs with anything
