@@ -56,13 +56,14 @@ class RequestBeamSearch:
         k: int,
         beams: int | None = None,
         score_floor: float | None = None,
+        renormalize: bool = False,
     ) -> list[list[tuple[int, float]]]:
         beams = resolve_beams(k, beams)
         check_trie(trie, self.vocab_size)
         base = [p.tolist() for p in encode_prompts(prompts, self.vocab_size)]
         trie = trie.to("cpu")
         n = len(base)
-        state = TrieBeams(trie, n, k, beams, score_floor)
+        state = TrieBeams(trie, n, k, beams, score_floor, renormalize)
         suffix = torch.zeros(n, 1, 0, dtype=torch.long)
         lp = self._logprobs(base).unsqueeze(1)
         while (step := state.advance(lp)) is not None:

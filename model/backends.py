@@ -42,6 +42,7 @@ class GenerationBackend(Protocol):
         k: int,
         beams: int | None = None,
         score_floor: float | None = None,
+        renormalize: bool = False,
     ) -> list[list[tuple[int, float]]]: ...
 
 
@@ -86,8 +87,9 @@ class TorchBackend:
         k: int,
         beams: int | None = None,
         score_floor: float | None = None,
+        renormalize: bool = False,
     ) -> list[list[tuple[int, float]]]:
-        return self.search.generate(prompts, trie, k, beams, score_floor)
+        return self.search.generate(prompts, trie, k, beams, score_floor, renormalize)
 
 
 def load_backend(

@@ -49,6 +49,7 @@ def resolve_dtype(setting: DTypeSetting, device: str | torch.device = "cpu") -> 
         return "bfloat16"
     return "bfloat16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "float32"
 
+
 # Decoder-only families whose layers expose q/k/v/o projections, RMSNorms, a gated MLP and RoPE the way
 # `adgen.model.decoding` reads them. Llama and Qwen2 are tested; Mistral and Qwen3 share the layout.
 SUPPORTED_MODEL_TYPES: frozenset[str] = frozenset({"llama", "qwen2", "mistral", "qwen3"})

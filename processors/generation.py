@@ -59,7 +59,7 @@ class LeadreGenerator:
 
     def __init__(self, checkpoint: Path, model: ModelSettings, window: WindowSettings) -> None:
         from adgen.model.backends import load_backend
-        from adgen.model.prompts import PromptOptions
+        from adgen.model.recipe import RECIPE_FILE, ServingRecipe, load_recipe
         from adgen.model.tokenizer import load_tokenizer
 
         checkpoint = Path(checkpoint)
@@ -68,8 +68,21 @@ class LeadreGenerator:
         self.tokenizer = load_tokenizer(tok_dir)
         self.backend = load_backend(model, lm_dir)  # ADGEN_MODEL__BACKEND: torch (default) or tensorrt_llm
         self.k, self.beams = model.top_k, max(model.beams, model.top_k)
-        self.options = PromptOptions(
-            max_prompt_tokens=model.max_prompt_tokens, max_events=window.max_events, window_days=float(window.days)
+        # prompts are built and scored the way this checkpoint was trained (model/recipe.py); the window settings
+        # bound what the prompt may hold (never more behaviours or a longer prompt than the worker keeps/allows)
+        recipe_dir = next((d for d in (lm_dir, checkpoint) if (d / RECIPE_FILE).is_file()), None)
+        self.recipe = load_recipe(recipe_dir) if recipe_dir is not None else ServingRecipe()
+        trained = self.recipe.prompts
+        if recipe_dir is None:  # a checkpoint from before recipes: the settings' budget, as then
+            trained = trained.model_copy(update={"max_prompt_tokens": model.max_prompt_tokens})
+        self.options = trained.model_copy(
+            update={
+                "max_prompt_tokens": min(model.max_prompt_tokens, trained.max_prompt_tokens),
+                "max_events": min(window.max_events, trained.max_events),
+                "window_days": float(window.days)
+                if trained.window_days is None
+                else min(float(window.days), trained.window_days),
+            }
         )
         digest = hashlib.blake2b(digest_size=6)
         for path in sorted(lm_dir.glob("*.safetensors")):
@@ -95,7 +108,9 @@ class LeadreGenerator:
             now = w.last_request_ts if w.last_request_ts > NO_TIME else None
             prompts.append(builder.user_prompt(events, history.profile, now=now).ids)
         k = min(self.k, len(view.leaf_items))
-        results = self.backend.generate(prompts, view.trie, k=k, beams=max(self.beams, k))
+        results = self.backend.generate(
+            prompts, view.trie, k=k, beams=max(self.beams, k), renormalize=self.recipe.renormalize
+        )
         return [
             [
                 GeneratedAd(ad_id=view.leaf_items[leaf], sid=list(view.sids[view.leaf_items[leaf]]), score=s)

@@ -188,3 +188,31 @@ def test_model_backend_setting_selects_the_generators_decoder(tmp_path: Path) ->
         pytest.skip("a GPU is present: tests/test_backends.py runs the real TensorRT-LLM comparison")
     with pytest.raises(BackendUnavailable, match="needs an NVIDIA GPU"):
         LeadreGenerator(ckpt, ModelSettings(backend="tensorrt_llm"), WindowSettings())
+
+
+def test_the_generator_builds_prompts_and_scores_the_way_its_checkpoint_was_trained(tmp_path: Path) -> None:
+    """A checkpoint trained on the sequence layout with trie scoring is served with that layout and scoring: the
+    generator's lists equal a direct renormalised search over the very prompt training would have built."""
+    from adgen.model.decoding import ConstrainedBeamSearch
+    from adgen.model.prompts import PromptBuilder, PromptOptions
+    from adgen.model.recipe import ServingRecipe, save_recipe
+
+    sid_map = fresh_sid_map()
+    ckpt = write_untrained_checkpoint(tmp_path / "ckpt", sid_vocabulary(sid_map.codebook_sizes), ["product ad"])
+    trained = PromptOptions(layout="sequence", ad_text="title", show_time=True, max_prompt_tokens=300)
+    save_recipe(ServingRecipe(prompts=trained, scoring="trie"), ckpt)
+    gen = LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=5), WindowSettings())
+    assert gen.options.layout == "sequence" and gen.options.ad_text == "title" and gen.recipe.renormalize
+    view = make_view(sid_map, gen.token_offset(sid_vocabulary(sid_map.codebook_sizes)), "v1")
+    w = window("u1", arpu=5.0, request_minutes=30)
+    got = gen.generate([w], view)[0]
+
+    history = w.to_history()
+    builder = PromptBuilder(gen.tokenizer, view.items, view.sids.__getitem__, options=gen.options)
+    prompt = builder.user_prompt(history.events, history.profile, now=w.last_request_ts).ids
+    assert "click^" in gen.tokenizer.decode(prompt[-4:])  # ends in the cue the sequence layout trains on
+    search = ConstrainedBeamSearch(gen.backend.search.runner.model)
+    expected = search.generate([prompt], view.trie, k=5, beams=5, renormalize=True)[0]
+    assert [(view.leaf_items[v], round(s, 5)) for v, s in expected] == [(g.ad_id, round(g.score, 5)) for g in got]
+    plain = search.generate([prompt], view.trie, k=5, beams=5)[0]
+    assert [round(s, 5) for _, s in plain] != [round(g.score, 5) for g in got]  # the scoring really differs
