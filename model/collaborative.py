@@ -114,10 +114,11 @@ def catalogue_vectors(
     seed: int = 0,
 ) -> tuple[np.ndarray, TextToCollaborative | None]:
     """What the RQ-VAE codes for the catalogue: [unit text, weight x unit collaborative] (observed where an ad has
-    behaviour, predicted from its text where it has none), and the map that codes later ads the same way."""
+    behaviour, predicted from its text where it has none), and the map that codes later ads the same way.
+    With weight 0, the text embeddings unchanged and no map."""
+    if config.weight == 0:  # text only: the encoder's vectors as they are (what the RQ-VAE always coded)
+        return np.asarray(text, dtype=np.float32), None
     text = unit_rows(text)
-    if config.weight == 0:
-        return text, None
     collab, seen = collaborative_vectors(sequences, item_ids, config, seed)
     if seen.sum() < 2:
         raise ValueError("collaborative S-IDs need behaviour on at least two ads; set sids.collaborative.weight 0")

@@ -96,3 +96,62 @@ def test_too_small_collision_level_is_a_clear_build_error(env: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "collision level of 1 codes is too small" in result.output
     assert not (env / "i").exists()
+
+
+def _amazon_dir(root: Path) -> Path:
+    """The tiny catalogue in the Amazon (LC-Rec) layout, with users who buy within a category."""
+    root.mkdir()
+    items = _items()
+    raw = {
+        i.item_id: {"title": i.title, "description": "", "brand": "", "categories": ",".join(i.categories)}
+        for i in items
+    }
+    (root / "Tiny.item.json").write_text(json.dumps(raw))
+    by_cat = [[i.item_id for i in items if i.categories[1] == cat] for cat in CATEGORIES]
+    users = {f"u{n}": [group[(n + j) % 6] for j in range(5)] for n, group in enumerate(by_cat * 8)}
+    (root / "Tiny.inter.json").write_text(json.dumps(users))
+    return root
+
+
+def test_collaborative_build_codes_new_ads_from_their_text_alone(env: Path) -> None:
+    index = str(env / "index")
+    built = _run(
+        "build", "--amazon", str(_amazon_dir(env / "amazon")), "--index", index, "--collaborative", "1.0", *BUILD
+    )
+    assert built["items"] == 18
+    from adgen.index.ad_index import AdIndex
+    from adgen.index.snapshot import INDEX_KIND, SnapshotStore
+
+    live = AdIndex.load_latest(SnapshotStore(Path(index), kind=INDEX_KIND))
+    assert live.rqvae.config.text_dim == 384 and live.rqvae.config.input_dim == 384 + 64
+    assert np.abs(live.rqvae.text_to_collab.numpy()).sum() > 0  # the text -> collaborative map ships in the weights
+    new = Item(item_id="tap9", title="Kapton Tape", categories=("Industrial & Scientific", "Tapes"))
+    added = _run("add", str(_write(env / "new.jsonl", [new])), "--index", index)
+    assert added["version"] == 2 and len(added["assigned"]["tap9"]) == 3
+    codes = live.rqvae.codes(live.rqvae.input_from_text(live_text_embedding(env, new)))
+    assert added["assigned"]["tap9"][:2] == codes[0].tolist()  # coded as [text, predicted collaborative]
+
+
+def live_text_embedding(env: Path, item: Item) -> np.ndarray:
+    from adgen.core.ad_text import ad_text
+    from adgen.model.encoder import CachedEncoder, load_encoder
+
+    return CachedEncoder(load_encoder("all-MiniLM-L6-v2"), env / "cache").encode([ad_text(item)], progress=False)
+
+
+def test_collaborative_build_needs_behaviour(env: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "index",
+            "build",
+            "--jsonl",
+            str(_write(env / "i.jsonl", _items())),
+            "--index",
+            str(env / "index"),
+            "--collaborative",
+            "1.0",
+            *BUILD,
+        ],
+    )
+    assert result.exit_code == 1 and "needs behaviour" in result.output

@@ -49,18 +49,22 @@ def _encoder(settings: Settings, name: str | None) -> CachedEncoder:
 
 def _load_items(
     amazon: Path | None, world: Path | None, jsonl: Path | None, include_deleted: bool = False
-) -> tuple[str, list[Item]]:
+) -> tuple[str, list[Item], list[list[str]] | None]:
+    """(source, ads, training ad sequences or None): the sequences are every user's ads before their last two
+    (the leave-one-out validation and test targets), for collaborative S-IDs; items JSONL has no behaviour."""
     from adgen import datasets
+    from adgen.core.catalogue import AD_KINDS, leave_one_out
 
     chosen = [(n, p) for n, p in (("amazon", amazon), ("world", world), ("jsonl", jsonl)) if p is not None]
     if len(chosen) != 1:
         raise typer.BadParameter("give exactly one source: --amazon DIR, --world DIR or --jsonl ITEMS")
     kind, path = chosen[0]
     if kind == "jsonl":
-        return f"jsonl:{path}", sorted(datasets.load_items_jsonl(path).values(), key=lambda i: i.item_id)
+        return f"jsonl:{path}", sorted(datasets.load_items_jsonl(path).values(), key=lambda i: i.item_id), None
     dataset = datasets.load_amazon(path) if kind == "amazon" else datasets.load_world(path)
     items = dataset.items if include_deleted else dataset.active_items()
-    return f"{kind}:{path}", sorted(items.values(), key=lambda i: i.item_id)
+    sequences = [[e.ref for e in ex.history if e.kind in AD_KINDS] for ex in leave_one_out(dataset).valid]
+    return f"{kind}:{path}", sorted(items.values(), key=lambda i: i.item_id), sequences
 
 
 def _fail(message: str) -> None:
@@ -88,6 +92,13 @@ def build(
             " replays ad-updates applies the deletes itself."
         ),
     ] = False,
+    collaborative: Annotated[
+        float,
+        typer.Option(
+            help="Weight of the collaborative part of the S-ID embedding (model/collaborative.py; 0 = text only)."
+            " Learnt from each user's ads before their last two, so evaluation targets never shape the S-IDs."
+        ),
+    ] = 0.0,
     config_file: ConfigOpt = None,
 ) -> None:
     """Catalogue -> ad texts -> embeddings (cached) -> RQ-VAE -> S-IDs -> trie -> new snapshot."""
@@ -96,30 +107,46 @@ def build(
     from adgen.core.ad_text import ad_text
     from adgen.index.ad_index import build_ad_index
     from adgen.index.rqvae import RQVAEConfig
+    from adgen.model.collaborative import CollaborativeConfig, catalogue_vectors
 
     settings = load_settings(config_file)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
-        source, items = _load_items(amazon, world, jsonl, include_deleted)
+        source, items, sequences = _load_items(amazon, world, jsonl, include_deleted)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    if collaborative > 0 and sequences is None:
+        _fail("--collaborative needs behaviour to learn from: use --world or --amazon (an items JSONL has none)")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     enc = _encoder(settings, encoder)
-    embeddings = enc.encode([ad_text(i) for i in items])
+    text = enc.encode([ad_text(i) for i in items])
     timings["embed"] = time.perf_counter() - start
+    model_seed = settings.model.seed if seed is None else seed
+    embeddings, text_map = catalogue_vectors(
+        text, [i.item_id for i in items], sequences or [], CollaborativeConfig(weight=collaborative), seed=model_seed
+    )
     overrides: dict[str, object] = {
         "warmup_steps": warmup_steps,
         "num_levels": levels,
         "epochs": epochs,
-        "seed": settings.model.seed if seed is None else seed,
+        "seed": model_seed,
     }
     if codebook_size is not None:
         overrides["codebook_size"] = codebook_size
-    config = RQVAEConfig.sized_for(len(items), enc.dim, **overrides)
+    if text_map is not None:
+        overrides.update(text_dim=enc.dim, collaborative_weight=collaborative)
+    config = RQVAEConfig.sized_for(len(items), embeddings.shape[1], **overrides)
     model_dir = settings.paths.models / "rqvae" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     try:
-        ad_index, report = build_ad_index(items, embeddings, config, model_dir, collision_size)
+        ad_index, report = build_ad_index(
+            items,
+            embeddings,
+            config,
+            model_dir,
+            collision_size,
+            text_map=(text_map.weights, text_map.bias) if text_map is not None else None,
+        )
     except ValueError as exc:
         _fail(str(exc))
     start = time.perf_counter()
