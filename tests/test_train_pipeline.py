@@ -68,7 +68,8 @@ def test_train_runs_every_stage_and_writes_metrics_model_and_report(workdir: Pat
     assert len(main["epochs"]) == 2 and "ndcg@10" in main["epochs"][0]["valid"]
     assert (run / "model" / "model.safetensors").exists() and (run / "model" / "tokenizer.json").exists()
     report = json.loads((run / "eval" / "eval.json").read_text())["results"]
-    assert set(report) == {"leadre", "popularity", "sasrec"} and report["leadre"]["users"] == 10
+    assert set(report) == {"leadre", "popularity", "sasrec", "channel"} and report["leadre"]["users"] == 10
+    assert report["channel"]["hr@20_base"] >= report["channel"]["hr@10_base"]  # LEADRE as an added channel
     assert (run / "eval" / "eval.png").exists()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["data"]["items"] == N_ITEMS and summary["stages"][2]["examples"] > 0

@@ -59,5 +59,6 @@ def test_monitor_once_prints_the_table_and_a_dead_endpoint_is_a_clear_error() ->
 def test_features_get_with_redis_unreachable_exits_with_the_reason(monkeypatch) -> None:
     monkeypatch.setenv("ADGEN_REDIS__URL", f"redis://127.0.0.1:{free_port()}/0")
     monkeypatch.setenv("ADGEN_REDIS__RETRY_BACKOFF_S", "0.01")
+    monkeypatch.setenv("ADGEN_REDIS__MAX_RETRIES", "3")  # 3 retries after the first attempt
     result = CliRunner().invoke(cli, ["features", "get", "u1"])
     assert result.exit_code == 1 and "unreachable after 4 attempts" in result.output

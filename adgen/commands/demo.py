@@ -206,7 +206,11 @@ def demo(
         else:
             timed(
                 "index",
-                lambda: _run(["index", "build", "--world", str(world), "--include-deleted"], env, "index built"),
+                lambda: _run(
+                    ["index", "build", "--world", str(world), "--include-deleted", "--collaborative", "1.0"],
+                    env,
+                    "index built",
+                ),
             )
 
         _stage("3/6 LEADRE model (EX → IM → main → eval vs baselines → DPO)")
