@@ -69,7 +69,7 @@ class LiveAdIndex:
 
     def __post_init__(self) -> None:
         sid_map = self.ad_index.sid_map
-        self.items = immutables.Map(self.items)
+        self.items = self.items if isinstance(self.items, immutables.Map) else immutables.Map(self.items)
         self._known_sids = immutables.Map(self._known_sids).update({a: sid_map.sid_of(a) for a in sid_map.items()})
         self._sid_index = LiveSidIndex(sid_map, self.token_offset)
         self.view = self._make_view()

@@ -7,8 +7,11 @@ token prefix, random or deliberately tied, and once through the real decoder on 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import threading
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +307,14 @@ def test_readers_in_threads_only_ever_see_whole_versions() -> None:
     assert not problems and len(seen) > 1
     live.trie.wait()
     assert_equals_rebuild(live.publish(), sid_map, decodes=False)  # a wider vocabulary than VOCAB
+
+
+def test_the_docs_figures_are_the_committed_benchmark_json_rendered() -> None:
+    """docs/indexing.md's measured block is exactly what bench/bench_index.py renders from the JSON."""
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_index", root / "bench" / "bench_index.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = json.loads((root / "bench" / "results" / "index.json").read_text())
+    assert "live" in result, "bench/results/index.json has no live section: run bench/bench_index.py"
+    assert bench.render_live_section(result) in (root / "docs" / "indexing.md").read_text()
