@@ -47,11 +47,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from adgen.index.ad_index import collision_level_size
+from adgen.core.ad_text import ad_text
+from adgen.core.catalogue import Item
+from adgen.datasets import item_from_upsert
+from adgen.index.ad_index import AdIndex, collision_level_size
+from adgen.index.live_trie import compacted
 from adgen.index.rqvae import RQVAE, RQVAEConfig, train_rqvae
 from adgen.index.semantic_ids import SemanticIdMap, level_offsets, sid_vocabulary
 from adgen.index.sid_trie import build_fixed_depth_trie, trie_nbytes
 from adgen.index.trie_arrays import TrieArrays
+from adgen.processors.ad_indexer import IndexView, LiveAdIndex
 from adgen.streams.events import AdUpsert
 
 console = Console()
@@ -240,25 +245,21 @@ class TableEncoder:
         return np.stack([self.table[t] for t in texts])
 
 
-def rebuilding_index_class() -> type:
+class RebuildingLiveAdIndex(LiveAdIndex):
     """The baseline: LiveAdIndex building every view as before the live trie (full trie + map copies)."""
-    from adgen.processors.ad_indexer import IndexView, LiveAdIndex
 
-    class RebuildingLiveAdIndex(LiveAdIndex):
-        def _make_view(self) -> IndexView:
-            sid_map = self.ad_index.sid_map
-            trie, leaf_items = sid_map.trie_arrays(self.token_offset)
-            return IndexView(
-                version=f"{self.ad_index.model_version[:12]}.{sid_map.version}",
-                trie=trie,
-                leaf_items=tuple(leaf_items),
-                sids=dict(self._known_sids),
-                items=dict(self.items),
-                live=frozenset(leaf_items),
-                watermark=self.watermark,
-            )
-
-    return RebuildingLiveAdIndex
+    def _make_view(self) -> IndexView:
+        sid_map = self.ad_index.sid_map
+        trie, leaf_items = sid_map.trie_arrays(self.token_offset)
+        return IndexView(
+            version=f"{self.ad_index.model_version[:12]}.{sid_map.version}",
+            trie=trie,
+            leaf_items=tuple(leaf_items),
+            sids=dict(self._known_sids),
+            items=dict(self.items),
+            live=frozenset(leaf_items),
+            watermark=self.watermark,
+        )
 
 
 def upsert_batches(
@@ -266,9 +267,6 @@ def upsert_batches(
 ) -> tuple[list[list[AdUpsert]], dict[str, np.ndarray]]:
     """`batches` x `size` upserts: half new ads, half existing ads with a new name (so re-coded); the table
     of their texts' embeddings."""
-    from adgen.datasets import item_from_upsert
-    from adgen.model.ad_text import ad_text
-
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     changed = rng.choice(len(ids), batches * (size // 2), replace=False).tolist()
     out: list[list[AdUpsert]] = []
@@ -307,11 +305,6 @@ def visible(view: object, ad_id: str, token_offsets: np.ndarray) -> bool:
 def bench_live(
     model: RQVAE, codes: np.ndarray, sizes: tuple[int, ...], token_offset: int, batches: int, size: int, baseline: int
 ) -> dict:
-    from adgen.core.catalogue import Item
-    from adgen.index.ad_index import AdIndex
-    from adgen.index.live_trie import compacted
-    from adgen.processors.ad_indexer import LiveAdIndex
-
     n = len(codes)
     rng = np.random.default_rng(7)
     ids = [f"ad{i:07d}" for i in range(n)]
@@ -374,7 +367,7 @@ def bench_live(
     out["ads_after"] = len(live.view.live)
 
     gc.collect()
-    base = live_index(rebuilding_index_class())
+    base = live_index(RebuildingLiveAdIndex)
     base_s = []
     for batch in events[:baseline]:
         start = time.perf_counter()
@@ -391,8 +384,6 @@ def bench_live(
 def same_trie(live_view: object, rebuilt_view: object) -> bool:
     """The live view, compacted with leaf values renumbered in S-ID order, is the rebuild bit for bit and
     maps every leaf to the same ad (the incremental index equals a rebuild at 1M ads, not only in tests)."""
-    from adgen.index.live_trie import compacted
-
     arrays = compacted(live_view.trie, 0.0, renumber=True)
     ref = rebuilt_view.trie
     same = (
