@@ -155,10 +155,12 @@ class LiveTrie:
         now with leaf values 0..n-1 in path order, and the old values are returned in their new order
         (new value i held old value returned[i]); otherwise None.
         """
-        paths = np.asarray(paths, dtype=np.int64).reshape(len(values), -1)
+        paths = np.asarray(paths, dtype=np.int64)
         values = np.asarray(values, dtype=np.int64)
-        if paths.shape[1] != self.depth:
-            raise TrieError(f"paths have {paths.shape[1]} tokens; this trie has depth {self.depth}")
+        if paths.ndim != 2 or paths.shape[1] != self.depth or len(paths) != len(values):
+            raise TrieError(
+                f"expected paths [C, {self.depth}] and values [C], got {list(paths.shape)} and {list(values.shape)}"
+            )
         if len(paths) and ((paths < 0).any() or (paths >= _TOKEN_LIMIT).any()):
             raise TrieError(f"token ids must be in [0, {_TOKEN_LIMIT}), got {paths.min()}..{paths.max()}")
         if (values < -1).any():

@@ -114,8 +114,11 @@ def test_a_batch_sets_and_removes_paths_and_old_views_stay_as_they_were() -> Non
 
 def test_bad_batches_are_refused_with_the_reason() -> None:
     trie = LiveTrie.build(np.array([[1, 2]]), np.array([0]), 2)
-    with pytest.raises(TrieError, match="depth 2"):
+    with pytest.raises(TrieError, match=r"paths \[C, 2\]"):
         trie.apply(np.array([[1, 2, 3]]), np.array([1]))
+    with pytest.raises(TrieError, match=r"values \[C\]"):
+        trie.apply(np.array([[1, 3]]), np.array([1, 2]))
+    trie.apply(np.zeros((0, 2)), np.zeros(0))  # an empty batch changes nothing
     with pytest.raises(TrieError, match="appears twice"):
         trie.apply(np.array([[1, 3], [1, 3]]), np.array([1, 2]))
     with pytest.raises(TrieError, match="token ids"):
