@@ -5,6 +5,8 @@ every mutation bumps `version`. The decoder never sees the mutable state: `trie_
 immutable `TrieArrays` per version with a vectorised build (`sid_trie.py`) and caches it until the next
 mutation. Leaf values are ranks in S-ID order, so the arrays depend only on the current mapping, never on
 the order of inserts and deletes: an incrementally maintained index equals a rebuild, bit for bit.
+That rebuild costs O(catalogue); the worker instead follows the map's change journal (`start_journal`,
+`take_journal`) with `LiveSidIndex` (`live_index.py`), which updates its trie per batch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ LEVEL_NAMES = "abcdefgh"
 """Token prefix per level; the last level of a map is its collision code."""
 
 _TOKEN = re.compile(r"<([a-h])_(\d+)>")
+
+
+SidChange = tuple[str, tuple[int, ...], bool]
+"""(item id, full S-ID, True = added / False = removed), in the order the map applied them."""
 
 
 class SemanticIdError(ValueError):
@@ -85,6 +91,7 @@ class SemanticIdMap:
         self.version = 0
         self._materialised: dict[int, tuple[TrieArrays, list[str]]] = {}
         self._materialised_version = -1
+        self._journal: list[SidChange] | None = None  # kept only while a follower drains it
 
     # -- keys ---------------------------------------------------------------------------------------
     def _pack(self, sid: Sequence[int]) -> int:
@@ -149,6 +156,8 @@ class SemanticIdMap:
         self._row_of[item_id] = row
         self._row_of_sid[prefix | collision] = row
         self.version += 1
+        if self._journal is not None:
+            self._journal.append((item_id, sid, True))
         return sid
 
     def _new_row(self) -> int:
@@ -174,6 +183,8 @@ class SemanticIdMap:
         self._item_at[row] = None
         self._free_rows.append(row)
         self.version += 1
+        if self._journal is not None:
+            self._journal.append((item_id, tuple(int(c) for c in sid), False))
 
     # -- bulk ---------------------------------------------------------------------------------------
     @classmethod
@@ -184,12 +195,12 @@ class SemanticIdMap:
         collision code of an ad is its rank, by item id, among the ads with the same semantic codes.
         """
         sid_map = cls(codebook_sizes, capacity=len(item_ids))
-        codes = np.asarray(codes, dtype=np.int64).reshape(len(codes), -1)
         n, semantic_levels = len(item_ids), sid_map.depth - 1
         if len(codes) != n:
             raise SemanticIdError(f"{n} item ids but {len(codes)} code rows")
         if n == 0:
             return sid_map
+        codes = np.asarray(codes, dtype=np.int64).reshape(n, -1)
         if codes.shape[1] != semantic_levels:
             raise SemanticIdError(f"codes have {codes.shape[1]} levels; this index expects {semantic_levels}")
         for level in range(semantic_levels):
@@ -269,6 +280,20 @@ class SemanticIdMap:
         self._row_of[item_id] = row
         self._row_of_sid[key] = row
         self.version += 1
+        if self._journal is not None:
+            self._journal.append((item_id, sid, True))
+
+    # -- change journal -----------------------------------------------------------------------------
+    def start_journal(self) -> None:
+        """Record every later add and remove until `take_journal` drains them (one follower at a time)."""
+        self._journal = []
+
+    def take_journal(self) -> list[SidChange]:
+        """The changes since the last call (or since `start_journal`), oldest first."""
+        if self._journal is None:
+            raise SemanticIdError("no journal: call start_journal() before following this map's changes")
+        changes, self._journal = self._journal, []
+        return changes
 
     # -- decoder view -------------------------------------------------------------------------------
     def trie_arrays(self, token_offset: int = 0) -> tuple[TrieArrays, list[str]]:

@@ -5,6 +5,10 @@ them). Node 0 is the root. A node's children are `child_token[indptr[n]:indptr[n
 leading to `child_node[...]`. A node with no children is a leaf and `leaf_value[n]` holds its value (an
 item ordinal); internal nodes hold -1. Every internal node has at least one child, so a beam that follows
 the trie can always finish.
+
+A trie maintained by path copying (`index/live_trie.py`) shares its arrays between versions: each version
+starts at its own `root` and only the nodes reachable from it belong to it; `values` then counts its leaves.
+A freshly built trie has root 0 and every leaf in the arrays is its own (`values` None).
 """
 
 from __future__ import annotations
@@ -28,14 +32,18 @@ class TrieArrays:
     leaf_value: torch.Tensor  # int64 [num_nodes], -1 for internal nodes
     max_depth: int
     max_children: int
+    root: int = 0  # the node every search starts from
+    values: int | None = None  # leaves reachable from `root` when the arrays hold other versions' nodes too
 
     @property
     def num_nodes(self) -> int:
+        """Nodes in the arrays (for a shared-array version: its own and older versions' copies)."""
         return int(self.leaf_value.numel())
 
     @property
     def num_values(self) -> int:
-        return int((self.leaf_value >= 0).sum())
+        """Items this trie can return."""
+        return int((self.leaf_value >= 0).sum()) if self.values is None else self.values
 
     def to(self, device: torch.device | str) -> TrieArrays:
         return TrieArrays(
@@ -45,6 +53,8 @@ class TrieArrays:
             self.leaf_value.to(device),
             self.max_depth,
             self.max_children,
+            self.root,
+            self.values,
         )
 
     def _children(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

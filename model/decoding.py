@@ -304,7 +304,7 @@ class TrieBeams:
         dev = trie.indptr.device
         self.trie, self.k, self.beams, self.floor = trie, k, beams, floor
         self.renormalize = renormalize
-        self.nodes = torch.zeros(n, 1, dtype=torch.long, device=dev)
+        self.nodes = torch.full((n, 1), trie.root, dtype=torch.long, device=dev)  # live tries move their root
         self.scores = torch.zeros(n, 1, dtype=torch.float32, device=dev)
         self.pool_scores = torch.full((n, k), NEG_INF, device=dev)
         self.pool_values = torch.full((n, k), -1, dtype=torch.long, device=dev)

@@ -5,25 +5,30 @@ this module is the index itself: apply a batch, read the current view, write a s
 
 Generation decodes against one immutable `IndexView` per index version: a batch of ad updates builds a
 new view and swaps it in with one reference assignment, so a decode never sees half an update, and from
-the moment a delete is applied no view contains the deleted ad.
+the moment a delete is applied no view contains the deleted ad. Building a view costs what the batch
+changed, not the catalogue: the trie and leaf lookups come from `LiveSidIndex` (index/live_index.py), the
+catalogue and S-ID maps are persistent `immutables.Map`s that share all but the changed entries.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import immutables
 
 from adgen.core.ad_text import ad_text, meaningful_categories
 from adgen.core.catalogue import Item
 from adgen.datasets import item_from_upsert
 from adgen.index.ad_index import AdIndex
+from adgen.index.live_index import LeafItems, LiveSidIndex
 from adgen.index.semantic_ids import sid_vocabulary
 from adgen.index.snapshot import Snapshot, SnapshotStore
-from adgen.index.trie_arrays import TrieArrays, TrieError
+from adgen.index.trie_arrays import TrieArrays
 from adgen.processors.feature_store import AdRecord
 from adgen.processors.window_state import AdInfo
 from adgen.streams.events import AdDelete, AdUpsert
@@ -39,10 +44,10 @@ class IndexView:
 
     version: str
     trie: TrieArrays | None  # None when no ad is live
-    leaf_items: tuple[str, ...]
+    leaf_items: LeafItems | Sequence[str]  # leaf value -> ad id; len / `in` = live ads
     sids: Mapping[str, tuple[int, ...]]  # every ad ever seen, deleted ones included (old behaviour in prompts)
     items: Mapping[str, Item]
-    live: frozenset[str]
+    live: Set[str]
     watermark: datetime | None  # newest ad-update event time applied
 
 
@@ -52,18 +57,21 @@ class LiveAdIndex:
 
     ad_index: AdIndex
     token_offset: int
-    items: dict[str, Item] = field(default_factory=dict)
+    items: immutables.Map[str, Item] = field(default_factory=immutables.Map)  # a dict given is converted
     offsets: dict[int, int] = field(default_factory=dict)  # ad-updates partition -> next offset to read
     watermark: datetime | None = None
     snapshot_version: int | None = None
     last_update: dict[str, tuple[float, str]] = field(default_factory=dict)  # ad -> (event time, id) applied
-    _known_sids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _known_sids: immutables.Map[str, tuple[int, ...]] = field(default_factory=immutables.Map)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     view: IndexView = field(init=False)
+    _sid_index: LiveSidIndex = field(init=False)
 
     def __post_init__(self) -> None:
         sid_map = self.ad_index.sid_map
-        self._known_sids.update({a: sid_map.sid_of(a) for a in sid_map.items()})
+        self.items = self.items if isinstance(self.items, immutables.Map) else immutables.Map(self.items)
+        self._known_sids = immutables.Map(self._known_sids).update({a: sid_map.sid_of(a) for a in sid_map.items()})
+        self._sid_index = LiveSidIndex(sid_map, self.token_offset)
         self.view = self._make_view()
 
     @property
@@ -71,18 +79,14 @@ class LiveAdIndex:
         return sid_vocabulary(self.ad_index.sid_map.codebook_sizes)
 
     def _make_view(self) -> IndexView:
-        sid_map = self.ad_index.sid_map
-        try:
-            trie, leaf_items = sid_map.trie_arrays(self.token_offset)
-        except TrieError:
-            trie, leaf_items = None, []
+        published = self._sid_index.publish()  # O(changes since the last view)
         return IndexView(
-            version=f"{self.ad_index.model_version[:12]}.{sid_map.version}",
-            trie=trie,
-            leaf_items=tuple(leaf_items),
-            sids=dict(self._known_sids),
-            items=dict(self.items),
-            live=frozenset(leaf_items),
+            version=f"{self.ad_index.model_version[:12]}.{published.map_version}",
+            trie=published.trie,
+            leaf_items=published.leaf_items,
+            sids=self._known_sids,
+            items=self.items,
+            live=published.leaf_items.live,
             watermark=self.watermark,
         )
 
@@ -118,7 +122,7 @@ class LiveAdIndex:
             self.watermark = max(self.watermark or event.event_time, event.event_time)
             if isinstance(event, AdUpsert):
                 item, old = item_from_upsert(event), self.items.get(event.ad_id)
-                self.items[event.ad_id] = item
+                self.items = self.items.set(event.ad_id, item)
                 if event.status == "active":
                     # re-encode only new or changed ads; the encoder's disk cache makes repeats cheap
                     if event.ad_id not in sid_map or old is None or ad_text(old) != ad_text(item):
@@ -127,7 +131,7 @@ class LiveAdIndex:
             if event.ad_id in sid_map:  # deleted or paused: out of the trie from this version on
                 sid_map.remove(event.ad_id)
         if to_code:
-            self._known_sids.update(self.ad_index.upsert(to_code))
+            self._known_sids = self._known_sids.update(self.ad_index.upsert(to_code))
         version = f"{self.ad_index.model_version[:12]}.{sid_map.version}"
         return [self._record(e, version) for e in events]
 
