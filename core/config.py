@@ -110,7 +110,9 @@ class ModelSettings(BaseModel):
     encoder: str = Field("all-MiniLM-L6-v2", description="Package default or a local sentence-transformers path.")
     backend: Literal["torch", "tensorrt_llm"] = "torch"
     device: str = "cpu"
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32", description="'auto' = bf16 only on a GPU or a CPU with AVX512-BF16/AMX (model/lm.py resolve_dtype)."
+    )
     beams: int = Field(20, ge=1)
     top_k: int = Field(20, ge=1)
     max_prompt_tokens: int = Field(256, ge=16)

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from adgen.core.config import ModelSettings
 from adgen.index.trie_arrays import TrieArrays
 from adgen.model.decoding import ConstrainedBeamSearch, Prompt
-from adgen.model.lm import LMError, load_lm, quantize_int8
+from adgen.model.lm import LMError, load_lm, quantize_int8, resolve_dtype
 from adgen.model.prefix_cache import PrefixKVCache
 
 
@@ -114,7 +114,10 @@ def load_backend(
         raise LMError("no checkpoint: pass one or set ADGEN_MODEL__CHECKPOINT to a local HF checkpoint dir")
     if settings.backend == "torch":
         return TorchBackend.from_checkpoint(
-            checkpoint, device=settings.device, dtype=settings.dtype, prefix_cache_mb=cache_mb
+            checkpoint,
+            device=settings.device,
+            dtype=resolve_dtype(settings.dtype, settings.device),
+            prefix_cache_mb=cache_mb,
         )
     if settings.backend == "tensorrt_llm":
         from adgen.model.backend_trtllm import TensorRTLLMBackend

@@ -62,3 +62,13 @@ def test_int8_quantisation_replaces_linears_and_keeps_outputs_close():
         out = q(ids).logits.log_softmax(-1)
     assert "quantized" in type(q.lm_head).__module__
     assert (out - ref).abs().max() < 0.05
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_multiplies_it_natively() -> None:
+    from adgen.model.lm import cpu_has_native_bf16, resolve_dtype
+
+    amx = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+    assert cpu_has_native_bf16(amx) and not cpu_has_native_bf16(avx2)
+    assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+    assert resolve_dtype("auto") == ("bfloat16" if cpu_has_native_bf16() else "float32")
