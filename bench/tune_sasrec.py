@@ -26,8 +26,9 @@ from adgen.model.pipeline import load_config, load_dataset
 GRID: dict[str, list[Any]] = {
     "hidden": [64, 128, 256],
     "dropout": [0.2, 0.5],
-    "lr": [0.001, 0.003],
+    "lr": [0.001],
 }
+REFINE_LRS = [0.003]  # then the best (hidden, dropout) again at these learning rates
 FIXED: dict[str, Any] = {"blocks": 2, "heads": 1, "max_len": 50, "epochs": 200, "patience": 5, "batch_size": 128}
 
 
@@ -48,8 +49,11 @@ def main() -> None:
     load_start = os.getloadavg()
     started = time.perf_counter()
     names = list(GRID)
-    for values in itertools.product(*(GRID[n] for n in names)):
-        params = {**FIXED, **dict(zip(names, values, strict=True)), "seed": args.seed, "torch_threads": args.threads}
+    grid = [dict(zip(names, values, strict=True)) for values in itertools.product(*(GRID[n] for n in names))]
+    refined = False
+    while grid:
+        point = grid.pop(0)
+        params = {**FIXED, **point, "seed": args.seed, "torch_threads": args.threads}
         t0 = time.perf_counter()
         model = SASRecRecommender(candidates, SASRecConfig(**params))
         fit = model.fit(train, split.valid)
@@ -65,11 +69,16 @@ def main() -> None:
             }
         )
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "history"}), flush=True)
+        if not grid and not refined:  # coordinate step: the best point at the other learning rates
+            refined = True
+            top = max(runs, key=lambda r: r["best_valid_ndcg@10"])["params"]
+            grid = [{"hidden": top["hidden"], "dropout": top["dropout"], "lr": lr} for lr in REFINE_LRS]
     best = max(runs, key=lambda r: r["best_valid_ndcg@10"])
     out = {
         "what": "SASRec grid on validation NDCG@10 (every validation user); test never read",
         "data": {"users": len(data.users), "items": len(data.items), "valid_users": len(split.valid)},
         "grid": GRID,
+        "refine_lrs": REFINE_LRS,
         "fixed": FIXED,
         "best": {k: v for k, v in best.items() if k != "history"},
         "runs": runs,
