@@ -24,7 +24,8 @@ _COMMAND_MODULES: tuple[tuple[str, str | None], ...] = (
     ("train", None),  # adgen train / eval
     ("worker", None),  # adgen worker / monitor / features
     ("search", "ci"),  # adgen ci build / search
-    ("demo", None),  # adgen demo / bench
+    ("demo", None),  # adgen demo
+    ("bench", "bench"),  # adgen bench / bench report
 )
 
 

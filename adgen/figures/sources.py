@@ -1,0 +1,152 @@
+"""Reading one number out of a committed JSON file, and printing it the way a document shows it.
+
+A figure is named by a *source* and a *path*: the source is a JSON file in the repository (a short name
+`worker` means `bench/results/worker.json`; anything with a `/` is a path from the repo root), the path
+walks into it (`windows.batched.events_per_s`, `models[0].params`, `models[model=small].params`). Every
+failure names the file and the path, so a stale document points at what to regenerate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path("bench/results")
+
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]|\[([^=\]]+)=([^\]]+)\]")
+
+
+class FigureError(ValueError):
+    """A figure cannot be rendered: missing file, missing key, wrong type or a bad format spec."""
+
+
+def source_path(ref: str) -> Path:
+    """Repo-relative path of a source: `worker` -> bench/results/worker.json; `docs/data/x.json` as is."""
+    if "/" in ref or ref.endswith(".json"):
+        return Path(ref)
+    return RESULTS_DIR / f"{ref}.json"
+
+
+def parse_path(expr: str) -> list[str | int | tuple[str, str]]:
+    """`a.b[2].c[model=small]` -> ['a', 'b', 2, 'c', ('model', 'small')]; raises on leftovers."""
+    steps: list[str | int | tuple[str, str]] = []
+    pos = 0
+    while pos < len(expr):
+        if expr[pos] == "." and pos > 0:
+            pos += 1
+        match = _STEP.match(expr, pos)
+        if match is None:
+            raise FigureError(f"bad path {expr!r} at character {pos}: expected a key, [index] or [key=value]")
+        key, index, sel_key, sel_value = match.groups()
+        if key is not None:
+            steps.append(key)
+        elif index is not None:
+            steps.append(int(index))
+        else:
+            steps.append((sel_key, sel_value))
+        pos = match.end()
+    if not steps:
+        raise FigureError("empty path")
+    return steps
+
+
+def walk(data: Any, expr: str, where: str = "") -> Any:
+    """The value at `expr` inside `data`; the error names the first step that is not there."""
+    node = data
+    done: list[str] = []
+    for step in parse_path(expr):
+        if isinstance(step, int):
+            if not isinstance(node, list) or step >= len(node):
+                raise FigureError(f"{where}: {'.'.join(done) or '<root>'} has no item [{step}] (path {expr!r})")
+            node = node[step]
+            done.append(f"[{step}]")
+        elif isinstance(step, tuple):
+            key, wanted = step
+            hits = (
+                [x for x in node if isinstance(x, dict) and str(x.get(key)) == wanted] if isinstance(node, list) else []
+            )
+            if len(hits) != 1:
+                raise FigureError(
+                    f"{where}: {'.'.join(done) or '<root>'} has {len(hits)} items with {key}={wanted} (path {expr!r})"
+                )
+            node = hits[0]
+            done.append(f"[{key}={wanted}]")
+        else:
+            if not isinstance(node, dict) or step not in node:
+                raise FigureError(f"{where}: {'.'.join(done) or '<root>'} has no key {step!r} (path {expr!r})")
+            node = node[step]
+            done.append(step)
+    return node
+
+
+#: Named formats for values that are not plain numbers.
+NAMED_FORMATS: dict[str, dict[Any, str]] = {
+    "met": {True: "met", False: "**missed**"},
+    "yesno": {True: "yes", False: "no"},
+}
+
+
+def format_value(value: Any, spec: str = "") -> str:
+    """Print `value` per `spec`: a Python format spec (`,.0f`, `.1%`), optionally after a scale
+    (`/1e6:.1f` divides, `*1000:.0f` multiplies), or a named format (`met`: True -> met, False -> **missed**).
+    Without a spec, floats print with 4 significant digits and everything else as is."""
+    if spec in NAMED_FORMATS:
+        if not isinstance(value, bool):
+            raise FigureError(f"format {spec!r} needs a boolean, got {value!r}")
+        return NAMED_FORMATS[spec][value]
+    factor = 1.0
+    if spec[:1] in ("*", "/"):
+        factor_text, _, rest = spec[1:].partition(":")
+        try:
+            factor = float(factor_text)
+        except ValueError as exc:
+            raise FigureError(f"bad scale {factor_text!r} in format spec {spec!r}") from exc
+        if factor == 0:
+            raise FigureError(f"scale 0 in format spec {spec!r}")
+        factor = factor if spec[0] == "*" else 1.0 / factor
+        spec = rest
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        if spec or factor != 1.0:
+            raise FigureError(f"format {spec!r} cannot print the {type(value).__name__} {value!r}")
+        return str(value)
+    number = value * factor if factor != 1.0 else value
+    if not spec:
+        return f"{number:.4g}" if isinstance(number, float) else str(number)
+    try:
+        return format(number, spec)
+    except ValueError as exc:
+        raise FigureError(f"format {spec!r} cannot print {value!r}: {exc}") from exc
+
+
+class Sources:
+    """The committed JSON files of one repository checkout, each read once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[Path, Any] = {}
+
+    def path(self, ref: str) -> Path:
+        return self.root / source_path(ref)
+
+    def data(self, ref: str) -> Any:
+        """The parsed JSON of a source; a missing or broken file is a FigureError naming it."""
+        path = self.path(ref)
+        if path not in self._cache:
+            if not path.is_file():
+                raise FigureError(
+                    f"{source_path(ref)} does not exist (a document cites it: commit it or drop the figure)"
+                )
+            try:
+                self._cache[path] = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise FigureError(f"{source_path(ref)} is not valid JSON: {exc}") from exc
+        return self._cache[path]
+
+    def get(self, ref: str, expr: str) -> Any:
+        return walk(self.data(ref), expr, str(source_path(ref)))
+
+    def fmt(self, ref: str, expr: str, spec: str = "") -> str:
+        """One figure as the document prints it."""
+        return format_value(self.get(ref, expr), spec)
