@@ -326,7 +326,9 @@ def bench_generation(args: argparse.Namespace, work: Path) -> dict:
     # (a) decoder alone on pre-built prompts, same batch size
     from adgen.model.prompts import PromptBuilder
 
-    builder = PromptBuilder(tokenizer, items, view.sids.__getitem__, options=generator.options)
+    builder = PromptBuilder(
+        tokenizer, items, view.sids.__getitem__, options=generator.options, ad_vocabulary=generator.ad_vocabulary
+    )
     prompts = [builder.user_prompt(w.to_history().events, w.profile, now=w.last_request_ts).ids for w in windows]
     generator.backend.search.prefix_cache = None  # measure both without cross-request prefix reuse
     generator.backend.search.generate(prompts[:batch], trie, k=20, beams=20)  # warm-up

@@ -59,6 +59,7 @@ p.add_argument("--val_users", type=int, default=100000)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--ex", type=int, default=0, help="explicit alignment examples per item per epoch")
 p.add_argument("--tie", type=int, default=0)
+p.add_argument("--item_tok", type=int, default=0, help="1: each history event also carries its own item-id token")
 p.add_argument("--crop", type=float, default=0.0)
 p.add_argument("--norm", default="children", choices=["full", "children"])
 p.add_argument("--out", default="/tmp/exp/out.json")
@@ -173,6 +174,7 @@ def path_nodes(sid_tok_ids):
 
 
 item_nodes = {it: path_nodes(sid_ids(it)) for it in items}
+item_token = {it: len(tok) + n for n, it in enumerate(items)}  # ids past the tokenizer: input-only item tokens
 head = [tok.bos_token_id, *encode(SOFT_PROMPT_TOKEN + " Predict the next ad this user will click.")]
 
 
@@ -182,6 +184,9 @@ def build(seq, with_last_text=True):
         s = sid_ids(it)
         ids += s
         lab += [t + 1_000_000 * (nd + 1) for t, nd in zip(s, item_nodes[it], strict=False)]
+        if a.item_tok:
+            ids.append(item_token[it])
+            lab.append(-100)
         if a.text != "none":
             t = encode(item_text(it))
             ids += t
@@ -218,7 +223,7 @@ def ex_example(it):
 
 # ---- model
 cfg = LlamaConfig(
-    vocab_size=len(tok),
+    vocab_size=len(tok) + (len(items) if a.item_tok else 0),
     hidden_size=a.hidden,
     intermediate_size=4 * a.hidden,
     num_hidden_layers=a.layers,

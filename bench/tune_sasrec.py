@@ -24,11 +24,11 @@ from adgen.model.baselines import SASRecConfig, SASRecRecommender, ad_ids
 from adgen.model.pipeline import load_config, load_dataset
 
 GRID: dict[str, list[Any]] = {
-    "hidden": [64, 128, 256],
+    "hidden": [64, 128],
     "dropout": [0.2, 0.5],
-    "lr": [0.001],
+    "lr": [0.003],
 }
-REFINE_LRS = [0.003]  # then the best (hidden, dropout) again at these learning rates
+EXTEND_HIDDEN = 256  # tried (at the best dropout) only when the largest grid size wins: the grid's edge moves
 FIXED: dict[str, Any] = {"blocks": 2, "heads": 1, "max_len": 50, "epochs": 200, "patience": 5, "batch_size": 128}
 
 
@@ -45,6 +45,7 @@ def main() -> None:
     split = leave_one_out(data, cfg.data.min_ads)
     candidates = sorted(data.active_items())
     train = [ad_ids(e.history) for e in split.valid]  # each user's sequence before the validation target
+    info = {"users": len(data.users), "items": len(data.items), "valid_users": len(split.valid)}
     runs: list[dict[str, Any]] = []
     load_start = os.getloadavg()
     started = time.perf_counter()
@@ -69,16 +70,26 @@ def main() -> None:
             }
         )
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "history"}), flush=True)
-        if not grid and not refined:  # coordinate step: the best point at the other learning rates
+        write(args.out, runs, info, started, load_start)  # after every point: a stopped run keeps what it measured
+        if not grid and not refined:
             refined = True
             top = max(runs, key=lambda r: r["best_valid_ndcg@10"])["params"]
-            grid = [{"hidden": top["hidden"], "dropout": top["dropout"], "lr": lr} for lr in REFINE_LRS]
+            if top["hidden"] == max(GRID["hidden"]):
+                grid = [{"hidden": EXTEND_HIDDEN, "dropout": top["dropout"], "lr": top["lr"]}]
+    write(args.out, runs, info, started, load_start)
+    best = max(runs, key=lambda r: r["best_valid_ndcg@10"])
+    print(f"best: {json.dumps(best['params'])} valid ndcg@10 {best['best_valid_ndcg@10']:.4f} -> {args.out}")
+
+
+def write(
+    path: Path, runs: list[dict[str, Any]], info: dict[str, Any], started: float, load_start: tuple[float, ...]
+) -> None:
     best = max(runs, key=lambda r: r["best_valid_ndcg@10"])
     out = {
         "what": "SASRec grid on validation NDCG@10 (every validation user); test never read",
-        "data": {"users": len(data.users), "items": len(data.items), "valid_users": len(split.valid)},
+        "data": info,
         "grid": GRID,
-        "refine_lrs": REFINE_LRS,
+        "extend_hidden": EXTEND_HIDDEN,
         "fixed": FIXED,
         "best": {k: v for k, v in best.items() if k != "history"},
         "runs": runs,
@@ -86,9 +97,8 @@ def main() -> None:
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"best: {json.dumps(out['best']['params'])} valid ndcg@10 {best['best_valid_ndcg@10']:.4f} -> {args.out}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

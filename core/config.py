@@ -86,8 +86,10 @@ class RedisSettings(BaseModel):
     env: str = "dev"
     ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     max_retries: int = Field(
-        8, ge=0, description="Retries after its first attempt a reader (e.g. `adgen features get`) makes before it "
-        "gives up; the worker retries without limit."
+        8,
+        ge=0,
+        description="Retries after its first attempt a reader (e.g. `adgen features get`) makes before it "
+        "gives up; the worker retries without limit.",
     )
     retry_backoff_s: float = Field(0.2, gt=0)
 

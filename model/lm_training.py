@@ -86,6 +86,15 @@ class LMTrainConfig(BaseModel):
         0.0, ge=0, lt=1, description="Dropout on each attention and MLP output before the residual add (training only)."
     )
     eval_every: int = Field(1, ge=1, description="Epochs between eval_fn calls (and after the last epoch).")
+    token_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of input tokens with ids in token_dropout_block replaced by token_dropout_to each step "
+        "(ad-ID tokens -> <ad_unk>: the model learns to read ads it has no token for; model/ad_tokens.py).",
+    )
+    token_dropout_block: tuple[int, int] | None = Field(None, description="[first, end) of the ids that may drop.")
+    token_dropout_to: int | None = None
     desc: str = "train"
 
 
@@ -297,6 +306,15 @@ def load_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, 
     return state
 
 
+def drop_tokens(
+    ids: torch.Tensor, block: tuple[int, int], replacement: int, rate: float, rng: torch.Generator
+) -> torch.Tensor:
+    """Replace, in place, each id in [block[0], block[1]) by `replacement` with probability `rate`."""
+    hit = (ids >= block[0]) & (ids < block[1]) & (torch.rand(ids.shape, generator=rng) < rate)
+    ids[hit] = replacement
+    return ids
+
+
 def train_causal_lm(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -346,6 +364,7 @@ def train_causal_lm(
 
     model.train()
     dropout = TrainingDropout(model, config.embedding_dropout, config.residual_dropout)
+    token_rng = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     for epoch in range(loop["epoch"], config.epochs):
         batches = length_bucketed_batches(lengths, config.batch_size, config.seed + epoch)
@@ -355,6 +374,9 @@ def train_causal_lm(
         optimizer.zero_grad(set_to_none=True)
         for b_index in range(skip, len(batches)):
             batch = collate([examples[i] for i in batches[b_index]], pad_id, config.max_len, trie_softmax)
+            block, to = config.token_dropout_block, config.token_dropout_to
+            if config.token_dropout > 0 and block is not None and to is not None:
+                drop_tokens(batch.input_ids, block, to, config.token_dropout, token_rng)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16), dropout:
                 loss = response_loss(model, batch, trie_softmax, config.label_smoothing)
             (loss / config.grad_accum).backward()

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adgen.core.catalogue import AD_KINDS, Dataset, Split, leave_one_out
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
+from adgen.model.ad_tokens import ad_token_names
 from adgen.model.baselines import PopularityRecommender, SASRecConfig, SASRecRecommender, ad_ids
 from adgen.model.collaborative import CollaborativeConfig, catalogue_vectors
 from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, sample_examples, write_report
@@ -103,6 +104,9 @@ class TrainSection(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     embedding_dropout: float = Field(0.0, ge=0, lt=1)
     residual_dropout: float = Field(0.0, ge=0, lt=1)
+    ad_token_dropout: float = Field(
+        0.1, ge=0, lt=1, description="With prompts.ad_id_tokens: share of ad-ID tokens trained as <ad_unk>."
+    )
     eval_every: int = Field(1, ge=1)
     patience: int = 2
     torch_threads: int = 2
@@ -321,9 +325,17 @@ def tokenizer_corpus(data: Dataset) -> list[str]:
     return texts
 
 
+def ad_vocabulary(cfg: PipelineConfig, data: Dataset) -> list[str]:
+    """The ads that get their own ad-ID token (every ad of the training data), or none without prompts.ad_id_tokens."""
+    return sorted(data.items) if cfg.prompts.ad_id_tokens else []
+
+
 def prepare_model(cfg: PipelineConfig, data: Dataset, sid_map: SemanticIdMap) -> tuple[Any, Any]:
-    """Tokenizer + model: built-in (fresh BPE + fresh Llama) or a local HF checkpoint extended with S-IDs."""
+    """Tokenizer + model: built-in (fresh BPE + fresh Llama) or a local HF checkpoint extended with S-IDs (and, with
+    prompts.ad_id_tokens, ad-ID tokens after them: the S-ID block stays contiguous)."""
     vocab = sid_vocabulary(sid_map.codebook_sizes)
+    ads = ad_vocabulary(cfg, data)
+    extra = [*vocab, *ad_token_names(len(ads))] if ads else vocab
     tok_dir = cfg.out_dir / "tokenizer"
     if cfg.model.checkpoint is not None:
         model = load_lm(cfg.model.checkpoint)
@@ -331,14 +343,14 @@ def prepare_model(cfg: PipelineConfig, data: Dataset, sid_map: SemanticIdMap) ->
         tok = (
             load_tokenizer(tok_dir)
             if tok_dir.exists()
-            else extend_tokenizer(load_tokenizer(cfg.model.checkpoint), vocab)
+            else extend_tokenizer(load_tokenizer(cfg.model.checkpoint), extra)
         )
         model.resize_token_embeddings(len(tok))
     else:
         if (tok_dir / "tokenizer.json").exists():
             tok = load_tokenizer(tok_dir)
         else:
-            tok = build_tokenizer(tokenizer_corpus(data), vocab, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+            tok = build_tokenizer(tokenizer_corpus(data), extra, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
         m = cfg.model
         model = build_lm(
             LMConfig(
@@ -376,7 +388,10 @@ class Run:
         train_sequences = [ad_ids(e.history) for e in self.split.valid]  # everything before each validation target
         self.sid_map = build_sid_map(self.data, cfg.sids, self.out, train_sequences)
         self.model, self.tok = prepare_model(cfg, self.data, self.sid_map)
-        self.builder = PromptBuilder(self.tok, self.data.items, self.sid_map.sid_of, self.data.content, cfg.prompts)
+        self.ad_vocabulary = ad_vocabulary(cfg, self.data)
+        self.builder = PromptBuilder(
+            self.tok, self.data.items, self.sid_map.sid_of, self.data.content, cfg.prompts, self.ad_vocabulary
+        )
         self.serve_map = live_map(self.sid_map, set(self.data.deleted_at))
         self.profiles = {u: h.profile for u, h in self.data.users.items()}
         self.test = sample_examples(self.split.test, cfg.eval.max_users, cfg.seed)
@@ -386,7 +401,7 @@ class Run:
 
     @property
     def recipe(self) -> ServingRecipe:
-        return ServingRecipe(prompts=self.cfg.prompts, scoring=self.cfg.train.scoring)
+        return ServingRecipe(prompts=self.cfg.prompts, scoring=self.cfg.train.scoring, ad_vocabulary=self.ad_vocabulary)
 
     def recommender(self, name: str = "leadre") -> GenerativeRecommender:
         return GenerativeRecommender(
@@ -442,6 +457,9 @@ class Run:
                 embedding_dropout=t.embedding_dropout,
                 residual_dropout=t.residual_dropout,
                 eval_every=t.eval_every,
+                token_dropout=t.ad_token_dropout if self.builder.ad_tokens is not None else 0.0,
+                token_dropout_block=self.builder.ad_tokens.block if self.builder.ad_tokens is not None else None,
+                token_dropout_to=self.builder.ad_tokens.unk if self.builder.ad_tokens is not None else None,
                 desc=f"stage {i} {key}",
             )
             eval_fn = self.valid_ndcg if "main" in stage else None

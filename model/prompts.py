@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from adgen.core.ad_text import meaningful_categories
 from adgen.core.catalogue import AD_KINDS, POSITIVE_KINDS, ContentItem, HistoryEvent, Item, UserProfile
 from adgen.index.semantic_ids import sid_tokens
+from adgen.model.ad_tokens import AdTokens
 from adgen.model.tokenizer import SOFT_PROMPT_TOKEN
 
 DAY_SECONDS = 86_400.0
@@ -77,6 +78,10 @@ class PromptOptions(BaseModel):
     )
     show_time: bool = Field(
         True, description="sequence layout: '+Nd' days since the previous behaviour (off for data without real times)."
+    )
+    ad_id_tokens: bool = Field(
+        False,
+        description="sequence/sid_only layouts: each ad's own ad-ID token after its S-ID (input only; ad_tokens.py).",
     )
     include_profile: bool = True
     include_summary: bool = True
@@ -138,12 +143,15 @@ class PromptBuilder:
         sid_of: Callable[[str], Sequence[int]],
         content: Mapping[str, ContentItem] | None = None,
         options: PromptOptions | None = None,
+        ad_vocabulary: Sequence[str] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.items = items
         self.sid_of = sid_of
         self.content = content or {}
         self.options = options or PromptOptions()
+        #: with `options.ad_id_tokens`, the ad-ID token of each ad of the checkpoint's vocabulary (model/ad_tokens.py)
+        self.ad_tokens = AdTokens(tokenizer, ad_vocabulary) if self.options.ad_id_tokens else None
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -308,9 +316,11 @@ class PromptBuilder:
 
     def _event_piece(self, event: HistoryEvent, previous: HistoryEvent | None) -> tuple[list[int], list[int], str]:
         opts = self.options
+        ad_id = [self.ad_tokens.id_of(event.ref)] if self.ad_tokens is not None else []
+        ad_text = self.tokenizer.convert_ids_to_tokens(ad_id[0]) if ad_id else ""  # type: ignore[attr-defined]
         if opts.layout == "sid_only":
             sid = self.response_ids(event.ref)
-            return sid, list(sid), self.sid_text(event.ref)
+            return sid + ad_id, sid + [IGNORE] * len(ad_id), self.sid_text(event.ref) + ad_text
         prefix = self._event_prefix(event.kind, event.ts, previous)
         if event.kind in AD_KINDS:
             sid = self.response_ids(event.ref)
@@ -318,9 +328,9 @@ class PromptBuilder:
             after = " " + words if words else ""
             after_ids = self._encode(after) if after else []
             prefix_ids = self._encode(prefix)
-            ids = prefix_ids + sid + after_ids
-            labels = [IGNORE] * len(prefix_ids) + sid + [IGNORE] * len(after_ids)
-            return ids, labels, prefix + self.sid_text(event.ref) + after
+            ids = prefix_ids + sid + ad_id + after_ids
+            labels = [IGNORE] * len(prefix_ids) + sid + [IGNORE] * (len(ad_id) + len(after_ids))
+            return ids, labels, prefix + self.sid_text(event.ref) + ad_text + after
         if event.kind == "content_search":
             what = _short(event.title or event.ref, opts.title_words)
         else:

@@ -26,6 +26,10 @@ class ServingRecipe(BaseModel):
 
     prompts: PromptOptions = PromptOptions()
     scoring: Scoring = Field("vocab", description="'trie' = renormalise over valid trie children when decoding.")
+    ad_vocabulary: list[str] = Field(
+        default_factory=list,
+        description="With prompts.ad_id_tokens: the ad ids whose tokens <ad_0>, <ad_1>, ... the checkpoint knows.",
+    )
 
     @property
     def renormalize(self) -> bool:

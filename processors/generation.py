@@ -84,6 +84,8 @@ class LeadreGenerator:
                 else min(float(window.days), trained.window_days),
             }
         )
+        #: ads with their own ad-ID token in this checkpoint; ads added since training are written as <ad_unk>
+        self.ad_vocabulary = self.recipe.ad_vocabulary
         digest = hashlib.blake2b(digest_size=6)
         for path in sorted(lm_dir.glob("*.safetensors")):
             digest.update(path.read_bytes())
@@ -99,7 +101,9 @@ class LeadreGenerator:
 
         if view.trie is None:
             return [[] for _ in windows]
-        builder = PromptBuilder(self.tokenizer, view.items, view.sids.__getitem__, options=self.options)
+        builder = PromptBuilder(
+            self.tokenizer, view.items, view.sids.__getitem__, options=self.options, ad_vocabulary=self.ad_vocabulary
+        )
         prompts = []
         for w in windows:
             history = w.to_history()
