@@ -20,6 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
+from adgen.figures.amazon_full import aggregate
+from adgen.figures.sources import Sources
 from adgen.model.pipeline import load_config, run_pipeline
 
 
@@ -57,6 +59,10 @@ def main() -> None:
                 shutil.copy(sasrec_metrics, dest / "sasrec_history.json")
             scores = {k: v["ndcg@10"] for k, v in results.items() if isinstance(v, dict) and "ndcg@10" in v}
             print(f"{name} seed {seed}: test ndcg@10 {json.dumps(scores)}", flush=True)
+    # means and sds over every committed run (README's inline figures cite this file)
+    totals = aggregate(Sources(Path(__file__).resolve().parents[1]))
+    (args.out / "aggregate.json").write_text(json.dumps(totals, indent=1))
+    print(f"aggregate -> {args.out / 'aggregate.json'}: ratio {totals.get('ratio_ndcg@10')}")
 
 
 if __name__ == "__main__":

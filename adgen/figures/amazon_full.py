@@ -1,0 +1,189 @@
+"""docs/results.md, issue 13's protocol on the full Amazon Scientific data: every table from docs/data/amazon-full/.
+
+Layout of the data (written by bench/amazon_full.py, bench/tune_sasrec.py and bench/explore_seq_lm.py):
+`<variant>/seed<n>/{eval,summary}.json` per run, `sasrec_tuning.json`, `exploration/*.json`. The variant named
+`leadre` is the configuration chosen on validation; its runs also hold the baselines (same seed, split, users).
+Means are over seeds with the sample standard deviation; a variant with fewer than 3 seeds says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from adgen.figures.regions import region
+from adgen.figures.sources import FigureError, Sources
+
+DATA = Path("docs/data/amazon-full")
+MAIN = "leadre"
+METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
+LABELS = {
+    "leadre": "LEADRE (intent-aware sequence prompt; the chosen config)",
+    "tiger": "same LM, S-ID sequence only (TIGER-style input)",
+    "no_adtok": "LEADRE without ad-ID tokens",
+}
+
+
+def _runs(sources: Sources) -> dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]]:
+    """variant -> [(seed, eval results, summary)] for every committed run, seeds in order."""
+    out: dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]] = {}
+    base = sources.root / DATA
+    for seed_dir in sorted(base.glob("*/seed*/eval.json")):
+        variant, seed = seed_dir.parent.parent.name, int(seed_dir.parent.name.removeprefix("seed"))
+        rel = seed_dir.parent.relative_to(sources.root)
+        out.setdefault(variant, []).append(
+            (seed, sources.data(str(rel / "eval.json")), sources.data(str(rel / "summary.json")))
+        )
+    for runs in out.values():
+        runs.sort(key=lambda r: r[0])
+    return out
+
+
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _model_rows(runs: dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]]) -> list[tuple[str, list[dict]]]:
+    """(label, per-seed results incl. `valid`) for LEADRE's variants and the baselines of the main variant."""
+    rows: list[tuple[str, list[dict]]] = []
+    order = [MAIN, *sorted(v for v in runs if v != MAIN)]
+    for variant in order:
+        if variant not in runs:
+            continue
+        per_seed = [{**r["leadre"], "valid": r.get("valid", {}).get("leadre", {})} for _, r, _ in runs[variant]]
+        rows.append((LABELS.get(variant, variant), per_seed))
+        if variant == MAIN:
+            for baseline in ("sasrec", "popularity"):
+                got = [
+                    {**r[baseline], "valid": r.get("valid", {}).get(baseline, {})}
+                    for _, r, _ in runs[MAIN]
+                    if baseline in r
+                ]
+                if got:
+                    rows.append((baseline if baseline != "sasrec" else "SASRec (tuned on validation)", got))
+    return rows
+
+
+@region("amazon-full-main")
+def main_table(sources: Sources) -> str:
+    runs = _runs(sources)
+    if MAIN not in runs:
+        return "_Not run yet: no `docs/data/amazon-full/leadre/seed*/eval.json` is committed._\n"
+    head = "| model | seeds | " + " | ".join(f"test {m.upper()}" for m in METRICS) + " | valid NDCG@10 |\n"
+    lines = [head, "|---|---:|" + "---:|" * (len(METRICS) + 1) + "\n"]
+    for label, per_seed in _model_rows(runs):
+        cells = [_stat([r[m] for r in per_seed if m in r]) for m in METRICS]
+        valid = _stat([r["valid"]["ndcg@10"] for r in per_seed if "ndcg@10" in r.get("valid", {})])
+        lines.append(f"| {label} | {len(per_seed)} | " + " | ".join(cells) + f" | {valid} |\n")
+    return "".join(lines)
+
+
+@region("amazon-full-verdict")
+def verdict(sources: Sources) -> str:
+    runs = _runs(sources).get(MAIN, [])
+    pairs = [(r["leadre"]["ndcg@10"], r["sasrec"]["ndcg@10"]) for _, r, _ in runs if "sasrec" in r]
+    if not pairs:
+        return "_No run with both LEADRE and SASRec is committed yet._\n"
+    lead, sas = [p[0] for p in pairs], [p[1] for p in pairs]
+    ratio = statistics.mean(lead) / statistics.mean(sas)
+    seeds = ", ".join(str(s) for s, _, _ in runs)
+    goal = "met" if ratio >= 1.0 and len(pairs) >= 3 else "**missed**"
+    lines = [
+        f"- Test NDCG@10, mean over seeds {seeds}: LEADRE {_stat(lead)}, SASRec {_stat(sas)}: "
+        f"**{ratio:.2f}x** (goal >= 1.00x on 3 seeds: {goal}; stretch 1.10x).\n"
+    ]
+    channel = [r["channel"] for _, r, _ in runs if "channel" in r]
+    if channel:
+        merged = [c["hr@20_merged"] for c in channel]
+        base = [c["hr@20_base"] for c in channel]
+        lines.append(
+            f"- As an added channel: HR@20 of SASRec's top 10 merged with LEADRE's top 10 is {_stat(merged)}, "
+            f"against SASRec's own top 20 {_stat(base)} ({statistics.mean(merged) / statistics.mean(base):.2f}x).\n"
+        )
+    walls = [s["timings"].get("wall_s") for _, _, s in runs if s.get("timings", {}).get("wall_s")]
+    if walls:
+        loads = [s.get("loadavg_start", [None])[0] for _, _, s in runs]
+        lines.append(
+            f"- Wall time of one seed (data, S-IDs, training, LEADRE + baselines evaluated on validation and test): "
+            f"{', '.join(f'{w / 60:.1f} min' for w in walls)}; 1-minute load average at each start "
+            f"{', '.join(f'{x:.1f}' if isinstance(x, float) else '?' for x in loads)}.\n"
+        )
+    return "".join(lines)
+
+
+@region("amazon-full-sasrec-tuning")
+def sasrec_tuning(sources: Sources) -> str:
+    ref = str(DATA / "sasrec_tuning.json")
+    try:
+        tuning = sources.data(ref)
+    except FigureError:
+        return "_SASRec tuning not run yet (`bench/tune_sasrec.py`)._\n"
+    lines = [
+        "| hidden | dropout | lr | max_len | best valid NDCG@10 | best epoch | epochs run | seconds |\n",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    ]
+    best = tuning["best"]["params"]
+    for run in tuning["runs"]:
+        p = run["params"]
+        mark = " (chosen)" if p == best else ""
+        lines.append(
+            f"| {p['hidden']} | {p['dropout']} | {p['lr']} | {p['max_len']} | {run['best_valid_ndcg@10']:.4f}{mark} "
+            f"| {run['best_epoch']} | {run['epochs_run']} | {run['seconds']:.0f} |\n"
+        )
+    return "".join(lines)
+
+
+#: what each exploration run changed, in words (its JSON keeps the full argument list)
+EXPLORATION = {
+    "e1_none": "S-IDs from text only; no dropout",
+    "e2_collab": "+ collaborative part in the S-ID embedding (PPMI-SVD, weight 1.0)",
+    "e4_reg": "+ dropout: embedding 0.2, residual 0.2, attention 0.1",
+    "e5_tiereg": "+ tied input/output embeddings",
+    "e7_reg3": "dropout 0.3 and 32 epochs instead",
+}
+
+
+@region("amazon-full-exploration")
+def exploration(sources: Sources) -> str:
+    lines = [
+        "| run | what changed | valid HR@1 | valid HR@10 | valid NDCG@10 | minutes |\n",
+        "|---|---|---:|---:|---:|---:|\n",
+    ]
+    for name, what in EXPLORATION.items():
+        ref = str(DATA / "exploration" / f"{name}.json")
+        d = sources.data(ref)
+        v = d["full_val"]
+        lines.append(
+            f"| {name} | {what} | {v['hr@1']:.4f} | {v['hr@10']:.4f} | {v['ndcg@10']:.4f} | {d['total_s'] / 60:.0f} |\n"
+        )
+    return "".join(lines)
+
+
+def aggregate(sources: Sources) -> dict[str, Any]:
+    """Means and sample sds over seeds of every model's test metrics (what README's inline values cite)."""
+    runs = _runs(sources)
+    models: dict[str, dict[str, Any]] = {}
+    for variant, per_variant in runs.items():
+        names = ["leadre", "sasrec", "popularity"] if variant == MAIN else ["leadre"]
+        for name in names:
+            key = name if variant == MAIN else variant
+            got = [r[name] for _, r, _ in per_variant if name in r]
+            if not got:
+                continue
+            models[key] = {"seeds": [s for s, r, _ in per_variant if name in r]}
+            for metric in METRICS:
+                values = [g[metric] for g in got]
+                models[key][metric] = {
+                    "mean": statistics.mean(values),
+                    "sd": statistics.stdev(values) if len(values) > 1 else None,
+                    "values": values,
+                }
+    out: dict[str, Any] = {"models": models}
+    if "leadre" in models and "sasrec" in models:
+        out["ratio_ndcg@10"] = models["leadre"]["ndcg@10"]["mean"] / models["sasrec"]["ndcg@10"]["mean"]
+    return out
