@@ -195,7 +195,7 @@ def build(runs: Path) -> str:
     amazon = {name: load(runs, name) for _, name, _ in AMAZON}
     main = amazon["amazon-small"]
     out += [
-        "## (b) Amazon Industrial & Scientific (real data)",
+        "## (b) Amazon Industrial & Scientific, 2,000-user subset (superseded by (0): the per-target recipe)",
         "",
         "Ad text = title, description, brand and categories. " + f"Run `amazon-small`: {sizes(main)}.",
         "",

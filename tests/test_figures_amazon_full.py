@@ -1,0 +1,53 @@
+"""docs/results.md section (0) is rendered from docs/data/amazon-full/: the verdict can fail (ratio < 1, or fewer
+than 3 seeds), means and sds are over seeds, and a missing run says so instead of printing a number."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from adgen.figures.amazon_full import aggregate, main_table, verdict
+from adgen.figures.sources import Sources
+
+METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
+
+
+def _run(root: Path, variant: str, seed: int, leadre: float, sasrec: float | None) -> None:
+    d = root / "docs/data/amazon-full" / variant / f"seed{seed}"
+    d.mkdir(parents=True)
+    results = {"leadre": {m: leadre for m in METRICS}, "valid": {"leadre": {"ndcg@10": leadre + 0.01}}}
+    if sasrec is not None:
+        results["sasrec"] = {m: sasrec for m in METRICS}
+        results["channel"] = {"hr@20_merged": 0.15, "hr@20_base": 0.14}
+    (d / "eval.json").write_text(json.dumps(results))
+    (d / "summary.json").write_text(json.dumps({"timings": {"wall_s": 1800.0}, "loadavg_start": [1.0, 1.0, 1.0]}))
+
+
+def test_the_verdict_is_met_only_with_three_seeds_at_or_above_sasrec(tmp_path: Path) -> None:
+    for seed, (lead, sas) in enumerate([(0.080, 0.078), (0.082, 0.079), (0.078, 0.080)]):
+        _run(tmp_path, "leadre", seed, lead, sas)
+    text = verdict(Sources(tmp_path))
+    assert "**1.01x**" in text and "goal >= 1.00x on 3 seeds: met" in text
+    assert "0.0800 ± 0.0020" in text  # LEADRE mean ± sample sd over the 3 seeds
+    assert "30.0 min" in text
+
+
+def test_the_verdict_is_missed_below_sasrec_or_with_fewer_seeds(tmp_path: Path) -> None:
+    _run(tmp_path, "leadre", 0, 0.090, 0.080)
+    assert "missed" in verdict(Sources(tmp_path))  # ahead, but one seed is not the protocol
+    for seed in (1, 2):
+        _run(tmp_path, "leadre", seed, 0.060, 0.080)
+    text = verdict(Sources(tmp_path))
+    assert "**0.87x**" in text and "missed" in text  # 0.0700 / 0.0800
+
+
+def test_tables_and_aggregate_take_baselines_from_the_main_variant_only(tmp_path: Path) -> None:
+    assert "Not run yet" in main_table(Sources(tmp_path))
+    for seed in (0, 1, 2):
+        _run(tmp_path, "leadre", seed, 0.07 + seed * 0.001, 0.08)
+        _run(tmp_path, "tiger", seed, 0.05, None)
+    table = main_table(Sources(tmp_path))
+    assert "TIGER-style" in table and "SASRec (tuned on validation) | 3 |" in table
+    totals = aggregate(Sources(tmp_path))
+    assert totals["models"]["tiger"]["ndcg@10"]["mean"] == 0.05
+    assert abs(totals["ratio_ndcg@10"] - 0.071 / 0.08) < 1e-9
