@@ -8,12 +8,14 @@ Sections, per model (small: hidden 256 x 4 layers; larger: hidden 512 x 8 layers
   (a) HF `generate(num_beams=B, prefix_allowed_tokens_fn=...)` over a dict trie (left-padded batches)
   (b) ours, unconstrained beam search of the same length (the cost of search without the trie)
   (c) ours, trie-constrained
-with 32 prompts of 180-220 tokens, B = K = 20, a 100k-item 5-level trie (64 codes per level). Prints ms per
-prompt, prompts/s, (a)/(c) and (c)/(b), identity of (a) vs (c) top-K, the prefill share and achieved GFLOP/s
-against the machine's matmul rate measured at the start of the run. Then, small model only: a realistic
-request stream with and without the prefix K/V cache, and fp32 vs bf16 vs int8 (speed, top-K overlap).
-The model weights are random (no trained checkpoint is involved): results are about speed and identity,
-not relevance. Timings are medians of `--repeats` runs after one warm-up.
+with 32 prompts of 180-220 tokens, B = K = 20, a 100k-item 5-level trie (64 codes per level). The same
+baseline policy for (a) and (c): the same prompts in batches of each of `--batch-sizes`, every timing the
+median of `--repeats` full passes after a warm-up pass; each side is reported at its own best batch size
+(and the whole sweep). Prints ms per prompt, prompts/s, (a)/(c) and (c)/(b), identity of (a) vs (c) top-K,
+the prefill share and achieved GFLOP/s against the machine's matmul rate measured at the start of the run.
+Then, small model only: a realistic request stream with and without the prefix K/V cache, and fp32 vs
+bf16 vs int8 (speed, top-K overlap). The model weights are random (no trained checkpoint is involved):
+results are about speed and identity, not relevance.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from adgen.index.trie_arrays import TrieArrays
 from adgen.model.decoding import ConstrainedBeamSearch
 from adgen.model.lm import LMConfig, build_lm, quantize_int8
 from adgen.model.prefix_cache import PrefixCacheStats, PrefixKVCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_info import finish, run_info
 
 console = Console(width=170)
 VOCAB = 8192
@@ -123,50 +128,45 @@ def decode_flops(model: PreTrainedModel, prompts: list[list[int]], beams: int, b
 
 # -- (a) HF generate -----------------------------------------------------------------------------------------
 def hf_generate(
-    model: PreTrainedModel, prompts: list[list[int]], items: list[list[int]], beams: int, batch: int
+    model: PreTrainedModel, prompts: list[list[int]], items: list[list[int]], beams: int
 ) -> list[list[tuple[tuple[int, ...], float]]]:
+    """One `generate` call over `prompts` (left-padded), constrained by a dict trie walk."""
     root: dict = {}
     for seq in items:
         node = root
         for tok in seq:
             node = node.setdefault(tok, {})
-    out: list[list[tuple[tuple[int, ...], float]]] = []
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start : start + batch]
-        width = max(len(p) for p in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for i, p in enumerate(chunk):  # left padding, as HF decoder-only generation expects
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding, as HF decoder-only generation expects
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
 
-        def allowed(_batch_id: int, seq: torch.Tensor, width: int = width) -> list[int]:
-            node = root
-            for tok in seq[width:].tolist():
-                node = node[tok]
-            return list(node)
+    def allowed(_batch_id: int, seq: torch.Tensor) -> list[int]:
+        node = root
+        for tok in seq[width:].tolist():
+            node = node[tok]
+        return list(node)
 
-        with torch.inference_mode():
-            res = model.generate(
-                ids,
-                attention_mask=mask,
-                max_new_tokens=LEVELS,
-                num_beams=beams,
-                num_return_sequences=beams,
-                do_sample=False,
-                length_penalty=0.0,
-                prefix_allowed_tokens_fn=allowed,
-                return_dict_in_generate=True,
-                output_scores=True,
-                pad_token_id=0,
-                eos_token_id=None,
-            )
-        seqs = res.sequences[:, width:].view(len(chunk), beams, -1).tolist()
-        scores = res.sequences_scores.view(len(chunk), beams).tolist()
-        out.extend(
-            [[(tuple(s), sc) for s, sc in zip(ss, cs, strict=True)] for ss, cs in zip(seqs, scores, strict=True)]
+    with torch.inference_mode():
+        res = model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=LEVELS,
+            num_beams=beams,
+            num_return_sequences=beams,
+            do_sample=False,
+            length_penalty=0.0,
+            prefix_allowed_tokens_fn=allowed,
+            return_dict_in_generate=True,
+            output_scores=True,
+            pad_token_id=0,
+            eos_token_id=None,
         )
-    return out
+    seqs = res.sequences[:, width:].view(len(prompts), beams, -1).tolist()
+    scores = res.sequences_scores.view(len(prompts), beams).tolist()
+    return [[(tuple(s), sc) for s, sc in zip(ss, cs, strict=True)] for ss, cs in zip(seqs, scores, strict=True)]
 
 
 def identity(ours: list[list[tuple[int, float]]], ref: list[list[tuple[tuple[int, ...], float]]], items) -> dict:
@@ -183,34 +183,63 @@ def identity(ours: list[list[tuple[int, float]]], ref: list[list[tuple[tuple[int
 
 
 # -- sections ------------------------------------------------------------------------------------------------
+def in_batches(fn: Callable[[list[list[int]]], list], prompts: list[list[int]], batch: int) -> list:
+    """`fn` over consecutive chunks of `batch` prompts (the batch policy both decoders get)."""
+    out: list = []
+    for start in range(0, len(prompts), batch):
+        out.extend(fn(prompts[start : start + batch]))
+    return out
+
+
 def bench_model(name: str, cfg: LMConfig, trie, items, prompts, args, machine_gflops: float) -> dict:
+    """(a) and (c) at every batch size of `--batch-sizes`, each the median of `--repeats` full passes over
+    the same prompts after a warm-up pass; the headline ratio compares each one at its own best batch size.
+    (b) runs interleaved with (c) at (c)'s best batch size."""
     console.print(f"[bold]{name}[/bold]: building model {cfg.hidden_size}x{cfg.num_layers}")
     model = build_lm(cfg)
     params = sum(p.numel() for p in model.parameters())
     k = beams = args.beams
     search = ConstrainedBeamSearch(model)
-    # (c) and (b) alternate, so the shared machine's load swings hit both alike
-    (t_c, ours, prefill_share), (t_b, _, _) = timed_alternating(
+    n = len(prompts)
+
+    def ours(batch: list[list[int]]) -> list:
+        return search.generate(batch, trie, k=k, beams=beams)
+
+    def theirs(batch: list[list[int]]) -> list:
+        return hf_generate(model, batch, items, beams)
+
+    sweep: dict[str, dict[str, float]] = {}
+    hf_results: dict[int, list] = {}
+    for batch in args.batch_sizes:
+        t_c, _ = timed(lambda batch=batch: in_batches(ours, prompts, batch), args.repeats)
+        console.print(f"  batch {batch}: (c) {t_c / n * 1000:.1f} ms/prompt; (a) HF generate ...")
+        t_a, hf_results[batch] = timed(lambda batch=batch: in_batches(theirs, prompts, batch), args.repeats)
+        sweep[str(batch)] = {"a_hf_ms_per_prompt": t_a / n * 1000, "c_constrained_ms_per_prompt": t_c / n * 1000}
+        console.print(f"  batch {batch}: (a) {t_a / n * 1000:.0f} ms/prompt")
+    best_a = min(args.batch_sizes, key=lambda b: sweep[str(b)]["a_hf_ms_per_prompt"])
+    best_c = min(args.batch_sizes, key=lambda b: sweep[str(b)]["c_constrained_ms_per_prompt"])
+    # (c) and (b) alternate at (c)'s best batch size, so the shared machine's load swings hit both alike
+    (t_c, ours_out, prefill_share), (t_b, _, _) = timed_alternating(
         search,
         [
-            lambda: search.generate(prompts, trie, k=k, beams=beams),
-            lambda: search.generate_unconstrained(prompts, steps=LEVELS, beams=beams),
+            lambda: in_batches(ours, prompts, best_c),
+            lambda: in_batches(
+                lambda ps: search.generate_unconstrained(ps, steps=LEVELS, beams=beams), prompts, best_c
+            ),
         ],
         args.repeats,
     )
-    hf_prompts = prompts[: args.hf_prompts]
-    console.print(f"  (a) HF generate on {len(hf_prompts)} prompts (slow) ...")
-    t0 = time.perf_counter()
-    ref = hf_generate(model, hf_prompts, items, beams, args.hf_batch)
-    t_a = (time.perf_counter() - t0) / len(hf_prompts) * len(prompts)
-    ident = identity(ours[: len(hf_prompts)], ref, items)
-    n = len(prompts)
+    t_a = sweep[str(best_a)]["a_hf_ms_per_prompt"] * n / 1000
+    ident = identity(ours_out, hf_results[best_a], items)
     flops = decode_flops(model, prompts, beams, LEVELS - 1)
     return {
         "model": name,
         "hidden": cfg.hidden_size,
         "layers": cfg.num_layers,
         "params": params,
+        "batch_sweep": sweep,
+        "a_best_batch": best_a,
+        "c_best_batch": best_c,
         "a_hf_ms_per_prompt": t_a / n * 1000,
         "b_unconstrained_ms_per_prompt": t_b / n * 1000,
         "c_constrained_ms_per_prompt": t_c / n * 1000,
@@ -322,7 +351,9 @@ def bench_precision(cfg: LMConfig, trie, prompts, args) -> dict:
 # -- report --------------------------------------------------------------------------------------------------
 def print_report(result: dict) -> None:
     table = Table(title=f"Constrained decoding, {result['setup']['prompts']} prompts, B=K={result['setup']['beams']}")
-    for col in ["model", "(a) HF ms/p", "(b) ours free ms/p", "(c) ours ms/p", "(c) p/s", "(a)/(c)", "(c)/(b)"]:
+    for col in ["model", "(a) HF ms/p", "(a) batch", "(b) ours free ms/p", "(c) ours ms/p", "(c) batch", "(c) p/s"]:
+        table.add_column(col, justify="right")
+    for col in ["(a)/(c)", "(c)/(b)"]:
         table.add_column(col, justify="right")
     for col in ["a==c order", "prefill %", "GFLOP/s (% matmul)"]:
         table.add_column(col, justify="right")
@@ -331,8 +362,10 @@ def print_report(result: dict) -> None:
         table.add_row(
             f"{r['model']} ({r['params'] / 1e6:.1f}M)",
             f"{r['a_hf_ms_per_prompt']:.0f}",
+            str(r["a_best_batch"]),
             f"{r['b_unconstrained_ms_per_prompt']:.1f}",
             f"{r['c_constrained_ms_per_prompt']:.1f}",
+            str(r["c_best_batch"]),
             f"{r['c_prompts_per_s']:.1f}",
             f"{r['speedup_a_over_c']:.1f}x",
             f"{r['ratio_c_over_b']:.2f}",
@@ -355,9 +388,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--beams", type=int, default=20)
     parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--hf-prompts", type=int, default=32, help="prompts run through HF generate per model")
-    parser.add_argument("--hf-batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes (after one warm-up) for every variant")
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[4, 8, 16, 32], help="prompts per call, same for HF and ours"
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--stream-users", type=int, default=48)
     parser.add_argument("--stream-batch", type=int, default=16)
@@ -367,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
 
+    info = run_info()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     machine = matmul_gflops()
@@ -375,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
     trie = TrieArrays.from_sequences(items, list(range(len(items))))
     prompts = make_prompts(args.prompts)
     result: dict = {
+        "run": info,
         "setup": {
             "prompts": args.prompts,
             "prompt_tokens": [min(map(len, prompts)), max(map(len, prompts))],
@@ -385,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
             "codes_per_level": CODES,
             "threads": args.threads,
             "repeats": args.repeats,
-            "hf_prompts": min(args.hf_prompts, args.prompts),
+            "batch_sizes": args.batch_sizes,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "command": " ".join(sys.argv),
@@ -403,6 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
         console.print("precision variants (small model) ...")
         result["precision"] = bench_precision(MODELS["small"], trie, prompts, args)
     result["machine_matmul_gflops_end"] = matmul_gflops()
+    finish(info)
     print_report(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

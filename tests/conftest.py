@@ -8,13 +8,22 @@ integration test in the project.
   read each other's events or share consumer groups on the one broker.
 - `redis_client`: a client on the runtime's redis-server, db flushed before each test.
 Mark tests that use them `@pytest.mark.integration` (they run in the default suite).
+
+Every skip must name its reason (one without becomes a failure) and the run ends with the list of skips.
+With `ADGEN_RECORD_RESULTS=FILE.json` the outcome, duration and measured facts (`fault_facts`) of every
+test run are merged into FILE by test id; docs/reliability.md renders its table from
+docs/data/reliability/results.json that way.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -77,3 +86,59 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# -- no silent skips ---------------------------------------------------------------------------------------
+_skips: list[tuple[str, str]] = []
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple):
+        return report.longrepr[2].removeprefix("Skipped:").strip()
+    return ""
+
+
+RECORD_ENV = "ADGEN_RECORD_RESULTS"
+_recorded: dict[str, dict[str, Any]] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A skip must say why: one without a reason becomes a failure; every skip is listed at the end.
+    Outcomes are kept for ADGEN_RECORD_RESULTS."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        if not reason:
+            report.outcome = "failed"
+            report.longrepr = f"{item.nodeid} skipped without a reason: give pytest.skip() one"
+        else:
+            _skips.append((item.nodeid, reason))
+    if report.when == "call" or report.outcome != "passed":
+        entry = _recorded.setdefault(item.nodeid, {"duration_s": 0.0})
+        entry["duration_s"] = round(entry["duration_s"] + report.duration, 1)
+        if report.when == "call" or entry.get("outcome", "passed") == "passed":
+            entry["outcome"] = report.outcome
+        entry["slow"] = item.get_closest_marker("slow") is not None
+        entry["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        if report.failed and report.longrepr is not None:
+            entry["error"] = str(report.longrepr).strip().splitlines()[-1][:300]
+        elif report.skipped:
+            entry["reason"] = _skip_reason(report)
+        entry["facts"] = dict(item.user_properties).get("facts", {})
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.section(f"skipped: {len(_skips)}", sep="-", bold=bool(_skips))
+    for nodeid, reason in _skips:
+        terminalreporter.line(f"{nodeid}: {reason}")
+    path = os.environ.get(RECORD_ENV)
+    if path and _recorded:
+        out = Path(path)
+        recorded = json.loads(out.read_text()) if out.exists() else {"tests": {}}
+        recorded["tests"].update(_recorded)
+        recorded["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+        terminalreporter.line(f"recorded {len(_recorded)} test results in {out}")

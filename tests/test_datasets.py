@@ -6,18 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import require_shared, shared_data
 
 from adgen.core.catalogue import leave_one_out
 from adgen.datasets import DatasetFormatError, clean_text, load_amazon, load_items_jsonl, load_jsonl
 
-AMAZON_DIR = Path("/work/shared/datasets/amazon-scientific")
+AMAZON_DIR = shared_data() / "datasets" / "amazon-scientific"
 
 
 @pytest.fixture(scope="module")
 def amazon():
-    if not AMAZON_DIR.is_dir():
-        pytest.skip(f"{AMAZON_DIR} not present")
-    return load_amazon(AMAZON_DIR)
+    return load_amazon(require_shared("datasets/amazon-scientific"))
 
 
 def test_amazon_counts_match_source_md(amazon):

@@ -2,7 +2,8 @@
 
 A figure is named by a *source* and a *path*: the source is a JSON file in the repository (a short name
 `worker` means `bench/results/worker.json`; anything with a `/` is a path from the repo root), the path
-walks into it (`windows.batched.events_per_s`, `models[0].params`, `models[model=small].params`). Every
+walks into it (`windows.batched.events_per_s`, `models[0].params`, `models[model=small].params`,
+`tests["a.py::test_x"].outcome` for keys holding dots). Every
 failure names the file and the path, so a stale document points at what to regenerate.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 RESULTS_DIR = Path("bench/results")
 
-_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]|\[([^=\]]+)=([^\]]+)\]")
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]|\[\"([^\"]+)\"\]|\[([^=\]]+)=([^\]]+)\]")
 
 
 class FigureError(ValueError):
@@ -30,7 +31,7 @@ def source_path(ref: str) -> Path:
 
 
 def parse_path(expr: str) -> list[str | int | tuple[str, str]]:
-    """`a.b[2].c[model=small]` -> ['a', 'b', 2, 'c', ('model', 'small')]; raises on leftovers."""
+    """`a.b[2].c[model=small]["x.y"]` -> ['a', 'b', 2, 'c', ('model', 'small'), 'x.y']; raises on leftovers."""
     steps: list[str | int | tuple[str, str]] = []
     pos = 0
     while pos < len(expr):
@@ -39,9 +40,9 @@ def parse_path(expr: str) -> list[str | int | tuple[str, str]]:
         match = _STEP.match(expr, pos)
         if match is None:
             raise FigureError(f"bad path {expr!r} at character {pos}: expected a key, [index] or [key=value]")
-        key, index, sel_key, sel_value = match.groups()
-        if key is not None:
-            steps.append(key)
+        key, index, quoted, sel_key, sel_value = match.groups()
+        if key is not None or quoted is not None:
+            steps.append(key if key is not None else quoted)
         elif index is not None:
             steps.append(int(index))
         else:

@@ -34,11 +34,14 @@ from adgen.index.snapshot import INDEX_KIND, SnapshotStore, read_index_snapshot
 from adgen.processors.feature_store import UserAds
 from adgen.processors.generation import write_untrained_checkpoint
 from adgen.processors.redis_keys import RedisKeys
+from adgen.processors.window_changelog import CONTROL_PREFIX
+from adgen.processors.window_consumer import BATCH_SIZE, group_id
 from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
 from adgen.runtime import EmbeddedRuntime, runtime_env
 from adgen.runtime.processes import free_port
-from adgen.streams.events import USER_BEHAVIOR_ADAPTER, AdRequest
+from adgen.streams.events import USER_BEHAVIOR_ADAPTER, AdClick, AdRequest
 from adgen.streams.producer import EventProducer
+from adgen.streams.topics import USER_BEHAVIOR, WINDOW_CHANGELOG, topic_name
 
 ADGEN = str(Path(sys.executable).with_name("adgen"))
 
@@ -112,12 +115,56 @@ def build_assets(root: Path, users: int = 20, ads: int = 40, seed: int = 7) -> A
     return assets
 
 
+def read_topic(bootstrap: str, topic: str, partitions: int, idle_polls: int = 6) -> list[Any]:
+    """Every record of `topic` from offset 0 (a fresh reader, no group offsets), until it is idle."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time_ns()}"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records: list[Any] = []
+    idle, deadline = 0, time.monotonic() + 60
+    while (idle < idle_polls or not records) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error() is not None:
+            idle += 1
+            continue
+        idle = 0
+        records.append(msg)
+    consumer.close()
+    return records
+
+
+@dataclass(frozen=True)
+class KillCheck:
+    """What a SIGKILL interrupted, read from the broker right after it (the worker can no longer commit).
+
+    `in_flight` are events the killed worker had folded into window rows acknowledged on the changelog
+    (so its batch had passed decode and fold) at input offsets at or past its group's committed offset:
+    the batch was not committed when the kill landed, and these events are delivered again on restart.
+    """
+
+    committed: dict[int, int]
+    in_flight: list[str]
+
+    @property
+    def landed_in_batch(self) -> bool:
+        return bool(self.in_flight)
+
+    @property
+    def redeliveries(self) -> int:
+        return len(self.in_flight)
+
+
+#: Re-deliveries after one kill are bounded by what one worker has processed but not committed: every batch
+#: commits at its end (a failed commit is retried with the next), so at most one batch of this many events.
+REDELIVERY_BOUND = BATCH_SIZE
+
+
 @dataclass
 class WorkerProc:
     name: str
     process: subprocess.Popen[bytes]
     metrics_port: int
     log_path: Path
+    web_port: int = 0
     last_metrics: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
@@ -174,28 +221,32 @@ class Stack:
     def start_worker(self, name: str = "w1", wait: bool = True, **env: str) -> WorkerProc:
         """`adgen worker` with its own state dir (RocksDB) and metrics port; waits until its index is live."""
         self.runs += 1
-        port = free_port()
+        port, web_port = free_port(), free_port()
         log_path = self.root / f"worker-{name}-{self.runs}.log"
         worker_env = {
             **self.env,
             "ADGEN_PATHS__STATE": str(self.root / f"state-{name}"),
             "ADGEN_WORKER__METRICS_PORT": str(port),
-            "ADGEN_WORKER__WEB_PORT": str(free_port()),
+            "ADGEN_WORKER__WEB_PORT": str(web_port),
             **env,
         }
         with open(log_path, "wb") as log:
             process = subprocess.Popen([ADGEN, "worker"], env=worker_env, stdout=log, stderr=log)
-        worker = WorkerProc(name, process, port, log_path)
+        worker = WorkerProc(name, process, port, log_path, web_port)
         self.workers[name] = worker
         if wait:
-
-            def up() -> bool:
-                if not worker.alive():
-                    raise AssertionError(f"worker {name} exited: {log_path.read_text()[-3000:]}")
-                return worker.metrics().get("adgen_index_live_ads", 0) > 0
-
-            wait_for(up, 240, f"worker {name} start-up")
+            self.wait_started(worker)
         return worker
+
+    def wait_started(self, worker: WorkerProc, timeout_s: float = 240) -> None:
+        """Until the worker's live index holds ads (it serves from then on); fails if the worker exits."""
+
+        def up() -> bool:
+            if not worker.alive():
+                raise AssertionError(f"worker {worker.name} exited: {worker.log_path.read_text()[-3000:]}")
+            return worker.metrics().get("adgen_index_live_ads", 0) > 0
+
+        wait_for(up, timeout_s, f"worker {worker.name} start-up")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> WorkerProc:
         worker = self.workers.pop(name)
@@ -335,6 +386,80 @@ class Stack:
             wrong = self.mismatches(require_lists=True)[:8]
             raise AssertionError(f"{exc}; still wrong: {wrong}; workers: {state}") from None
         return t1 + t2
+
+    # -- what a kill interrupted ---------------------------------------------------------------------------
+    def committed_offsets(self) -> dict[int, int]:
+        """The window consumer group's committed offsets on user-behavior, per partition (-1: none yet)."""
+        topic = topic_name(USER_BEHAVIOR, self.settings.kafka.topic_prefix)
+        consumer = Consumer(
+            {"bootstrap.servers": self.settings.kafka.bootstrap_servers, "group.id": group_id(self.settings)}
+        )
+        try:
+            parts = [TopicPartition(topic, p) for p in range(USER_BEHAVIOR.partitions)]
+            return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
+        finally:
+            consumer.close()
+
+    def event_offsets(self) -> dict[str, tuple[int, int]]:
+        """event id -> (partition, lowest offset) of every good event on user-behavior."""
+        topic = topic_name(USER_BEHAVIOR, self.settings.kafka.topic_prefix)
+        offsets: dict[str, tuple[int, int]] = {}
+        for msg in read_topic(self.settings.kafka.bootstrap_servers, topic, USER_BEHAVIOR.partitions):
+            try:
+                event_id = USER_BEHAVIOR_ADAPTER.validate_json(msg.value()).event_id
+            except ValueError:
+                continue
+            where = (msg.partition(), msg.offset())
+            offsets[event_id] = min(offsets.get(event_id, where), where)
+        return offsets
+
+    def changelog_event_ids(self) -> set[str]:
+        """Every event id folded into a window row on the changelog (events, profile update, ad request)."""
+        topic = topic_name(WINDOW_CHANGELOG, self.settings.kafka.topic_prefix)
+        ids: set[str] = set()
+        for msg in read_topic(self.settings.kafka.bootstrap_servers, topic, WINDOW_CHANGELOG.partitions):
+            if not msg.key() or msg.key().startswith(CONTROL_PREFIX):
+                continue
+            window = UserWindow.from_bytes(msg.value())
+            ids.update(e.event_id for e in window.events)
+            ids.update(i for i in (window.profile_key[1], window.last_request_id) if i)
+        return ids
+
+    def kill_check(self) -> KillCheck:
+        """Call right after a SIGKILL, before the restart: which folded events the kill left uncommitted."""
+        committed = self.committed_offsets()
+        offsets = self.event_offsets()
+
+        def uncommitted(event_id: str) -> bool:
+            partition, offset = offsets[event_id]
+            mark = committed.get(partition, -1)
+            return mark < 0 or offset >= mark  # no commit yet on that partition: nothing of it is committed
+
+        in_flight = sorted(e for e in self.changelog_event_ids() if e in offsets and uncommitted(e))
+        return KillCheck(committed, in_flight)
+
+    def kill_mid_batch(self, name: str, pause_s: float = 3.0) -> KillCheck:
+        """SIGKILL a worker while a behaviour batch is in flight, and prove it from the broker afterwards.
+
+        Redis writes are paused (`CLIENT PAUSE ... WRITE`, a stalled feature store) and a few events are
+        produced: the worker's next batch folds them, gets its changelog rows acknowledged and then blocks
+        on its Redis write, before its offset commit. The kill lands there; `kill_check` must then find
+        the batch's events on the changelog past the committed offsets (the caller asserts it)."""
+        users = sorted(self.world_user_events())[:4]
+        at = datetime.now(UTC)
+        r = self.redis()
+        try:
+            r.execute_command("CLIENT", "PAUSE", str(int(pause_s * 1000)), "WRITE")
+            self.produce(
+                AdClick(event_id=f"mid-batch-{self.runs}-{i}", event_time=at, user_id=u, ad_id="mid-batch-ad")
+                for i, u in enumerate(users)
+            )
+            time.sleep(pause_s / 2)  # > one batch wait (0.2 s) plus the changelog round trip
+            self.kill(name, signal.SIGKILL)
+        finally:
+            r.execute_command("CLIENT", "UNPAUSE")
+            r.close()
+        return self.kill_check()
 
     def dead_letters(self) -> list[dict[str, Any]]:
         topic = self.settings.kafka.topic_prefix + "dead-letter"
