@@ -428,7 +428,18 @@ def main() -> None:
     if args.child:
         child(args.child, args.events, args.result)
         return
-    result: dict = {"started_at": datetime.now(UTC).isoformat(), "cpus": os.cpu_count(), "load": os.getloadavg()}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run_info import finish, run_info
+
+    info = run_info()
+    result: dict = {
+        "started_at": datetime.now(UTC).isoformat(),
+        "cpus": os.cpu_count(),
+        "load": os.getloadavg(),
+        "users": args.users,
+        "events": args.events,
+        "run": info,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
         work = Path(tmp)
         if args.skip != "windows":
@@ -444,6 +455,7 @@ def main() -> None:
             print(f"generation: {args.gen_users} users, {args.ads:,} ads")
             result["generation"] = bench_generation(args, work)
             print(f"  generation/decoder = {result['generation']['generation_vs_decoder']:.2f}")
+    finish(info)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

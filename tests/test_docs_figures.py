@@ -85,6 +85,12 @@ def test_formats_scale_and_refuse_what_they_cannot_print() -> None:
     assert format_value(0.878, ".1%") == "87.8%"
     assert format_value(1.2345678) == "1.235"
     assert format_value(True, "met") == "met"
+    assert format_value(40.5, ">=35") == "met" and format_value(1.2, "<=1.1") == "**missed**"
+    assert walk({"tests": {"a.py::t[1]": {"ok": 1}}}, 'tests["a.py::t[1]"].ok') == 1
+    rows = {"n": [{"level": "a", "k": 10, "v": 1}, {"level": "b", "k": 10, "v": 2}]}
+    assert walk(rows, "n[level=b,k=10].v") == 2
+    with pytest.raises(FigureError, match="2 items with k=10"):
+        walk(rows, "n[k=10].v")
     with pytest.raises(FigureError):
         format_value("text", ".1f")
     with pytest.raises(FigureError):

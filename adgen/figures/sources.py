@@ -16,7 +16,7 @@ from typing import Any
 
 RESULTS_DIR = Path("bench/results")
 
-_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]|\[\"([^\"]+)\"\]|\[([^=\]]+)=([^\]]+)\]")
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]|\[\"([^\"]+)\"\]|\[([^\]]+=[^\]]+)\]")
 
 
 class FigureError(ValueError):
@@ -30,9 +30,13 @@ def source_path(ref: str) -> Path:
     return RESULTS_DIR / f"{ref}.json"
 
 
-def parse_path(expr: str) -> list[str | int | tuple[str, str]]:
-    """`a.b[2].c[model=small]["x.y"]` -> ['a', 'b', 2, 'c', ('model', 'small'), 'x.y']; raises on leftovers."""
-    steps: list[str | int | tuple[str, str]] = []
+Selector = tuple[tuple[str, str], ...]
+
+
+def parse_path(expr: str) -> list[str | int | Selector]:
+    """`a.b[2].c[model=small,k=10]["x.y"]` -> ['a', 'b', 2, 'c', (('model', 'small'), ('k', '10')), 'x.y'];
+    raises on leftovers."""
+    steps: list[str | int | Selector] = []
     pos = 0
     while pos < len(expr):
         if expr[pos] == "." and pos > 0:
@@ -40,13 +44,16 @@ def parse_path(expr: str) -> list[str | int | tuple[str, str]]:
         match = _STEP.match(expr, pos)
         if match is None:
             raise FigureError(f"bad path {expr!r} at character {pos}: expected a key, [index] or [key=value]")
-        key, index, quoted, sel_key, sel_value = match.groups()
+        key, index, quoted, selector = match.groups()
         if key is not None or quoted is not None:
             steps.append(key if key is not None else quoted)
         elif index is not None:
             steps.append(int(index))
         else:
-            steps.append((sel_key, sel_value))
+            pairs = [part.partition("=") for part in selector.split(",")]
+            if any(not k or not eq for k, eq, _ in pairs):
+                raise FigureError(f"bad selector [{selector}] in {expr!r}: expected [key=value,key=value]")
+            steps.append(tuple((k.strip(), v.strip()) for k, _, v in pairs))
         pos = match.end()
     if not steps:
         raise FigureError("empty path")
@@ -64,16 +71,15 @@ def walk(data: Any, expr: str, where: str = "") -> Any:
             node = node[step]
             done.append(f"[{step}]")
         elif isinstance(step, tuple):
-            key, wanted = step
-            hits = (
-                [x for x in node if isinstance(x, dict) and str(x.get(key)) == wanted] if isinstance(node, list) else []
-            )
+            items = node if isinstance(node, list) else []
+            hits = [x for x in items if isinstance(x, dict) and all(str(x.get(k)) == v for k, v in step)]
+            wanted = ",".join(f"{k}={v}" for k, v in step)
             if len(hits) != 1:
                 raise FigureError(
-                    f"{where}: {'.'.join(done) or '<root>'} has {len(hits)} items with {key}={wanted} (path {expr!r})"
+                    f"{where}: {'.'.join(done) or '<root>'} has {len(hits)} items with {wanted} (path {expr!r})"
                 )
             node = hits[0]
-            done.append(f"[{key}={wanted}]")
+            done.append(f"[{wanted}]")
         else:
             if not isinstance(node, dict) or step not in node:
                 raise FigureError(f"{where}: {'.'.join(done) or '<root>'} has no key {step!r} (path {expr!r})")
@@ -86,17 +92,27 @@ def walk(data: Any, expr: str, where: str = "") -> Any:
 NAMED_FORMATS: dict[str, dict[Any, str]] = {
     "met": {True: "met", False: "**missed**"},
     "yesno": {True: "yes", False: "no"},
+    "pass": {True: "PASS", False: "**FAIL**"},
 }
 
 
 def format_value(value: Any, spec: str = "") -> str:
     """Print `value` per `spec`: a Python format spec (`,.0f`, `.1%`), optionally after a scale
-    (`/1e6:.1f` divides, `*1000:.0f` multiplies), or a named format (`met`: True -> met, False -> **missed**).
+    (`/1e6:.1f` divides, `*1000:.0f` multiplies), a named format (`met`: True -> met, False -> **missed**)
+    or a target (`>=35`, `<=1.1`: met or **missed**).
     Without a spec, floats print with 4 significant digits and everything else as is."""
     if spec in NAMED_FORMATS:
         if not isinstance(value, bool):
             raise FigureError(f"format {spec!r} needs a boolean, got {value!r}")
         return NAMED_FORMATS[spec][value]
+    if spec[:2] in (">=", "<="):  # a target: "met" or "**missed**"
+        try:
+            bound = float(spec[2:])
+        except ValueError as exc:
+            raise FigureError(f"bad target {spec!r}: expected >=NUMBER or <=NUMBER") from exc
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise FigureError(f"target {spec!r} needs a number, got {value!r}")
+        return NAMED_FORMATS["met"][value >= bound if spec[0] == ">" else value <= bound]
     factor = 1.0
     if spec[:1] in ("*", "/"):
         factor_text, _, rest = spec[1:].partition(":")

@@ -136,12 +136,14 @@ def read_topic(bootstrap: str, topic: str, partitions: int, idle_polls: int = 6)
 class KillCheck:
     """What a SIGKILL interrupted, read from the broker right after it (the worker can no longer commit).
 
-    `in_flight` are events the killed worker had folded into window rows acknowledged on the changelog
-    (so its batch had passed decode and fold) at input offsets at or past its group's committed offset:
-    the batch was not committed when the kill landed, and these events are delivered again on restart.
+    `uncommitted` are events folded into window rows acknowledged on the changelog, at input offsets at or
+    past the group's committed offset: processed but not committed, so delivered again on restart.
+    `in_flight` are those produced after the killed worker started, so folded by it: its batch had passed
+    decode, fold and the changelog, and the kill landed before its commit.
     """
 
     committed: dict[int, int]
+    uncommitted: list[str]
     in_flight: list[str]
 
     @property
@@ -150,7 +152,7 @@ class KillCheck:
 
     @property
     def redeliveries(self) -> int:
-        return len(self.in_flight)
+        return len(self.uncommitted)
 
 
 #: Re-deliveries after one kill are bounded by what one worker has processed but not committed: every batch
@@ -165,6 +167,7 @@ class WorkerProc:
     metrics_port: int
     log_path: Path
     web_port: int = 0
+    started_at: float = field(default_factory=time.time)
     last_metrics: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
@@ -400,16 +403,17 @@ class Stack:
         finally:
             consumer.close()
 
-    def event_offsets(self) -> dict[str, tuple[int, int]]:
-        """event id -> (partition, lowest offset) of every good event on user-behavior."""
+    def event_offsets(self) -> dict[str, tuple[int, int, float]]:
+        """event id -> (partition, lowest offset, its record timestamp in epoch s) of every good event on
+        user-behavior."""
         topic = topic_name(USER_BEHAVIOR, self.settings.kafka.topic_prefix)
-        offsets: dict[str, tuple[int, int]] = {}
+        offsets: dict[str, tuple[int, int, float]] = {}
         for msg in read_topic(self.settings.kafka.bootstrap_servers, topic, USER_BEHAVIOR.partitions):
             try:
                 event_id = USER_BEHAVIOR_ADAPTER.validate_json(msg.value()).event_id
             except ValueError:
                 continue
-            where = (msg.partition(), msg.offset())
+            where = (msg.partition(), msg.offset(), msg.timestamp()[1] / 1000)
             offsets[event_id] = min(offsets.get(event_id, where), where)
         return offsets
 
@@ -425,18 +429,21 @@ class Stack:
             ids.update(i for i in (window.profile_key[1], window.last_request_id) if i)
         return ids
 
-    def kill_check(self) -> KillCheck:
-        """Call right after a SIGKILL, before the restart: which folded events the kill left uncommitted."""
+    def kill_check(self, killed: WorkerProc) -> KillCheck:
+        """Call right after a SIGKILL, before the restart: which folded events the kill left uncommitted.
+
+        Events produced after the killed worker started can only have been folded by it (one worker at a
+        time in the kill loop), so those among the uncommitted ones prove its batch was in flight."""
         committed = self.committed_offsets()
         offsets = self.event_offsets()
 
         def uncommitted(event_id: str) -> bool:
-            partition, offset = offsets[event_id]
+            partition, offset, _ = offsets[event_id]
             mark = committed.get(partition, -1)
             return mark < 0 or offset >= mark  # no commit yet on that partition: nothing of it is committed
 
-        in_flight = sorted(e for e in self.changelog_event_ids() if e in offsets and uncommitted(e))
-        return KillCheck(committed, in_flight)
+        left = sorted(e for e in self.changelog_event_ids() if e in offsets and uncommitted(e))
+        return KillCheck(committed, left, [e for e in left if offsets[e][2] >= killed.started_at])
 
     def kill_mid_batch(self, name: str, pause_s: float = 3.0) -> KillCheck:
         """SIGKILL a worker while a behaviour batch is in flight, and prove it from the broker afterwards.
@@ -455,11 +462,11 @@ class Stack:
                 for i, u in enumerate(users)
             )
             time.sleep(pause_s / 2)  # > one batch wait (0.2 s) plus the changelog round trip
-            self.kill(name, signal.SIGKILL)
+            killed = self.kill(name, signal.SIGKILL)
         finally:
             r.execute_command("CLIENT", "UNPAUSE")
             r.close()
-        return self.kill_check()
+        return self.kill_check(killed)
 
     def dead_letters(self) -> list[dict[str, Any]]:
         topic = self.settings.kafka.topic_prefix + "dead-letter"

@@ -44,10 +44,10 @@ def _kill_loop(stack: Stack, kills: int, seed: int, rate: float, startup_kills: 
         if i < aimed:
             checks.append(stack.kill_mid_batch("w1"))
         else:
-            stack.kill("w1", signal.SIGKILL)
-            checks.append(stack.kill_check())
+            checks.append(stack.kill_check(stack.kill("w1", signal.SIGKILL)))
         print(f"\n[faults] kill {i}: {'mid-batch' if checks[-1].landed_in_batch else 'between batches'}, "
-              f"{checks[-1].redeliveries} folded events uncommitted", flush=True)  # fmt: skip
+              f"{len(checks[-1].in_flight)} of its folded events uncommitted, {checks[-1].redeliveries} in all",
+              flush=True)  # fmt: skip
         if rng.random() < startup_kills:  # also die before the restarted worker has even joined the group
             during_startup += 1
             stack.start_worker("w1", wait=False)
@@ -130,7 +130,7 @@ def test_two_workers_in_one_group_one_killed_the_survivor_takes_over_and_nothing
         producer = stack.produce_world(100)
         wait_for(lambda: stack.workers["w2"].metrics().get(BEHAVIOUR_EVENTS, 0) > 50, 120, "w2 to take a share")
         killed = stack.kill("w2", signal.SIGKILL)
-        check = stack.kill_check()
+        check = stack.kill_check(killed)
         assert producer.wait(timeout=600) == 0
         stack.converge()
         assert stack.mismatches(require_lists=True) == []
