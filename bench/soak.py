@@ -408,7 +408,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         end = started + args.minutes * 60
         next_sample = started + args.sample_s
         sent_good, sent_search, sent_at_sample, large_sent = 0, 0, 0, 0
-        garbage_at_sample = 0
+        garbage_at_sample, next_large = 0, 0.0
         before, before_t = worker.metrics(), started
         while (now := time.monotonic()) < end:
             t = now - started
@@ -421,10 +421,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 producer.send(event)
                 sent_good += 1
                 sent_search += isinstance(event, SearchQuery)
-            if garbage_phase and large_sent < int(t):
+            if garbage_phase and now >= next_large:  # one large message per second of garbage phase
                 key, value = GARBAGE_LARGE[large_sent % len(GARBAGE_LARGE)]
                 producer.send_raw("user-behavior", key, value)
                 large_sent += 1
+                next_large = now + 1.0
             if now >= next_sample:
                 m = worker.metrics()
                 dt = now - before_t
@@ -466,11 +467,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         producer.flush()
         producer.close()
         probe.stopping.set()
-        drain_deadline = time.monotonic() + 120  # the topic path must answer every query it was given
-        served = worker.metrics().get(SEARCH_EVENTS, 0.0)
+        # the topic path must answer every query it was given (the world's own queries are counted too)
+        with open(assets.world / "events" / "search-queries.jsonl", "rb") as f:
+            world_queries = sum(1 for _ in f)
+        drain_deadline = time.monotonic() + 120
+        served = worker.metrics().get(SEARCH_EVENTS, 0.0) - world_queries
         while served < sent_search and time.monotonic() < drain_deadline:
             time.sleep(1)
-            served = worker.metrics().get(SEARCH_EVENTS, 0.0)
+            served = worker.metrics().get(SEARCH_EVENTS, 0.0) - world_queries
         lag.close()
         garbage_stop.set()
         garbage.join(60)

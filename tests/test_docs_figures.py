@@ -97,3 +97,18 @@ def test_formats_scale_and_refuse_what_they_cannot_print() -> None:
         format_value(3.0, "met")
     with pytest.raises(FigureError):
         walk({"a": [1]}, "a[3]")
+
+
+def test_bench_report_command_checks_then_rewrites_the_documents(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from adgen.cli import app
+
+    (repo / "docs/page.md").write_text("<!-- value: speed events_per_s .0f -->0<!-- end value -->\n")
+    monkeypatch.chdir(repo)
+    runner = CliRunner()
+    stale = runner.invoke(app, ["bench", "report", "--check"])
+    assert stale.exit_code == 1 and "shows '0', JSON gives '34557'" in stale.output
+    assert runner.invoke(app, ["bench", "report"]).exit_code == 0
+    assert (repo / "docs/benchmarks.png").exists()  # the overview plot is redrawn too
+    assert runner.invoke(app, ["bench", "report", "--check"]).exit_code == 0

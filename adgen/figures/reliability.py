@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adgen.figures.regions import region
-from adgen.figures.sources import FigureError, Sources
+from adgen.figures.sources import FigureError, Sources, derived
 
 RESULTS = "docs/data/reliability/results.json"
 WORKER = "tests/reliability/test_worker_faults.py::"
@@ -297,3 +297,33 @@ def soak_verdicts(sources: Sources) -> str:
         cells = ["pass" if r["verdicts"][key] else "**FAIL**" for r in runs.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _summary(tests: dict[str, Any], prefix: str) -> dict[str, Any]:
+    entries = _matching(tests, prefix)
+    facts = [e["facts"] for e in entries]
+    return {
+        "runs": len(entries),
+        "passed": sum(e["outcome"] == "passed" for e in entries),
+        "all_passed": bool(entries) and all(e["outcome"] == "passed" for e in entries),
+        "last": max((e["finished_at"][:10] for e in entries), default="never"),
+        "facts": facts[0] if len(facts) == 1 else {},
+        "broker_lost_events": sum(f.get("broker_lost_events", 0) for f in facts),
+    }
+
+
+@derived("reliability")
+def reliability_summary(sources: Sources) -> dict[str, Any]:
+    """Counts over the recorded fault tests, for figures outside the table (README)."""
+    tests = sources.get(RESULTS, "tests")
+    return {
+        "kill_default": _summary(tests, GUARANTEES[0].tests[0].test),
+        "kill_slow": _summary(tests, GUARANTEES[0].tests[1].test),
+        "rebalance": _summary(tests, WORKER + "test_two_workers_in_one_group_one_killed"),
+        "redis": _summary(tests, WORKER + "test_redis_sigkilled_and_restarted_mid_run"),
+        "broker_records": _summary(
+            tests, WORKER + "test_broker_sigkilled_on_s3_storage_keeps_every_acknowledged_record"
+        ),
+        "broker_restart": _summary(tests, WORKER + "test_broker_sigkilled_and_restarted_on_s3_storage"),
+        "snapshot_disk_full": _summary(tests, WORKER + "test_snapshot_disk_full_in_a_running_worker"),
+    }

@@ -3,7 +3,8 @@
 A figure is named by a *source* and a *path*: the source is a JSON file in the repository (a short name
 `worker` means `bench/results/worker.json`; anything with a `/` is a path from the repo root), the path
 walks into it (`windows.batched.events_per_s`, `models[0].params`, `models[model=small].params`,
-`tests["a.py::test_x"].outcome` for keys holding dots). Every
+`tests["a.py::test_x"].outcome` for keys holding dots); `@name` is a figure computed from committed JSON
+by a function registered with `@derived`. Every
 failure names the file and the path, so a stale document points at what to regenerate.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,19 @@ _STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]|\[\"([^\"]+)\"\]|\[([^\]]+=[^\]]+)\]"
 
 class FigureError(ValueError):
     """A figure cannot be rendered: missing file, missing key, wrong type or a bad format spec."""
+
+
+#: Figures computed from committed JSON (e.g. counts over many test results), read as `@name` sources;
+#: registered with `@derived("name")` next to the renderers that need them.
+DERIVED: dict[str, Callable[[Sources], Any]] = {}
+
+
+def derived(name: str) -> Callable[[Callable[[Sources], Any]], Callable[[Sources], Any]]:
+    def register(fn: Callable[[Sources], Any]) -> Callable[[Sources], Any]:
+        DERIVED[name] = fn
+        return fn
+
+    return register
 
 
 def source_path(ref: str) -> Path:
@@ -148,7 +163,12 @@ class Sources:
         return self.root / source_path(ref)
 
     def data(self, ref: str) -> Any:
-        """The parsed JSON of a source; a missing or broken file is a FigureError naming it."""
+        """The parsed JSON of a source (or an `@name` derived source); a missing or broken file is a
+        FigureError naming it."""
+        if ref.startswith("@"):
+            if ref[1:] not in DERIVED:
+                raise FigureError(f"no derived source {ref!r} (known: {', '.join(sorted(DERIVED))})")
+            return DERIVED[ref[1:]](self)
         path = self.path(ref)
         if path not in self._cache:
             if not path.is_file():
@@ -162,7 +182,7 @@ class Sources:
         return self._cache[path]
 
     def get(self, ref: str, expr: str) -> Any:
-        return walk(self.data(ref), expr, str(source_path(ref)))
+        return walk(self.data(ref), expr, ref if ref.startswith("@") else str(source_path(ref)))
 
     def fmt(self, ref: str, expr: str, spec: str = "") -> str:
         """One figure as the document prints it."""
