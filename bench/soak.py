@@ -32,6 +32,7 @@ average at the start and the end, and every sample (the PNG next to it plots the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -408,7 +409,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         end = started + args.minutes * 60
         next_sample = started + args.sample_s
         sent_good, sent_search, sent_at_sample, large_sent = 0, 0, 0, 0
-        garbage_at_sample, next_large = 0, 0.0
+        garbage_at_sample, next_large, unresponsive = 0, 0.0, 0
         before, before_t = worker.metrics(), started
         while (now := time.monotonic()) < end:
             t = now - started
@@ -427,7 +428,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 large_sent += 1
                 next_large = now + 1.0
             if now >= next_sample:
-                m = worker.metrics()
+                try:
+                    m = worker.metrics()
+                except OSError as exc:  # the worker did not answer its scrape: a failed interval, not a crash
+                    unresponsive += 1
+                    print(f"t={t:5.0f}s worker metrics did not answer ({exc}); interval counted as unresponsive")
+                    next_sample += args.sample_s
+                    continue
                 dt = now - before_t
                 garbage_now = garbage_sent.value + large_sent
                 committed_lag = lag.committed_lag()
@@ -471,16 +478,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with open(assets.world / "events" / "search-queries.jsonl", "rb") as f:
             world_queries = sum(1 for _ in f)
         drain_deadline = time.monotonic() + 120
-        served = worker.metrics().get(SEARCH_EVENTS, 0.0) - world_queries
+        served = -1.0
         while served < sent_search and time.monotonic() < drain_deadline:
+            with contextlib.suppress(OSError):
+                served = worker.metrics().get(SEARCH_EVENTS, 0.0) - world_queries
             time.sleep(1)
-            served = worker.metrics().get(SEARCH_EVENTS, 0.0) - world_queries
         lag.close()
         garbage_stop.set()
         garbage.join(60)
     finally:
         stack.stop()
     extras = {
+        "unresponsive_intervals": unresponsive,
         "capacity": capacity,
         "garbage_rate_target": garbage_rate,
         "events_sent_good": sent_good,
@@ -565,6 +574,7 @@ def judge(args: argparse.Namespace, samples: list[dict[str, Any]], extras: dict[
             and figures["search_topic_served_share"] >= 1.0
         ),
     }
+    verdicts["worker_always_answered"] = extras.get("unresponsive_intervals", 0) == 0
     verdicts["pass"] = all(verdicts.values())
     targets = {
         "garbage_over_capacity_min": 0.5,

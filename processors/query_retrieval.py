@@ -283,7 +283,8 @@ def aiohttp_app(service: SearchService) -> Any:
     from aiohttp import web
 
     async def search(request: web.Request) -> web.Response:
-        status, body = handle_search_params(service, _params_from_request(request))
+        # in a worker thread, like the agent: a model-path query must never stall the event loop
+        status, body = await asyncio.to_thread(handle_search_params, service, _params_from_request(request))
         return web.json_response(body, status=status)
 
     app = web.Application()
@@ -298,7 +299,8 @@ def register_search_view(app: Any, service: SearchService) -> None:
     @app.page("/search")
     class SearchView(faust_web.View):  # type: ignore[misc]
         async def get(self, request: faust_web.Request) -> faust_web.Response:
-            status, body = handle_search_params(service, _params_from_request(request))
+            # in a worker thread: on the loop, each query stalled the whole worker (found by bench/soak.py)
+            status, body = await asyncio.to_thread(handle_search_params, service, _params_from_request(request))
             return self.json(body, status=status)
 
 

@@ -288,6 +288,7 @@ def soak_verdicts(sources: Sources) -> str:
         ("memory flat", "memory_flat"),
         ("lag bounded", "lag_bounded"),
         ("search served", "search_served"),
+        ("worker answered every scrape", "worker_always_answered"),
         ("**verdict**", "pass"),
     ]
     lines = ["| | " + " | ".join(runs) + " |", "| --- |" + " --- |" * len(runs)]

@@ -257,7 +257,11 @@ class Stack:
             with contextlib.suppress(OSError):  # keep its last counters for the report
                 worker.metrics()
             worker.process.send_signal(sig)
-            worker.process.wait(timeout=60)
+            try:
+                worker.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # a stuck shutdown must not leave the worker behind
+                worker.process.kill()
+                worker.process.wait(timeout=30)
         return worker
 
     # -- events --------------------------------------------------------------------------------------------
