@@ -61,7 +61,7 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str, poll_s: flo
 
 def scrape(port: int) -> dict[str, float]:
     """Prometheus text -> {'name{labels}': value} (summed per name under 'name')."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     out: dict[str, float] = defaultdict(float)
     for line in text.splitlines():
@@ -241,8 +241,9 @@ class Stack:
             self.wait_started(worker)
         return worker
 
-    def wait_started(self, worker: WorkerProc, timeout_s: float = 240) -> None:
-        """Until the worker's live index holds ads (it serves from then on); fails if the worker exits."""
+    def wait_started(self, worker: WorkerProc, timeout_s: float = 600) -> None:
+        """Until the worker's live index holds ads (it serves from then on); fails if the worker exits.
+        Generous: a niced worker on a 2-core box shared with un-niced training took over 4 minutes."""
 
         def up() -> bool:
             if not worker.alive():
