@@ -85,7 +85,8 @@ def decoder_targets(sources: Sources) -> str:
     ]
     return "\n".join(
         [
-            f"- identical top-20 to HF on every prompt for both models, scores within {worst_diff:.1e}: {_met(same)};",
+            f"- identical top-20 to HF on every prompt of every model run, scores within {worst_diff:.1e}:"
+            f" {_met(same)};",
             f"- (c)/(b) <= {TARGET_C_OVER_B:.2f}: {_met(max(ratios_cb) <= TARGET_C_OVER_B)}"
             f" ({', '.join(f'{x:.2f}' for x in ratios_cb)});",
             f"- >= {TARGET_PROMPTS_PER_S:.0f} prompts/s for the small model:"
