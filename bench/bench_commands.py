@@ -36,7 +36,7 @@ def timed(cmd: list[str], cwd: Path, log: Path) -> dict[str, Any]:
 def pytest_counts(log: Path) -> dict[str, int]:
     """Counts from pytest's last summary line ('386 passed, 1 skipped in 223.1s')."""
     lines = [line for line in log.read_text(errors="replace").splitlines() if " in " in line and "passed" in line]
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
     for number, what in SUMMARY.findall(lines[-1] if lines else ""):
         counts[what.rstrip("s") if what.startswith("error") else what] = int(number)
     seconds = re.search(r" in ([\d.]+)s", lines[-1]) if lines else None
