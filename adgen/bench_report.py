@@ -74,10 +74,15 @@ def render(results: dict[str, Path], commands: dict[str, str], root: Path = Path
             lines += ["Not run (no result file).", ""]
             continue
         try:
-            rows = flatten(json.loads((root / path).read_text()))
+            data = json.loads((root / path).read_text())
         except json.JSONDecodeError as exc:
             lines += [f"Unreadable result file: {exc}", ""]
             continue
+        owed = _owed_note(Path(path), data)
+        if owed is not None:
+            lines += [f"Superseded, {owed}.", ""]
+            continue
+        rows = flatten(data)
         lines += ["| measure | value |", "| --- | --- |"]
         lines += [f"| `{k}` | {v} |" for k, v in rows[:MAX_ROWS_PER_BENCH]]
         if len(rows) > MAX_ROWS_PER_BENCH:
@@ -93,8 +98,20 @@ def all_results(root: Path) -> dict[str, Path]:
     return {**listed, **others}
 
 
+def _owed_note(path: Path, data: Any) -> str | None:
+    """The note of an owed run (adgen/figures/pending.py) when `data` is not that run's yet, else None."""
+    from adgen.figures.sources import PENDING
+
+    for ref, owed in PENDING.items():
+        if path.as_posix().endswith(ref) and not owed.ready(data):
+            return owed.note(ref)
+    return None
+
+
 def _load(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+    """A result for the plot; a superseded one (an owed run's older file) counts as missing."""
+    data = json.loads(path.read_text()) if path.exists() else None
+    return None if data is None or _owed_note(path, data) else data
 
 
 def plot_overview(results: dict[str, Path], runs_dir: Path, out_png: Path) -> list[str]:

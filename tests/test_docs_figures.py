@@ -112,3 +112,60 @@ def test_bench_report_command_checks_then_rewrites_the_documents(repo: Path, mon
     assert runner.invoke(app, ["bench", "report"]).exit_code == 0
     assert (repo / "docs/benchmarks.png").exists()  # the overview plot is redrawn too
     assert runner.invoke(app, ["bench", "report", "--check"]).exit_code == 0
+
+
+def test_an_owed_run_renders_as_a_note_naming_its_command_until_its_json_is_committed(repo: Path) -> None:
+    from adgen.figures.regions import PENDING_VALUE
+    from adgen.figures.sources import PENDING, Pending
+
+    @region("test-owed-block")
+    def _owed(sources: Sources) -> str:
+        return f"rate {sources.fmt('owed', 'events_per_s', ',.0f')}"
+
+    PENDING["bench/results/owed.json"] = Pending("bench/x.py --out bench/results/owed.json", 7, lambda d: "run" in d)
+    try:
+        doc = (
+            "<!-- value: owed events_per_s ,.0f -->1<!-- end value -->\n"
+            "<!-- generated: test-owed-block -->\nold\n<!-- end generated: test-owed-block -->\n"
+            "<!-- generated: test-owed-block -->\nold\n<!-- end generated: test-owed-block -->\n"
+        )
+        for content in (None, {"events_per_s": 5.0}):  # missing, then an older file without the new run's shape
+            if content is not None:
+                (repo / "bench/results/owed.json").write_text(json.dumps(content))
+            text, problems = render_text(doc, Sources(repo))
+            assert all(p.stale for p in problems)  # nothing fails to render: the document only needs a write
+            assert f"-->{PENDING_VALUE}<!--" in text
+            note = "*Not measured yet (`bench/results/owed.json`"
+            assert note in text and "`bench/x.py --out bench/results/owed.json` makes it, about 7 min" in text
+            assert text.count(note) == 1 and "*Not measured yet: see above (`bench/results/owed.json`).*" in text
+            assert render_text(text, Sources(repo))[1] == []
+        (repo / "bench/results/owed.json").write_text(json.dumps({"run": {}, "events_per_s": 34557.0}))
+        text, _ = render_text(doc, Sources(repo))
+        assert "-->34,557<!--" in text and text.count("rate 34,557") == 2 and "Not measured" not in text
+    finally:
+        REGIONS.pop("test-owed-block")
+        PENDING.pop("bench/results/owed.json")
+
+
+def test_every_owed_run_names_a_script_of_this_repository() -> None:
+    from adgen.figures.regions import load_renderers
+    from adgen.figures.sources import PENDING
+
+    load_renderers()
+    assert PENDING
+    for path, owed in PENDING.items():
+        scripts = [w for w in owed.command.split() if w.endswith(".py") or w.startswith("tests/")]
+        assert scripts, f"{path}: {owed.command!r} names no script"
+        assert all((REPO / w).exists() for w in scripts), f"{path}: {owed.command!r} names a missing file"
+
+
+def test_the_reliability_table_cites_tests_that_exist() -> None:
+    import re
+
+    from adgen.figures.reliability import GUARANTEES
+
+    for guarantee in GUARANTEES:
+        for backing in guarantee.tests:
+            path, _, name = backing.test.partition("::")
+            source = (REPO / path).read_text()
+            assert not name or re.search(rf"def {re.escape(name)}", source), f"no test {backing.test}"

@@ -1,5 +1,6 @@
 """docs/indexing.md: index quality on Amazon Scientific (docs/data/index-quality/, from `adgen index build`
-+ `adgen index report`) and the index benchmark (bench/results/index.json)."""
++ `adgen index report`). The page's benchmark blocks are rendered by `bench/bench_index.py --render-docs`
+(the index helper's own renderer, checked by tests/test_live_index.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from adgen.figures.sources import Sources
 QUALITY = "docs/data/index-quality/report.json"
 BUILD = "docs/data/index-quality/build_report.json"
 RUN = "docs/data/index-quality/run.json"
-INDEX = "index"
 
 
 def _pct(x: float) -> str:
@@ -82,87 +82,5 @@ def index_quality_coherence(sources: Sources) -> str:
         lines.append(f"| {level} | " + " | ".join(cells) + f" | {_pct(rows[0]['chance'])} |")
     pairs = _rows(q["coherence"], levels[0], "prefix_length")
     shares = ", ".join(f"{c['pairs']:,} share the {names.get(c['prefix_length'], 'prefix')}" for c in pairs)
-    lines += ["", f"(pairs: {shares}.)"]
-    return "\n".join(lines)
-
-
-@region("index-benchmark")
-def index_benchmark(sources: Sources) -> str:
-    d = sources.data(INDEX)
-    s, r, t = d["synthetic"], d["real"], d["targets"]
-
-    def ok(flag: bool) -> str:
-        return "✔" if flag else "**✘ missed**"
-
-    rows = [
-        (
-            "1M ads: S-IDs + CSR trie from codes",
-            f"{s['trie_build_s']:.1f} s (assign {s['assign_sids_s']:.1f} s"
-            f" + materialise {s['materialise_trie_s']:.1f} s)",
-            "–",
-            "–",
-            f"< 60 s {ok(t['trie_build_under_60s'])}",
-        ),
-        (
-            "1M ads: RQ-VAE inference + S-IDs + trie",
-            f"{s['build_total_s']:.1f} s (inference {s['rqvae_inference_s']:.1f} s)",
-            "–",
-            "–",
-            f"< 60 s {ok(t['build_incl_rqvae_under_60s'])}",
-        ),
-        (
-            "CSR construction, 1M S-IDs",
-            f"{s['vectorised_csr_s']:.2f} s",
-            f"{s['reference_from_sequences_s']:.1f} s (`TrieArrays.from_sequences`)",
-            f"{s['csr_build_speedup']:.1f}×",
-            "",
-        ),
-        (
-            "trie memory, 1M ads",
-            f"{s['trie_bytes'] / 1e6:.1f} MB ({s['trie_bytes_per_ad']:.0f} B/ad, {s['trie_nodes']:,} nodes)",
-            f"{s['naive_dict_trie_rss_bytes'] / 1e6:.0f} MB (dict-of-dicts, RSS growth)",
-            f"{s['memory_ratio_naive_over_csr']:.1f}×",
-            f"< 200 MB {ok(t['trie_under_200MB'])}",
-        ),
-        ("live map (dicts + codes), 1M ads", f"{s['live_map_rss_bytes'] / 1e6:.0f} MB RSS growth", "–", "–", ""),
-        (
-            f"allowed-token mask + step, {s['lookup_beams']:,} beams, vocab {s['lookup_vocab']:,}",
-            f"{s['lookup_ms_per_step']:.1f} ms/step",
-            f"{s['naive_lookup_ms_per_step']:.1f} ms/step (dict walk + Python mask)",
-            f"{s['lookup_speedup']:.1f}×",
-            "",
-        ),
-        (
-            "insert one ad into the live 1M map, incl. RQ-VAE codes",
-            f"{s['insert_ms_with_rqvae']:.3f} ms",
-            "–",
-            "–",
-            f"< 1 ms {ok(t['insert_under_1ms'])}",
-        ),
-        (
-            "insert, S-ID assignment only",
-            f"{s['insert_ms_sid_only']:.3f} ms",
-            f"{s['naive_dict_insert_ms']:.3f} ms (dict-of-dicts insert)",
-            f"{s['naive_dict_insert_ms'] / s['insert_ms_sid_only']:.2f}×",
-            "",
-        ),
-        ("delete one ad", f"{s['delete_ms']:.3f} ms", "–", "–", ""),
-        (
-            f"re-materialise TrieArrays after updates ({s['items_after_updates']:,} ads)",
-            f"{s['rematerialise_after_updates_s']:.2f} s",
-            "–",
-            "–",
-            "once per published version",
-        ),
-        (
-            f"real catalogue ({r['items']:,} ads): RQ-VAE training ({r['rqvae_epochs']} epochs) + S-IDs + trie",
-            f"{r['build_total_s']:.1f} s (train {r['train_rqvae_s']:.1f} s,"
-            f" assign + trie {r['assign_and_trie_s']:.2f} s)",
-            "–",
-            "–",
-            "",
-        ),
-    ]
-    lines = ["| measure | ours | baseline (same run) | ratio | target |", "|---|---|---|---|---|"]
-    lines += [f"| {' | '.join(row)} |" for row in rows]
+    lines += ["", f"(pairs: {shares}.)", "", "![index quality](data/index-quality/report.png)"]
     return "\n".join(lines)

@@ -12,7 +12,8 @@ Two kinds of marker, both invisible in rendered markdown:
 
       <!-- value: worker windows.batched.events_per_s ,.0f -->34,557<!-- end value -->
 
-`render_text` replaces what sits between the markers; `check_documents` reports every region whose text
+A figure whose source is an owed run (registered in `pending.py`) renders as a note naming the command
+that makes it. `render_text` replaces what sits between the markers; `check_documents` reports every region whose text
 differs from what the committed JSON gives, which is what the docs test asserts. To add a block, write a
 function `(Sources) -> str` in any module of the `adgen.figures` package and decorate it with
 `@region("name")`: modules there are imported automatically.
@@ -27,14 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adgen.figures.sources import FigureError, Sources
+from adgen.figures.sources import FigureError, PendingFigure, Sources
 
 Renderer = Callable[[Sources], str]
 
 BLOCK = re.compile(
     r"<!-- generated: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- end generated: (?P<end>[\w.-]+) -->", re.DOTALL
 )
-VALUE = re.compile(r"<!-- value: (?P<args>[^>]*?) -->(?P<body>[^\n]*?)<!-- end value -->")
+VALUE = re.compile(r"<!-- value: (?P<args>[^\n]*?) -->(?P<body>[^\n]*?)<!-- end value -->")
 _BLOCK_OPEN = re.compile(r"<!-- generated: ")
 _VALUE_OPEN = re.compile(r"<!-- value: ")
 
@@ -42,6 +43,9 @@ _VALUE_OPEN = re.compile(r"<!-- value: ")
 DOCUMENT_GLOBS = ("README.md", "docs/*.md")
 
 REGIONS: dict[str, Renderer] = {}
+
+#: What an inline value from an owed run (sources.PENDING) shows until its JSON is committed.
+PENDING_VALUE = "(not measured yet)"
 
 
 def region(name: str) -> Callable[[Renderer], Renderer]:
@@ -99,6 +103,7 @@ def render_text(text: str, sources: Sources, document: str = "<text>") -> tuple[
     out: list[str] = []
     pos = 0
     blocks = list(BLOCK.finditer(text))
+    owed: set[str] = set()  # notes already shown in this document (the first block says it in full)
     if len(blocks) != len(_BLOCK_OPEN.findall(text)):
         problems.append(Problem(document, 1, "?", "a '<!-- generated: NAME -->' marker has no matching end marker"))
     for match in blocks:
@@ -114,7 +119,12 @@ def render_text(text: str, sources: Sources, document: str = "<text>") -> tuple[
             )
         else:
             try:
-                body = renderers[name](sources).strip("\n") + "\n"
+                try:
+                    body = renderers[name](sources).strip("\n") + "\n"
+                except PendingFigure as exc:  # an owed run: the document says so and names the command
+                    first = f"*{exc.note[:1].upper()}{exc.note[1:]}.*\n"
+                    body = f"*Not measured yet: see above (`{exc.path}`).*\n" if exc.note in owed else first
+                    owed.add(exc.note)
             except (FigureError, KeyError, TypeError, ValueError) as exc:
                 problems.append(Problem(document, line, name, f"cannot render: {exc}"))
             else:
@@ -135,7 +145,10 @@ def render_text(text: str, sources: Sources, document: str = "<text>") -> tuple[
         pos = match.end()
         body, line = match["body"], _line(text, match.start())
         try:
-            body = _render_value(match["args"], sources)
+            try:
+                body = _render_value(match["args"], sources)
+            except PendingFigure:
+                body = PENDING_VALUE
         except FigureError as exc:
             problems.append(Problem(document, line, f"value {match['args'].strip()}", f"cannot render: {exc}"))
         else:
