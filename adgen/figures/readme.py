@@ -115,6 +115,8 @@ def faults(s: Sources) -> str:
             f" one killed ({_runs(r, 'rebalance')}); Redis SIGKILL ({_runs(r, 'redis')}); broker SIGKILL + restart"
             f" on s3:// storage ({broker})"
         )
+        if "not recorded yet" in text:
+            text += " (docs/reliability.md has the commands that record them)"
 
     def soak(src: Sources) -> str:
         d = src.data(SOAK)
