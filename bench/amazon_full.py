@@ -44,13 +44,14 @@ def main() -> None:
         help="Comma-separated override of eval.baselines for this invocation (recorded in summary.json), e.g. "
         "'popularity' while SASRec is still being tuned; `--evaluate-only` then adds the tuned SASRec.",
     )
+    parser.add_argument("--torch-threads", type=int, default=None, help="Override train.torch_threads (all stages).")
     args = parser.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, config in variants.items():
             dest = args.out / name / f"seed{seed}"
             if args.evaluate_only:
-                reevaluate(Path(config), seed, args.work / name / f"seed{seed}", dest)
+                reevaluate(Path(config), seed, args.work / name / f"seed{seed}", dest, args.torch_threads)
                 continue
             if (dest / "eval.json").exists() and not args.force:
                 print(f"skip {name} seed {seed}: {dest} exists")
@@ -59,6 +60,9 @@ def main() -> None:
             if work.exists():
                 shutil.rmtree(work)  # a fresh run: no stage is resumed from an older config
             cfg = load_config(Path(config), seed=seed, out_dir=str(work))
+            if args.torch_threads is not None:
+                train = cfg.train.model_copy(update={"torch_threads": args.torch_threads})
+                cfg = cfg.model_copy(update={"train": train})
             if args.baselines is not None:
                 wanted = [b for b in args.baselines.split(",") if b]
                 cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"baselines": wanted})})
@@ -84,12 +88,14 @@ def main() -> None:
     print(f"aggregate -> {args.out / 'aggregate.json'}: ratio {totals.get('ratio_ndcg@10')}")
 
 
-def reevaluate(config: Path, seed: int, work: Path, dest: Path) -> None:
+def reevaluate(config: Path, seed: int, work: Path, dest: Path, threads: int | None) -> None:
     """Evaluate the trained run in `work` again with `config` now; LEADRE's rankings are recomputed (the same
     model and beams give the same lists) so the channel value pairs it with the re-trained baselines."""
     if not (dest / "summary.json").exists():
         raise SystemExit(f"{dest}/summary.json missing: train this (variant, seed) first")
     cfg = load_config(config, seed=seed, out_dir=str(work))
+    if threads is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"torch_threads": threads})})
     (work / "eval" / "eval.json").unlink(missing_ok=True)  # nothing kept from the earlier evaluation
     run = Run(cfg)
     run.load_trained()
