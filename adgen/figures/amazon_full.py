@@ -48,6 +48,18 @@ def _stat(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def _valid(results: dict[str, Any], summary: dict[str, Any], model: str) -> dict[str, float]:
+    """Validation metrics of `model` in one run: scored after training (eval.valid_too), else the early-stopping
+    value the run chose its checkpoint by (every validation user in these configs)."""
+    if model in results.get("valid", {}):
+        return results["valid"][model]
+    if model == "leadre" and summary.get("stages"):
+        return {"ndcg@10": summary["stages"][-1]["best"]}
+    if model == "sasrec" and "best_valid_ndcg_at_10" in results.get("sasrec", {}):
+        return {"ndcg@10": results["sasrec"]["best_valid_ndcg_at_10"]}
+    return {}
+
+
 def _model_rows(runs: dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]]) -> list[tuple[str, list[dict]]]:
     """(label, per-seed results incl. `valid`) for LEADRE's variants and the baselines of the main variant."""
     rows: list[tuple[str, list[dict]]] = []
@@ -55,15 +67,11 @@ def _model_rows(runs: dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]
     for variant in order:
         if variant not in runs:
             continue
-        per_seed = [{**r["leadre"], "valid": r.get("valid", {}).get("leadre", {})} for _, r, _ in runs[variant]]
+        per_seed = [{**r["leadre"], "valid": _valid(r, s, "leadre")} for _, r, s in runs[variant]]
         rows.append((LABELS.get(variant, variant), per_seed))
         if variant == MAIN:
             for baseline in ("sasrec", "popularity"):
-                got = [
-                    {**r[baseline], "valid": r.get("valid", {}).get(baseline, {})}
-                    for _, r, _ in runs[MAIN]
-                    if baseline in r
-                ]
+                got = [{**r[baseline], "valid": _valid(r, s, baseline)} for _, r, s in runs[MAIN] if baseline in r]
                 if got:
                     rows.append((baseline if baseline != "sasrec" else "SASRec (tuned on validation)", got))
     return rows
