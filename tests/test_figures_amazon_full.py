@@ -50,4 +50,5 @@ def test_tables_and_aggregate_take_baselines_from_the_main_variant_only(tmp_path
     assert "TIGER-style" in table and "SASRec (tuned on validation) | 3 |" in table
     totals = aggregate(Sources(tmp_path))
     assert totals["models"]["tiger"]["ndcg@10"]["mean"] == 0.05
-    assert abs(totals["ratio_ndcg@10"] - 0.071 / 0.08) < 1e-9
+    assert abs(totals["ratio_ndcg@10"] - 0.071 / 0.08) < 1e-9 and totals["seeds_with_both"] == 3
+    assert totals["goal_met"] is False and totals["channel"]["hr@20_merged"] == 0.15

@@ -209,6 +209,13 @@ def aggregate(sources: Sources) -> dict[str, Any]:
                     "values": values,
                 }
     out: dict[str, Any] = {"models": models}
-    if "leadre" in models and "sasrec" in models:
-        out["ratio_ndcg@10"] = models["leadre"]["ndcg@10"]["mean"] / models["sasrec"]["ndcg@10"]["mean"]
+    paired = [r for _, r, _ in runs.get(MAIN, []) if "sasrec" in r]
+    out["seeds_with_both"] = len(paired)
+    if paired:
+        lead = statistics.mean(r["leadre"]["ndcg@10"] for r in paired)
+        out["ratio_ndcg@10"] = lead / statistics.mean(r["sasrec"]["ndcg@10"] for r in paired)
+        out["goal_met"] = out["ratio_ndcg@10"] >= 1.0 and len(paired) >= 3
+    channel = [r["channel"] for r in paired if "channel" in r]
+    if channel:
+        out["channel"] = {k: statistics.mean(c[k] for c in channel) for k in channel[0]}
     return out
