@@ -19,7 +19,7 @@ DATA = Path("docs/data/amazon-full")
 MAIN = "leadre"
 METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
 LABELS = {
-    "leadre": "LEADRE (intent-aware sequence prompt; the chosen config)",
+    "leadre": "LEADRE (sequence prompt + ad-ID tokens; the chosen config)",
     "tiger": "same LM, S-ID sequence only (TIGER-style input)",
     "no_adtok": "LEADRE without ad-ID tokens",
 }
@@ -117,7 +117,8 @@ def verdict(sources: Sources) -> str:
     if walls:
         loads = [s.get("loadavg_start", [None])[0] for _, _, s in runs]
         lines.append(
-            f"- Wall time of one seed (data, S-IDs, training, LEADRE + baselines evaluated on validation and test): "
+            f"- Wall time of one seed's run (data, S-IDs, training with early stopping on validation, its models "
+            f"scored on test; the later SASRec re-score is not included): "
             f"{', '.join(f'{w / 60:.1f} min' for w in walls)}; 1-minute load average at each start "
             f"{', '.join(f'{x:.1f}' if isinstance(x, float) else '?' for x in loads)}.\n"
         )
