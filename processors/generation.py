@@ -86,6 +86,10 @@ class LeadreGenerator:
         )
         #: ads with their own ad-ID token in this checkpoint; ads added since training are written as <ad_unk>
         self.ad_vocabulary = self.recipe.ad_vocabulary
+        if self.options.ad_id_tokens:  # a recipe/tokenizer mismatch is refused at start-up, not on every request
+            from adgen.model.ad_tokens import AdTokens
+
+            AdTokens(self.tokenizer, self.ad_vocabulary)
         digest = hashlib.blake2b(digest_size=6)
         for path in sorted(lm_dir.glob("*.safetensors")):
             digest.update(path.read_bytes())

@@ -249,3 +249,15 @@ def test_a_checkpoint_with_ad_id_tokens_is_served_with_them_and_unknown_ads_as_a
     search = ConstrainedBeamSearch(gen.backend.search.runner.model)
     expected = search.generate([prompt], view.trie, k=5, beams=5, renormalize=True)[0]
     assert [(view.leaf_items[v], round(s, 5)) for v, s in expected] == [(g.ad_id, round(g.score, 5)) for g in got]
+
+
+def test_a_recipe_naming_ad_tokens_its_tokenizer_lacks_is_refused_at_start_up(tmp_path: Path) -> None:
+    from adgen.model.prompts import PromptOptions
+    from adgen.model.recipe import ServingRecipe, save_recipe
+
+    sid_map = fresh_sid_map()
+    ckpt = write_untrained_checkpoint(tmp_path / "ckpt", sid_vocabulary(sid_map.codebook_sizes), ["product ad"])
+    options = PromptOptions(layout="sequence", ad_id_tokens=True, max_prompt_tokens=300)
+    save_recipe(ServingRecipe(prompts=options, scoring="trie", ad_vocabulary=list(ADS)), ckpt)
+    with pytest.raises(ValueError, match="ad tokens"):
+        LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=5), WindowSettings())
