@@ -143,7 +143,7 @@ class PromptBuilder:
         sid_of: Callable[[str], Sequence[int]],
         content: Mapping[str, ContentItem] | None = None,
         options: PromptOptions | None = None,
-        ad_vocabulary: Sequence[str] = (),
+        ad_vocabulary: Sequence[str] | AdTokens = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.items = items
@@ -151,7 +151,14 @@ class PromptBuilder:
         self.content = content or {}
         self.options = options or PromptOptions()
         #: with `options.ad_id_tokens`, the ad-ID token of each ad of the checkpoint's vocabulary (model/ad_tokens.py)
-        self.ad_tokens = AdTokens(tokenizer, ad_vocabulary) if self.options.ad_id_tokens else None
+        #: (a caller serving many batches passes the AdTokens it built once instead of the list)
+        self.ad_tokens = (
+            None
+            if not self.options.ad_id_tokens
+            else ad_vocabulary
+            if isinstance(ad_vocabulary, AdTokens)
+            else AdTokens(tokenizer, ad_vocabulary)
+        )
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:

@@ -86,10 +86,11 @@ class LeadreGenerator:
         )
         #: ads with their own ad-ID token in this checkpoint; ads added since training are written as <ad_unk>
         self.ad_vocabulary = self.recipe.ad_vocabulary
-        if self.options.ad_id_tokens:  # a recipe/tokenizer mismatch is refused at start-up, not on every request
+        self.ad_tokens = None  # built once: a recipe/tokenizer mismatch is refused at start-up, not per request
+        if self.options.ad_id_tokens:
             from adgen.model.ad_tokens import AdTokens
 
-            AdTokens(self.tokenizer, self.ad_vocabulary)
+            self.ad_tokens = AdTokens(self.tokenizer, self.ad_vocabulary)
         digest = hashlib.blake2b(digest_size=6)
         for path in sorted(lm_dir.glob("*.safetensors")):
             digest.update(path.read_bytes())
@@ -106,7 +107,11 @@ class LeadreGenerator:
         if view.trie is None:
             return [[] for _ in windows]
         builder = PromptBuilder(
-            self.tokenizer, view.items, view.sids.__getitem__, options=self.options, ad_vocabulary=self.ad_vocabulary
+            self.tokenizer,
+            view.items,
+            view.sids.__getitem__,
+            options=self.options,
+            ad_vocabulary=self.ad_tokens or self.ad_vocabulary,
         )
         prompts = []
         for w in windows:
