@@ -45,13 +45,20 @@ def main() -> None:
         "'popularity' while SASRec is still being tuned; `--evaluate-only` then adds the tuned SASRec.",
     )
     parser.add_argument("--torch-threads", type=int, default=None, help="Override train.torch_threads (all stages).")
+    parser.add_argument(
+        "--reuse-sasrec",
+        action="store_true",
+        help="With --evaluate-only: load the SASRec a run dir already fitted with the same config and seed instead of "
+        "fitting it again (eval.reuse_fitted_sasrec; recorded in summary.json).",
+    )
     args = parser.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, config in variants.items():
             dest = args.out / name / f"seed{seed}"
             if args.evaluate_only:
-                reevaluate(Path(config), seed, args.work / name / f"seed{seed}", dest, args.torch_threads)
+                work = args.work / name / f"seed{seed}"
+                reevaluate(Path(config), seed, work, dest, args.torch_threads, args.reuse_sasrec)
                 continue
             if (dest / "eval.json").exists() and not args.force:
                 print(f"skip {name} seed {seed}: {dest} exists")
@@ -88,7 +95,7 @@ def main() -> None:
     print(f"aggregate -> {args.out / 'aggregate.json'}: ratio {totals.get('ratio_ndcg@10')}")
 
 
-def reevaluate(config: Path, seed: int, work: Path, dest: Path, threads: int | None) -> None:
+def reevaluate(config: Path, seed: int, work: Path, dest: Path, threads: int | None, reuse_sasrec: bool) -> None:
     """Evaluate the trained run in `work` again with `config` now; LEADRE's rankings are recomputed (the same
     model and beams give the same lists) so the channel value pairs it with the re-trained baselines."""
     if not (dest / "summary.json").exists():
@@ -96,6 +103,8 @@ def reevaluate(config: Path, seed: int, work: Path, dest: Path, threads: int | N
     cfg = load_config(config, seed=seed, out_dir=str(work))
     if threads is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"torch_threads": threads})})
+    if reuse_sasrec:
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"reuse_fitted_sasrec": True})})
     (work / "eval" / "eval.json").unlink(missing_ok=True)  # nothing kept from the earlier evaluation
     run = Run(cfg)
     run.load_trained()
@@ -103,7 +112,12 @@ def reevaluate(config: Path, seed: int, work: Path, dest: Path, threads: int | N
     results = run.evaluate()
     summary = json.loads((dest / "summary.json").read_text())
     summary.setdefault("reevaluated", []).append(
-        {"eval_s": time.perf_counter() - t0, "loadavg": os.getloadavg(), "baselines": list(cfg.eval.baselines)}
+        {
+            "eval_s": time.perf_counter() - t0,
+            "loadavg": os.getloadavg(),
+            "baselines": list(cfg.eval.baselines),
+            "sasrec_reused": bool(run.timings.get("sasrec_reused", False)),
+        }
     )
     (dest / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (dest / "eval.json").write_text(json.dumps(results, indent=1))

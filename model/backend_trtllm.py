@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from adgen.index.trie_arrays import TrieArrays
+from adgen.model.ad_head import AdPrior
 from adgen.model.backends import BackendUnavailable
 from adgen.model.decoding import Prompt, TrieBeams, check_trie, encode_prompts, resolve_beams, to_results
 
@@ -57,7 +58,10 @@ class RequestBeamSearch:
         beams: int | None = None,
         score_floor: float | None = None,
         renormalize: bool = False,
+        ad_prior: AdPrior | None = None,
     ) -> list[list[tuple[int, float]]]:
+        if ad_prior is not None:  # the engine's first-step logits are not read back here
+            raise BackendUnavailable("the TensorRT-LLM backend does not apply a next-ad prior; use the torch backend")
         beams = resolve_beams(k, beams)
         check_trie(trie, self.vocab_size)
         base = [p.tolist() for p in encode_prompts(prompts, self.vocab_size)]

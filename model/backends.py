@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from adgen.core.config import ModelSettings
 from adgen.index.trie_arrays import TrieArrays
+from adgen.model.ad_head import AdPrior
 from adgen.model.decoding import ConstrainedBeamSearch, Prompt
 from adgen.model.lm import LMError, load_lm, quantize_int8, resolve_dtype
 from adgen.model.prefix_cache import PrefixKVCache
@@ -43,6 +44,7 @@ class GenerationBackend(Protocol):
         beams: int | None = None,
         score_floor: float | None = None,
         renormalize: bool = False,
+        ad_prior: AdPrior | None = None,
     ) -> list[list[tuple[int, float]]]: ...
 
 
@@ -88,8 +90,9 @@ class TorchBackend:
         beams: int | None = None,
         score_floor: float | None = None,
         renormalize: bool = False,
+        ad_prior: AdPrior | None = None,
     ) -> list[list[tuple[int, float]]]:
-        return self.search.generate(prompts, trie, k, beams, score_floor, renormalize)
+        return self.search.generate(prompts, trie, k, beams, score_floor, renormalize, ad_prior)
 
 
 def load_backend(

@@ -8,6 +8,7 @@ original's sampled BCE), early-stopped on validation NDCG@10. Both see only the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -177,7 +178,29 @@ class SASRecRecommender:
             out_dir.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(out_dir / "model.safetensors"))
             (out_dir / "config.json").write_text(self.config.model_dump_json(indent=1))
-            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            (out_dir / "metrics.json").write_text(json.dumps({**metrics, "candidates": self._digest()}, indent=1))
+        return metrics
+
+    def _digest(self) -> str:
+        return hashlib.blake2b("\n".join(self.items).encode(), digest_size=8).hexdigest()
+
+    def load_fitted(self, out_dir: Path) -> dict[str, Any] | None:
+        """The model `fit` saved in `out_dir`, if it was fitted with this config (threads aside) over these
+        candidates; its fit metrics, or None (nothing loaded) when there is none or it differs."""
+        paths = [out_dir / name for name in ("config.json", "metrics.json", "model.safetensors")]
+        if not all(p.exists() for p in paths):
+            return None
+        saved = SASRecConfig.model_validate_json(paths[0].read_text())
+        if saved.model_dump(exclude={"torch_threads"}) != self.config.model_dump(exclude={"torch_threads"}):
+            return None
+        metrics = json.loads(paths[1].read_text())
+        state = load_file(str(paths[2]))
+        if metrics.get("candidates", self._digest()) != self._digest():
+            return None
+        if tuple(state["item_emb.weight"].shape) != tuple(self.net.item_emb.weight.shape):
+            return None
+        self.net.load_state_dict(state)
+        self.net.eval()
         return metrics
 
     @torch.no_grad()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from adgen.index.trie_arrays import TrieArrays, TrieError
+from adgen.model.ad_head import AdPrior
 from adgen.model.allocator import tune_allocator
 from adgen.model.lm import check_supported
 from adgen.model.prefix_cache import PrefixKVCache
@@ -390,11 +391,14 @@ class ConstrainedBeamSearch:
         beams: int | None = None,
         score_floor: float | None = None,
         renormalize: bool = False,
+        ad_prior: AdPrior | None = None,
     ) -> list[list[tuple[int, float]]]:
         """For each prompt, up to k (item, log-prob) pairs, best first, items distinct and valid in `trie`.
 
         `renormalize` scores each token by its log-probability among the trie's valid children only (for
         models trained with a trie-constrained softmax); by default it is the log-probability over the vocabulary.
+        `ad_prior` (model/ad_head.py) re-ranks the best `beams` finished items by adding the next-ad head's
+        weighted log-prob before the top k are cut.
         """
         beams = resolve_beams(k, beams)
         self._check_trie(trie)
@@ -404,7 +408,7 @@ class ConstrainedBeamSearch:
         out: list[list[tuple[int, float]]] = []
         for start in range(0, len(encoded), self.max_batch_prompts):
             chunk = encoded[start : start + self.max_batch_prompts]
-            scores, items = self._search(chunk, trie, k, beams, score_floor, renormalize)
+            scores, items = self._search(chunk, trie, k, beams, score_floor, renormalize, ad_prior)
             out.extend(to_results(scores, items, k))
         return out
 
@@ -467,11 +471,12 @@ class ConstrainedBeamSearch:
         beams: int,
         floor: float | None,
         renormalize: bool = False,
+        ad_prior: AdPrior | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logprobs, prompt_kv = self._prefill(prompts)
         t0 = time.perf_counter()
         runner, n = self.runner, len(prompts)
-        state = TrieBeams(trie, n, k, beams, floor, renormalize)
+        state = TrieBeams(trie, n, max(k, beams) if ad_prior is not None else k, beams, floor, renormalize)
         suffix_k = [runner.empty_suffix(n)] * len(runner.layers)
         suffix_v = list(suffix_k)
         lp = logprobs.unsqueeze(1)  # [N, b, V]
@@ -481,7 +486,10 @@ class ConstrainedBeamSearch:
             lp, suffix_k, suffix_v = runner.beam_step(step.tokens, prompt_kv, suffix_k, suffix_v)
         self.timings.decode_s += time.perf_counter() - t0
         self.timings.steps.append(state.steps)
-        return state.pool_scores, state.pool_values
+        if ad_prior is None:
+            return state.pool_scores, state.pool_values
+        scores, order = ad_prior.rescore(logprobs, state.pool_scores, state.pool_values).sort(dim=1, descending=True)
+        return scores, state.pool_values.gather(1, order)
 
     def _search_unconstrained(
         self, prompts: list[np.ndarray], steps: int, beams: int

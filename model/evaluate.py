@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from adgen.core.ad_text import meaningful_categories
 from adgen.core.catalogue import Dataset, Item, SplitExample, UserProfile
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
+from adgen.model.ad_head import AdPrior
 from adgen.model.metrics import list_qualities, mean_dice, ranking_metrics
 from adgen.model.prompts import PromptBuilder
 from adgen.model.tokenizer import token_offset
@@ -56,6 +57,7 @@ class GenerativeRecommender:
         batch_size: int = 32,
         name: str = "leadre",
         renormalize: bool = False,
+        ad_prior_weight: float = 0.0,
     ) -> None:
         from adgen.model.decoding import ConstrainedBeamSearch
 
@@ -67,6 +69,11 @@ class GenerativeRecommender:
         offset = token_offset(tokenizer, sid_vocabulary(sid_map.codebook_sizes))
         self.trie, self.leaf_items = sid_map.trie_arrays(offset)
         self.search = ConstrainedBeamSearch(model, max_batch_prompts=batch_size)
+        self.ad_prior = None
+        if ad_prior_weight > 0:
+            if builder.ad_tokens is None:
+                raise ValueError("ad_prior_weight > 0 needs a PromptBuilder with ad-ID tokens")
+            self.ad_prior = AdPrior.build(enumerate(self.leaf_items), builder.ad_tokens, ad_prior_weight)
 
     def prompts(self, examples: Sequence[SplitExample]) -> list[list[int]]:
         return [self.builder.user_prompt(e.history, self.profiles.get(e.user_id)).ids for e in examples]
@@ -77,7 +84,7 @@ class GenerativeRecommender:
         k_eff = min(k, self.trie.num_values)
         beams = max(self.beams or k_eff, k_eff)
         results = self.search.generate(
-            self.prompts(examples), self.trie, k_eff, beams=beams, renormalize=self.renormalize
+            self.prompts(examples), self.trie, k_eff, beams=beams, renormalize=self.renormalize, ad_prior=self.ad_prior
         )
         return [[(self.leaf_items[v], s) for v, s in row] for row in results]
 

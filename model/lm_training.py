@@ -95,6 +95,13 @@ class LMTrainConfig(BaseModel):
     )
     token_dropout_block: tuple[int, int] | None = Field(None, description="[first, end) of the ids that may drop.")
     token_dropout_to: int | None = None
+    ad_head_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the next-ad loss: at the token before each target S-ID, a softmax over the ad-ID "
+        "token block (ad_head_block) of the output layer must name the ad whose S-ID follows (model/ad_head.py).",
+    )
+    ad_head_block: tuple[int, int] | None = Field(None, description="[first, end) of the known ads' token ids.")
     desc: str = "train"
 
 
@@ -111,6 +118,9 @@ class Batch:
     num_response_tokens: int
     parents: torch.Tensor | None = None  # trie node of each target's prefix, aligned with labels (-1 elsewhere)
     real_tokens: int = 0
+    #: with an ad head: at each target run's first label, the index in the ad block of the ad token that follows
+    #: the run (-1 elsewhere, or where no known ad token follows); read before token dropout touches input_ids
+    ad_targets: torch.Tensor | None = None
 
 
 def labelled_row(example: Example, max_len: int) -> tuple[list[int], list[int]]:
@@ -141,42 +151,88 @@ def labelled_row(example: Example, max_len: int) -> tuple[list[int], list[int]]:
     return prompt + response, [IGNORE] * len(prompt) + response
 
 
-def collate(examples: Sequence[Example], pad_id: int, max_len: int, trie: TrieSoftmax | None = None) -> Batch:
-    """Right-padded batch with labels only on target tokens; prompts truncated from the left."""
+def collate(
+    examples: Sequence[Example],
+    pad_id: int,
+    max_len: int,
+    trie: TrieSoftmax | None = None,
+    ad_block: tuple[int, int] | None = None,
+) -> Batch:
+    """Right-padded batch with labels only on target tokens; prompts truncated from the left. With `ad_block`,
+    also the next-ad targets of the ad head (`ad_head_targets`)."""
     rows = [labelled_row(e, max_len) for e in examples]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     parents = torch.full((len(rows), width), -1, dtype=torch.long) if trie is not None else None
+    ad_targets = torch.full((len(rows), width), -1, dtype=torch.long) if ad_block is not None else None
     for i, (ids, lab) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         labels[i, : len(lab)] = torch.tensor(lab)
         if parents is not None and trie is not None:
             parents[i, : len(lab)] = torch.tensor(trie.parents(lab))
+        if ad_targets is not None and ad_block is not None:
+            ad_targets[i, : len(lab)] = torch.tensor(ad_head_targets(ids, lab, ad_block))
     return Batch(
         input_ids=input_ids,
         labels=labels,
         num_response_tokens=int((labels != IGNORE).sum()),
         parents=parents,
         real_tokens=sum(len(ids) for ids, _ in rows),
+        ad_targets=ad_targets,
     )
 
 
+def ad_head_targets(ids: Sequence[int], labels: Sequence[int], ad_block: tuple[int, int]) -> list[int]:
+    """Per position: at the first label of each target run (an ad's S-ID), the index in `ad_block` of the token
+    right after the run (the ad's own ad-ID token in the prompt layout); -1 elsewhere and where that token is not
+    a known ad's (none, or the sequence ends)."""
+    first, end = ad_block
+    out = [-1] * len(labels)
+    start = None
+    for i, label in enumerate([*labels, IGNORE]):
+        if label != IGNORE and start is None:
+            start = i
+        elif label == IGNORE and start is not None:
+            if i < len(ids) and first <= ids[i] < end:
+                out[start] = ids[i] - first
+            start = None
+    return out
+
+
 def response_loss(
-    model: torch.nn.Module, batch: Batch, trie: TrieSoftmax | None = None, label_smoothing: float = 0.0
+    model: torch.nn.Module,
+    batch: Batch,
+    trie: TrieSoftmax | None = None,
+    label_smoothing: float = 0.0,
+    ad_head: tuple[tuple[int, int], float] | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy over target tokens: over the vocabulary, or over each target's trie siblings."""
+    """Mean cross-entropy over target tokens: over the vocabulary, or over each target's trie siblings; plus, with
+    `ad_head` ((first, end) of the ad block, weight), the weighted next-ad cross-entropy over the ad block."""
     hidden = model.get_decoder()(input_ids=batch.input_ids).last_hidden_state
     targets = batch.labels[:, 1:]
     select = targets != IGNORE
     states = hidden[:, :-1][select]
+    weight = model.get_output_embeddings().weight
     if trie is None:
         logits = model.get_output_embeddings()(states)
-        return torch.nn.functional.cross_entropy(logits.float(), targets[select], label_smoothing=label_smoothing)
-    if batch.parents is None:
-        raise ValueError("trie scoring needs a batch collated with the trie (its targets' parents)")
-    parents = batch.parents[:, 1:][select]
-    return trie.loss(states, model.get_output_embeddings().weight, targets[select], parents, label_smoothing)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets[select], label_smoothing=label_smoothing)
+    else:
+        if batch.parents is None:
+            raise ValueError("trie scoring needs a batch collated with the trie (its targets' parents)")
+        parents = batch.parents[:, 1:][select]
+        loss = trie.loss(states, weight, targets[select], parents, label_smoothing)
+    if ad_head is None:
+        return loss
+    if batch.ad_targets is None:
+        raise ValueError("an ad head needs a batch collated with the ad block (its next-ad targets)")
+    (first, end), head_weight = ad_head
+    ad_targets = batch.ad_targets[:, 1:]
+    at = ad_targets >= 0
+    if not bool(at.any()):
+        return loss
+    ad_logits = hidden[:, :-1][at] @ weight[first:end].T
+    return loss + head_weight * torch.nn.functional.cross_entropy(ad_logits.float(), ad_targets[at])
 
 
 def response_logprobs(model: torch.nn.Module, batch: Batch, trie: TrieSoftmax | None = None) -> torch.Tensor:
@@ -332,6 +388,10 @@ def train_causal_lm(
     if config.scoring == "trie" and trie is None:
         raise ValueError("scoring='trie' needs the trie the targets are paths of")
     trie_softmax = TrieSoftmax(trie) if config.scoring == "trie" and trie is not None else None
+    if config.ad_head_weight > 0 and config.ad_head_block is None:
+        raise ValueError("ad_head_weight > 0 needs ad_head_block (the ad-ID token ids the head chooses among)")
+    ad_block = config.ad_head_block if config.ad_head_weight > 0 else None
+    ad_head = (ad_block, config.ad_head_weight) if ad_block is not None else None
     torch.set_num_threads(min(config.torch_threads, 2))
     torch.manual_seed(config.seed)
     out = Path(config.out_dir)
@@ -373,12 +433,12 @@ def train_causal_lm(
         bar = tqdm(total=len(batches), initial=skip, desc=f"{config.desc} ep{epoch + 1}/{config.epochs}", leave=False)
         optimizer.zero_grad(set_to_none=True)
         for b_index in range(skip, len(batches)):
-            batch = collate([examples[i] for i in batches[b_index]], pad_id, config.max_len, trie_softmax)
+            batch = collate([examples[i] for i in batches[b_index]], pad_id, config.max_len, trie_softmax, ad_block)
             block, to = config.token_dropout_block, config.token_dropout_to
             if config.token_dropout > 0 and block is not None and to is not None:
                 drop_tokens(batch.input_ids, block, to, config.token_dropout, token_rng)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16), dropout:
-                loss = response_loss(model, batch, trie_softmax, config.label_smoothing)
+                loss = response_loss(model, batch, trie_softmax, config.label_smoothing, ad_head)
             (loss / config.grad_accum).backward()
             sum_loss += loss.item() * batch.num_response_tokens
             sum_tokens += batch.num_response_tokens

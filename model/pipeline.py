@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adgen.core.catalogue import AD_KINDS, Dataset, Split, leave_one_out
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
@@ -107,6 +107,9 @@ class TrainSection(BaseModel):
     ad_token_dropout: float = Field(
         0.1, ge=0, lt=1, description="With prompts.ad_id_tokens: share of ad-ID tokens trained as <ad_unk>."
     )
+    ad_head_weight: float = Field(
+        0.0, ge=0, description="With prompts.ad_id_tokens: weight of the next-ad loss (model/ad_head.py); 0 = off."
+    )
     eval_every: int = Field(1, ge=1)
     patience: int = 2
     torch_threads: int = 2
@@ -117,7 +120,18 @@ class TrainSection(BaseModel):
 
 class EvalSection(EvalOptions):
     beams: int = Field(20, ge=1)
+    ad_prior_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the next-ad head when re-ranking the beam's ads (model/ad_head.py; needs a model "
+        "trained with train.ad_head_weight > 0); saved in the recipe, so serving ranks the same way.",
+    )
     valid_too: bool = Field(False, description="Also score every model on the validation users (results['valid']).")
+    reuse_fitted_sasrec: bool = Field(
+        False,
+        description="Re-evaluation: load the SASRec this run dir already fitted with the same config and seed "
+        "(model/baselines.py `load_fitted`) instead of fitting it again; summary timings say whether it was reused.",
+    )
     test: bool = Field(
         True, description="Score on the test users. Off while choosing settings: then only validation is read."
     )
@@ -153,6 +167,12 @@ class PipelineConfig(BaseModel):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     dpo: DPOSection = DPOSection()
+
+    @model_validator(mode="after")
+    def _ad_head_needs_ad_tokens(self) -> PipelineConfig:
+        if (self.train.ad_head_weight > 0 or self.eval.ad_prior_weight > 0) and not self.prompts.ad_id_tokens:
+            raise ValueError("train.ad_head_weight / eval.ad_prior_weight need prompts.ad_id_tokens: true")
+        return self
 
 
 def load_config(path: Path, seed: int | None = None, **overrides: Any) -> PipelineConfig:
@@ -401,7 +421,12 @@ class Run:
 
     @property
     def recipe(self) -> ServingRecipe:
-        return ServingRecipe(prompts=self.cfg.prompts, scoring=self.cfg.train.scoring, ad_vocabulary=self.ad_vocabulary)
+        return ServingRecipe(
+            prompts=self.cfg.prompts,
+            scoring=self.cfg.train.scoring,
+            ad_vocabulary=self.ad_vocabulary,
+            ad_prior_weight=self.cfg.eval.ad_prior_weight,
+        )
 
     def recommender(self, name: str = "leadre") -> GenerativeRecommender:
         return GenerativeRecommender(
@@ -413,6 +438,7 @@ class Run:
             beams=self.cfg.eval.beams,
             name=name,
             renormalize=self.recipe.renormalize,
+            ad_prior_weight=self.recipe.ad_prior_weight,
         )
 
     def training_trie(self):
@@ -460,6 +486,8 @@ class Run:
                 token_dropout=t.ad_token_dropout if self.builder.ad_tokens is not None else 0.0,
                 token_dropout_block=self.builder.ad_tokens.block if self.builder.ad_tokens is not None else None,
                 token_dropout_to=self.builder.ad_tokens.unk if self.builder.ad_tokens is not None else None,
+                ad_head_weight=t.ad_head_weight,
+                ad_head_block=self.builder.ad_tokens.block if self.builder.ad_tokens is not None else None,
                 desc=f"stage {i} {key}",
             )
             eval_fn = self.valid_ndcg if "main" in stage else None
@@ -503,7 +531,9 @@ class Run:
         if "sasrec" in models and "sasrec" in cfg.eval.baselines:
             sas_cfg = cfg.eval.sasrec.model_copy(update={"torch_threads": cfg.train.torch_threads, "seed": cfg.seed})
             sas = SASRecRecommender(candidates, sas_cfg)
-            fit = sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, self.out / "sasrec")
+            fitted = sas.load_fitted(self.out / "sasrec") if cfg.eval.reuse_fitted_sasrec else None
+            fit = fitted or sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, self.out / "sasrec")
+            self.timings["sasrec_reused"] = fitted is not None
             recommenders["sasrec"] = sas
         rankings: dict[str, list[list[str]]] = {}
         for name, rec in recommenders.items() if cfg.eval.test else []:

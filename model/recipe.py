@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adgen.model.lm_training import Scoring
 from adgen.model.prompts import PromptOptions
@@ -30,6 +30,18 @@ class ServingRecipe(BaseModel):
         default_factory=list,
         description="With prompts.ad_id_tokens: the ad ids whose tokens <ad_0>, <ad_1>, ... the checkpoint knows.",
     )
+    ad_prior_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the next-ad head's log-prob when re-ranking the beam's ads (model/ad_head.py); "
+        "0 = S-ID scores only. Needs the ad vocabulary.",
+    )
+
+    @model_validator(mode="after")
+    def _prior_needs_ads(self) -> ServingRecipe:
+        if self.ad_prior_weight > 0 and not self.ad_vocabulary:
+            raise ValueError("ad_prior_weight > 0 needs ad-ID tokens (prompts.ad_id_tokens and an ad_vocabulary)")
+        return self
 
     @property
     def renormalize(self) -> bool:

@@ -25,6 +25,7 @@ import torch
 
 from adgen.core.clock import utc_now
 from adgen.core.config import BudgetSettings, ModelSettings, WindowSettings
+from adgen.model.ad_head import AdPrior
 from adgen.processors.ad_indexer import IndexView, LiveAdIndex
 from adgen.processors.feature_store import FeatureStore, GeneratedAd, UserAds
 from adgen.processors.metrics import WorkerMetrics
@@ -91,6 +92,9 @@ class LeadreGenerator:
             from adgen.model.ad_tokens import AdTokens
 
             self.ad_tokens = AdTokens(self.tokenizer, self.ad_vocabulary)
+        if self.recipe.ad_prior_weight > 0 and self.ad_tokens is None:
+            raise ValueError(f"{recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
+        self._prior: tuple[str, AdPrior] | None = None  # the next-ad prior of the last index version decoded
         digest = hashlib.blake2b(digest_size=6)
         for path in sorted(lm_dir.glob("*.safetensors")):
             digest.update(path.read_bytes())
@@ -122,7 +126,12 @@ class LeadreGenerator:
             prompts.append(builder.user_prompt(events, history.profile, now=now).ids)
         k = min(self.k, len(view.leaf_items))
         results = self.backend.generate(
-            prompts, view.trie, k=k, beams=max(self.beams, k), renormalize=self.recipe.renormalize
+            prompts,
+            view.trie,
+            k=k,
+            beams=max(self.beams, k),
+            renormalize=self.recipe.renormalize,
+            ad_prior=self._ad_prior(view),
         )
         return [
             [
@@ -131,6 +140,16 @@ class LeadreGenerator:
             ]
             for r in results
         ]
+
+    def _ad_prior(self, view: IndexView) -> AdPrior | None:
+        """The recipe's next-ad prior over this index version's leaves, rebuilt only when the version changes."""
+        if self.recipe.ad_prior_weight <= 0 or self.ad_tokens is None:
+            return None
+        if self._prior is None or self._prior[0] != view.version:
+            leaves = view.leaf_items
+            pairs = ((leaves.leaf_of(a), a) for a in leaves) if hasattr(leaves, "leaf_of") else enumerate(leaves)
+            self._prior = (view.version, AdPrior.build(pairs, self.ad_tokens, self.recipe.ad_prior_weight))
+        return self._prior[1]
 
 
 class GenerationService(Component):

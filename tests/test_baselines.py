@@ -36,3 +36,23 @@ def test_sasrec_learns_a_cyclic_next_item_rule():
     result = ranking_metrics(rankings, [e.target for e in split.test], [1])
     assert result["hr@1"] > 0.9, metrics["epochs"][-1]
     assert all(len(r) == 5 and len(set(r)) == 5 for r in rankings)
+
+
+def test_a_fitted_sasrec_is_reloaded_only_for_the_same_config_and_candidates(tmp_path):
+    items = [f"i{n}" for n in range(12)]
+    users = {
+        f"u{u}": UserHistory(user_id=f"u{u}", events=_clicks([items[(u + j) % 12] for j in range(7)]))
+        for u in range(30)
+    }
+    split = leave_one_out(Dataset(name="cycle", items={i: Item(item_id=i, title=i) for i in items}, users=users))
+    cfg = SASRecConfig(hidden=16, blocks=1, epochs=3, batch_size=32, max_len=8, seed=3)
+    fitted = SASRecRecommender(items, cfg)
+    metrics = fitted.fit([ad_ids(e.history) for e in split.valid], split.valid, tmp_path)
+
+    again = SASRecRecommender(items, cfg.model_copy(update={"torch_threads": 1}))  # threads do not matter
+    assert again.load_fitted(tmp_path)["best_valid_ndcg@10"] == metrics["best_valid_ndcg@10"]
+    assert again.recommend(split.test, 5) == fitted.recommend(split.test, 5)
+    assert SASRecRecommender(items, cfg.model_copy(update={"seed": 4})).load_fitted(tmp_path) is None
+    assert SASRecRecommender(items, cfg.model_copy(update={"dropout": 0.5})).load_fitted(tmp_path) is None
+    assert SASRecRecommender([*items[:-1], "other"], cfg).load_fitted(tmp_path) is None  # other candidates
+    assert SASRecRecommender(items, cfg).load_fitted(tmp_path / "missing") is None

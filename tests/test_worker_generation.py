@@ -261,3 +261,36 @@ def test_a_recipe_naming_ad_tokens_its_tokenizer_lacks_is_refused_at_start_up(tm
     save_recipe(ServingRecipe(prompts=options, scoring="trie", ad_vocabulary=list(ADS)), ckpt)
     with pytest.raises(ValueError, match="ad tokens"):
         LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=5), WindowSettings())
+
+
+def test_a_recipe_with_a_next_ad_prior_is_served_with_it(tmp_path: Path) -> None:
+    """The recipe's ad_prior_weight reaches the worker: its lists are the direct search re-ranked by the next-ad
+    prior over this index version's leaves (known ads by their token, new ads neutral), and differ from plain S-ID
+    scores."""
+    from adgen.model.ad_head import AdPrior
+    from adgen.model.ad_tokens import AdTokens, ad_token_names
+    from adgen.model.decoding import ConstrainedBeamSearch
+    from adgen.model.prompts import PromptBuilder, PromptOptions
+    from adgen.model.recipe import ServingRecipe, save_recipe
+
+    sid_map = fresh_sid_map()
+    known = list(ADS[::2])
+    vocab = [*sid_vocabulary(sid_map.codebook_sizes), *ad_token_names(len(known))]
+    ckpt = write_untrained_checkpoint(tmp_path / "ckpt", vocab, ["product ad"])
+    trained = PromptOptions(layout="sequence", ad_text="none", ad_id_tokens=True, max_prompt_tokens=300)
+    save_recipe(ServingRecipe(prompts=trained, scoring="trie", ad_vocabulary=known, ad_prior_weight=3.0), ckpt)
+    gen = LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=10), WindowSettings())
+    view = make_view(sid_map, gen.token_offset(sid_vocabulary(sid_map.codebook_sizes)), "v1")
+    w = window("u1", arpu=5.0, request_minutes=30)
+    got = gen.generate([w], view)[0]
+
+    history = w.to_history()
+    builder = PromptBuilder(gen.tokenizer, view.items, view.sids.__getitem__, options=gen.options, ad_vocabulary=known)
+    prompt = builder.user_prompt(history.events, history.profile, now=w.last_request_ts).ids
+    search = ConstrainedBeamSearch(gen.backend.search.runner.model)
+    prior = AdPrior.build(enumerate(view.leaf_items), AdTokens(gen.tokenizer, known), 3.0)
+    expected = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True, ad_prior=prior)[0]
+    assert [(view.leaf_items[v], round(s, 4)) for v, s in expected] == [(g.ad_id, round(g.score, 4)) for g in got]
+    plain = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True)[0]
+    assert [round(s, 4) for _, s in plain] != [round(g.score, 4) for g in got]
+    assert gen._ad_prior(view) is gen._ad_prior(view)  # built once per index version

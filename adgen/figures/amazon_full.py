@@ -161,6 +161,8 @@ EXPLORATION = {
 PIPELINE_EXPLORATION = {
     "a1_adtok_pipeline": "the pipeline (configs/amazon_full.yaml of e5's settings) + ad-ID tokens; stopped after "
     "epoch 16 of 24",
+    "a2_ad_head": "configs/amazon_full.yaml + the next-ad head (configs/amazon_full_adhead.yaml: loss weight 1.0, "
+    "decode weight 1.0 during training)",
 }
 
 
@@ -187,6 +189,44 @@ def exploration(sources: Sources) -> str:
             f"| {name} | {what} (best: epoch {best['epoch']}) | {v['hr@1']:.4f} | {v['hr@10']:.4f} "
             f"| {v['ndcg@10']:.4f} | {minutes:.0f} (training only) |\n"
         )
+    return "".join(lines)
+
+
+@region("amazon-full-ad-head")
+def ad_head(sources: Sources) -> str:
+    """The next-ad head's decode weight on validation users (bench/choose_ad_prior.py over run a2)."""
+    d = sources.data(str(DATA / "exploration" / "a2_ad_head_weights.json"))
+    lines = [
+        "| decode weight | valid HR@1 | valid HR@10 | valid NDCG@10 |\n",
+        "|---:|---:|---:|---:|\n",
+    ]
+    for row in d["rows"]:
+        mark = " (best)" if row["weight"] == d["best_weight"] else ""
+        lines.append(f"| {row['weight']:g}{mark} | {row['hr@1']:.4f} | {row['hr@10']:.4f} | {row['ndcg@10']:.4f} |\n")
+    return "".join(lines)
+
+
+@region("amazon-full-buckets")
+def buckets(sources: Sources) -> str:
+    """NDCG@10 of LEADRE and SASRec per target-frequency bucket, mean over the diagnosed seeds."""
+    d = sources.data(str(DATA / "buckets.json"))
+    seeds = list(d["seeds"].values())
+    lines = [
+        f"Seeds {', '.join(d['seeds'])}; users per bucket from the first seed.\n\n",
+        "| target's training count | valid users | valid LEADRE | valid SASRec | test users | test LEADRE "
+        "| test SASRec | test ratio |\n",
+        "|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    ]
+    for label in d["buckets"]:
+        row = [label]
+        for split in ("valid", "test"):
+            row.append(f"{int(seeds[0][split][label]['users']):,}")
+            for model in ("leadre", "sasrec"):
+                row.append(f"{statistics.mean(s[split][label][model] for s in seeds):.4f}")
+        lead = statistics.mean(s["test"][label]["leadre"] for s in seeds)
+        sas = statistics.mean(s["test"][label]["sasrec"] for s in seeds)
+        row.append(f"{lead / sas:.2f}x" if sas > 0 else "-")
+        lines.append("| " + " | ".join(row) + " |\n")
     return "".join(lines)
 
 
