@@ -144,7 +144,10 @@ def retrain(
             "nothing to hold out; let the system collect more behaviour first"
         )
     holdout = sample_examples(split.test, config.eval_users, config.seed)
-    builder = PromptBuilder(tokenizer, data.items, sid_map.sid_of, options=recipe.prompts)
+    # the parent's ad-ID tokens (recipe.ad_vocabulary) stay as they are: ads added since are written as <ad_unk>
+    builder = PromptBuilder(
+        tokenizer, data.items, sid_map.sid_of, options=recipe.prompts, ad_vocabulary=recipe.ad_vocabulary
+    )
     options = TaskOptions(seed=config.seed)
     user_samples = stage_examples(
         ["main"],
