@@ -1,7 +1,7 @@
 """Scale-out benchmark: one `adgen worker` vs two on the same topics, in the same run, on the embedded broker.
 
     .venv/bin/python bench/bench_scaleout.py [--events 200000] [--users 1000] [--ads 600]
-        [--out bench/results/scaleout.json]
+        [--out bench/results/scaleout.json]    (`adgen bench --only scaleout` runs it; docs: `adgen bench report`)
 
 One seeded world gives the index and the ads; an untrained model of the built-in default size (hidden 256,
 4 layers: decode cost like a real one, lists meaningless) is served. The topics are filled once, before
@@ -179,21 +179,6 @@ def summarise(
     }
 
 
-def summary_table(result: dict[str, Any]) -> str:
-    """The docs' table (markdown) from the JSON: one row per phase, then the ratios."""
-    rows = ["| phase | events/s (drain) | events/s (all consuming) | users generated/s |", "| --- | --- | --- | --- |"]
-    for phase in ("one", "two"):
-        p = result[phase]
-        steady = f"{p['events_per_s_all_consuming']:,.0f}" if p["events_per_s_all_consuming"] else "-"
-        rows.append(
-            f"| {p['workers']} worker(s) | {p['events_per_s']:,.0f} | {steady} | {p['generations_per_s']:,.1f} |"
-        )
-    r = result["ratios"]
-    steady_ratio = f"{r['events_per_s_all_consuming']:.2f}x" if r["events_per_s_all_consuming"] else "-"
-    rows.append(f"| two / one | {r['events_per_s']:.2f}x | {steady_ratio} | {r['generations_per_s']:.2f}x |")
-    return "\n".join(rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
@@ -202,7 +187,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--out", type=Path, default=Path("var/runs/bench/scaleout.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/scaleout.json"))
     args = parser.parse_args()
     load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="adgen-scaleout-"))
@@ -265,6 +250,8 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    from adgen.figures.scaleout import summary_table
+
     print(summary_table(result))
     print(f"wrote {args.out}")
 
