@@ -6,6 +6,7 @@ the stack, changes nothing:
 
     world     paths.world holds a world (manifest.json), or --world DIR, or a seeded synthetic one is generated
     index     paths.index holds a valid snapshot, or `adgen index build --world W --include-deleted`
+              (`--collaborative W` for collaborative S-IDs, which configs/demo.yaml's recipe expects)
     model     the registry has a current version, or one is published from --checkpoint DIR, from a training
               run (`adgen train --no-eval` with --train-config F, data and index redirected to the paths above),
               or, only if asked with --untrained, from a random-initialised model (valid, meaningless lists)
@@ -142,6 +143,9 @@ def init(
     untrained: Annotated[bool, typer.Option(help="First version = random init (plumbing only).")] = False,
     search: Annotated[bool, typer.Option(help="Also build the RARE search index (CIs) for GET /search.")] = False,
     index_epochs: Annotated[int, typer.Option(help="RQ-VAE epochs of the index build.")] = 100,
+    collaborative: Annotated[
+        float, typer.Option(help="Collaborative weight of the index build's S-IDs (0 = text only), as `adgen demo`.")
+    ] = 0.0,
     config_file: Annotated[Path | None, typer.Option("--config", help="JSON or YAML settings file.")] = None,
 ) -> None:
     """Index + model version (+ CI build) into the configured paths; skips what is already there."""
@@ -155,6 +159,7 @@ def init(
         else:
             assert source is not None
             build = ["index", "build", "--world", str(source), "--include-deleted", "--epochs", str(index_epochs)]
+            build += ["--collaborative", str(collaborative)] if collaborative > 0 else []
             _run(build, f"index: building from {source}")
         version, published = ensure_model(settings, source, checkpoint, train_config, untrained)
         summary.update(model_version=version, published_now=published)
