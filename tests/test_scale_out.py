@@ -4,7 +4,8 @@
    exactly the windows and lists the events imply, and the keys sit on all three masters.
 2. Two workers share one generation budget and one priority order through Redis (`budget.shared`): users
    whose ARPU band follows their partition request ads all at once; the two together generate at the
-   configured rate (+-10%) and serve higher ARPU groups first, across workers. Each worker alone would
+   configured rate (+-10%; the floor drops to what the decoders could do when a loaded machine makes them
+   slower than the budget) and serve higher ARPU groups first, across workers. Each worker alone would
    generate at the full rate (twice the budget), and each on its own order would interleave the bands.
 """
 
@@ -140,14 +141,25 @@ def test_two_workers_share_one_budget_and_serve_higher_arpu_groups_first(stack: 
         (UserAds.model_validate_json(r.hget(stack.keys.user_ads(u), "data")) for _, u, _ in users),
         key=lambda a: a.generated_at,
     )
-    by_worker = [w.metrics().get("adgen_generations_total", 0) for w in stack.workers.values()]
+    scraped = [w.metrics() for w in stack.workers.values()]
+    by_worker = [m.get("adgen_generations_total", 0) for m in scraped]
     assert all(n > 0 for n in by_worker), by_worker  # both workers generated under the one budget
 
-    # rate: past the burst, the lists came at the budget's rate, both workers together
+    # rate: past the burst, the lists came at the budget's rate, both workers together. The ceiling is what
+    # the bucket allowed over the wall time (two private budgets would give twice as many); the floor is
+    # the budget, unless the decoders themselves could not go that fast on this (loaded) machine: then the
+    # floor is what they could do in the decode time they used, so starving workers that had time still fails
     times = [a.generated_at.timestamp() for a in lists]
     rate = (len(times) - BURST - 1) / (times[-1] - times[BURST])
     assert len(lists) <= RATE * (times[-1] - requested_at) + BURST + 1  # the bucket's ceiling over the wall time
-    assert abs(rate - RATE) <= 0.1 * RATE, f"combined rate {rate:.2f}/s vs budget {RATE}/s (per worker {by_worker})"
+    assert rate <= 1.1 * RATE, f"combined rate {rate:.2f}/s above the budget {RATE}/s (per worker {by_worker})"
+    capacity = sum(
+        n / m["adgen_decode_batch_seconds_sum"]
+        for n, m in zip(by_worker, scraped, strict=True)
+        if m["adgen_decode_batch_seconds_sum"]
+    )
+    floor = 0.9 * min(RATE, capacity)
+    assert rate >= floor, f"combined rate {rate:.2f}/s under {floor:.2f}/s (decoders could do {capacity:.1f}/s)"
 
     # order: one ARPU numbering on both workers, and higher groups first across both of them
     groups = ArpuGroups.log_spaced(25)
