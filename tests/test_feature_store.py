@@ -111,8 +111,8 @@ def test_live_ads_never_expire_and_tombstones_do(server: RedisServer) -> None:
 
     asyncio.run(go())
     raw = redis.Redis.from_url(server.url)
-    assert raw.ttl("adgen:test:ad:a1") == -1
-    assert 0 < raw.ttl("adgen:test:ad:a2") <= 3600
+    assert raw.ttl("adgen:test:ad:{a1}") == -1  # braces: the ad's hash tag
+    assert 0 < raw.ttl("adgen:test:ad:{a2}") <= 3600
 
 
 def test_reader_hides_deleted_ads_and_computes_match_features(server: RedisServer) -> None:

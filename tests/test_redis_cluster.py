@@ -128,7 +128,7 @@ def test_user_lists_ads_and_the_reader_view_work_across_slots(settings: RedisSet
             assert await store.write_user_ads(lists) == 40
             assert await store.write_user_ads(lists) == 0  # a replay is a no-op
             assert await store.write_ads(ads) == 40
-            view = await store.user_view("u3", ["ad3", "ad7"])
+            view = await store.user_view("u3", ["ad3", "ad4"])  # S-IDs [1, 2, 3] (its own) and [1, 2, 0]
             assert view.ads is not None and view.ads.model_version == "v0001-x"
             assert [m.sid_prefix_similarity for m in view.match] == [1.0, pytest.approx(2 / 3)]
         finally:
