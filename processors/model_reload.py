@@ -68,7 +68,10 @@ def check_compatible(generator: Generator, registry: ModelRegistry, version: str
             f"{live.ad_index.model_version}: its S-IDs would name other ads"
         )
     if isinstance(generator, LeadreGenerator):
-        positions = getattr(generator.backend.search.runner.model.config, "max_position_embeddings", None)
+        found: object = generator.backend  # the torch backend's model config; other backends skip this check
+        for name in ("search", "runner", "model", "config"):
+            found = getattr(found, name, None)
+        positions = getattr(found, "max_position_embeddings", None)
         depth = len(live.ad_index.sid_map.codebook_sizes)
         if positions is not None and generator.options.max_prompt_tokens + depth > positions:
             raise ModelRefused(
