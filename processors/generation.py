@@ -93,7 +93,7 @@ class LeadreGenerator:
 
             self.ad_tokens = AdTokens(self.tokenizer, self.ad_vocabulary)
         if self.recipe.ad_prior_weight > 0 and self.ad_tokens is None:
-            raise ValueError(f"{recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
+            raise ValueError(f"{layout.recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
         self._prior: tuple[str, AdPrior] | None = None  # the next-ad prior of the last index version decoded
         digest = hashlib.blake2b(digest_size=6)
         for path in sorted(layout.lm_dir.glob("*.safetensors")):
