@@ -5,7 +5,7 @@ back into a setting. Each target is bucketed by how often its ad occurs in the t
 before each user's validation target, what both models trained on). Loads the LEADRE checkpoint and the SASRec that
 run fitted (same seed, split and users) and ranks every validation and test user with both.
 
-    .venv/bin/python bench/amazon_full_buckets.py --seeds 0,1 --out docs/data/amazon-full/buckets.json
+    .venv/bin/python bench/amazon_full_buckets.py --seeds 0,1,2 --out docs/data/amazon-full/buckets.json
 """
 
 from __future__ import annotations
