@@ -99,7 +99,8 @@ class LMTrainConfig(BaseModel):
         0.0,
         ge=0,
         description="Weight of the next-ad loss: at the token before each target S-ID, a softmax over the ad-ID "
-        "token block (ad_head_block) of the output layer must name the ad whose S-ID follows (model/ad_head.py).",
+        "token block (ad_head_block) of the output layer must name the ad whose S-ID follows (model/ad_head.py). "
+        "The reported train_loss then includes it.",
     )
     ad_head_block: tuple[int, int] | None = Field(None, description="[first, end) of the known ads' token ids.")
     desc: str = "train"
