@@ -194,9 +194,9 @@ class SASRecRecommender:
         if saved.model_dump(exclude={"torch_threads"}) != self.config.model_dump(exclude={"torch_threads"}):
             return None
         metrics = json.loads(paths[1].read_text())
-        state = load_file(str(paths[2]))
         if metrics.get("candidates", self._digest()) != self._digest():
             return None
+        state = load_file(str(paths[2]))
         if tuple(state["item_emb.weight"].shape) != tuple(self.net.item_emb.weight.shape):
             return None
         self.net.load_state_dict(state)

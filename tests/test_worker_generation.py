@@ -218,32 +218,45 @@ def test_the_generator_builds_prompts_and_scores_the_way_its_checkpoint_was_trai
     assert [round(s, 5) for _, s in plain] != [round(g.score, 5) for g in got]  # the scoring really differs
 
 
-def test_a_checkpoint_with_ad_id_tokens_is_served_with_them_and_unknown_ads_as_ad_unk(tmp_path: Path) -> None:
-    """The recipe's ad vocabulary reaches the worker's prompts: ads the checkpoint knows are written with their own
-    token, ads added since training with <ad_unk>; the lists are a search over exactly that prompt."""
-    from adgen.model.ad_tokens import AD_UNK_TOKEN, ad_token_names
-    from adgen.model.decoding import ConstrainedBeamSearch
+def serve_with_ad_tokens(
+    tmp_path: Path, beams: int, ad_prior_weight: float = 0.0
+) -> tuple[LeadreGenerator, IndexView, UserWindow, list[str], list[int], list]:
+    """An untrained checkpoint whose recipe knows every other ad (the rest stand for ads added after training),
+    served by a LeadreGenerator: (generator, view, window, known ads, the prompt training would build, its list)."""
+    from adgen.model.ad_tokens import ad_token_names
     from adgen.model.prompts import PromptBuilder, PromptOptions
     from adgen.model.recipe import ServingRecipe, save_recipe
 
     sid_map = fresh_sid_map()
-    known = list(ADS[::2])  # the other ads stand for ads added after training
+    known = list(ADS[::2])
     vocab = [*sid_vocabulary(sid_map.codebook_sizes), *ad_token_names(len(known))]
     ckpt = write_untrained_checkpoint(tmp_path / "ckpt", vocab, ["product ad"])
     trained = PromptOptions(layout="sequence", ad_text="none", ad_id_tokens=True, max_prompt_tokens=300)
-    save_recipe(ServingRecipe(prompts=trained, scoring="trie", ad_vocabulary=known), ckpt)
-    gen = LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=5), WindowSettings())
+    recipe = ServingRecipe(prompts=trained, scoring="trie", ad_vocabulary=known, ad_prior_weight=ad_prior_weight)
+    save_recipe(recipe, ckpt)
+    gen = LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=beams), WindowSettings())
     view = make_view(sid_map, gen.token_offset(sid_vocabulary(sid_map.codebook_sizes)), "v1")
     w = window("u1", arpu=5.0, request_minutes=30)
     got = gen.generate([w], view)[0]
-
     history = w.to_history()
     builder = PromptBuilder(gen.tokenizer, view.items, view.sids.__getitem__, options=gen.options, ad_vocabulary=known)
     prompt = builder.user_prompt(history.events, history.profile, now=w.last_request_ts).ids
+    return gen, view, w, known, prompt, got
+
+
+def test_a_checkpoint_with_ad_id_tokens_is_served_with_them_and_unknown_ads_as_ad_unk(tmp_path: Path) -> None:
+    """The recipe's ad vocabulary reaches the worker's prompts: ads the checkpoint knows are written with their own
+    token, ads added since training with <ad_unk>; the lists are a search over exactly that prompt."""
+    from adgen.model.ad_tokens import AD_UNK_TOKEN, AdTokens
+    from adgen.model.decoding import ConstrainedBeamSearch
+
+    gen, view, w, known, prompt, got = serve_with_ad_tokens(tmp_path, beams=5)
+    history = w.to_history()
+    tokens = AdTokens(gen.tokenizer, known)
     clicked = {e.ref for e in history.events if e.kind == "ad_click"}
     assert clicked & set(known) and clicked - set(known)  # the window holds both kinds of ad
     for ad in clicked:
-        token = builder.ad_tokens.id_of(ad)
+        token = tokens.id_of(ad)
         assert token in prompt
         assert (gen.tokenizer.convert_ids_to_tokens(token) == AD_UNK_TOKEN) == (ad not in known)
     search = ConstrainedBeamSearch(gen.backend.search.runner.model)
@@ -268,25 +281,10 @@ def test_a_recipe_with_a_next_ad_prior_is_served_with_it(tmp_path: Path) -> None
     prior over this index version's leaves (known ads by their token, new ads neutral), and differ from plain S-ID
     scores."""
     from adgen.model.ad_head import AdPrior
-    from adgen.model.ad_tokens import AdTokens, ad_token_names
+    from adgen.model.ad_tokens import AdTokens
     from adgen.model.decoding import ConstrainedBeamSearch
-    from adgen.model.prompts import PromptBuilder, PromptOptions
-    from adgen.model.recipe import ServingRecipe, save_recipe
 
-    sid_map = fresh_sid_map()
-    known = list(ADS[::2])
-    vocab = [*sid_vocabulary(sid_map.codebook_sizes), *ad_token_names(len(known))]
-    ckpt = write_untrained_checkpoint(tmp_path / "ckpt", vocab, ["product ad"])
-    trained = PromptOptions(layout="sequence", ad_text="none", ad_id_tokens=True, max_prompt_tokens=300)
-    save_recipe(ServingRecipe(prompts=trained, scoring="trie", ad_vocabulary=known, ad_prior_weight=3.0), ckpt)
-    gen = LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=10), WindowSettings())
-    view = make_view(sid_map, gen.token_offset(sid_vocabulary(sid_map.codebook_sizes)), "v1")
-    w = window("u1", arpu=5.0, request_minutes=30)
-    got = gen.generate([w], view)[0]
-
-    history = w.to_history()
-    builder = PromptBuilder(gen.tokenizer, view.items, view.sids.__getitem__, options=gen.options, ad_vocabulary=known)
-    prompt = builder.user_prompt(history.events, history.profile, now=w.last_request_ts).ids
+    gen, view, _, known, prompt, got = serve_with_ad_tokens(tmp_path, beams=10, ad_prior_weight=3.0)
     search = ConstrainedBeamSearch(gen.backend.search.runner.model)
     prior = AdPrior.build(enumerate(view.leaf_items), AdTokens(gen.tokenizer, known), 3.0)
     expected = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True, ad_prior=prior)[0]
