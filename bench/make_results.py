@@ -164,6 +164,14 @@ FULL_AMAZON = [
     "<!-- generated: amazon-full-ad-head -->",
     "<!-- end generated: amazon-full-ad-head -->",
     "",
+    "- *Tied input/output embeddings in the pipeline* (run a3 above): with ad-ID tokens in the prompt, tying the",
+    "  S-ID code rows to their input rows ended below the untied main run at every scored epoch, although tying",
+    "  helped the S-ID-only exploration script (e5). So an S-ID code's input occurrences do not help it as a target.",
+    "- *A per-ad leaf* (run a4 above; `sids.leaf: ad`, `global_leaf_map` in index/semantic_ids.py): one semantic",
+    "  level of 64 codes, then the ad's own catalogue-wide leaf token, tied, so every history occurrence of an ad",
+    "  trains the row that scores it among its cluster's ads, as SASRec's item embedding does. This targets the",
+    "  tail. It learnt faster (best at epoch 8) and then overfit; its best stayed below the main run.",
+    "",
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -69,10 +70,37 @@ def level_offsets(codebook_sizes: Sequence[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(codebook_sizes)[:-1]]).astype(np.int64)
 
 
-class SemanticIdMap:
-    """item_id <-> S-ID, mutable and versioned; the last codebook size is the collision level's."""
+def global_leaf_map(sid_map: SemanticIdMap, headroom: float = 2.0) -> SemanticIdMap:
+    """The same semantic codes, but each ad's last code is its own catalogue-wide number (item-id order).
 
-    def __init__(self, codebook_sizes: Sequence[int], capacity: int = 1024) -> None:
+    Why: with the usual collision code, the last token of an S-ID means different ads under different prefixes,
+    so its output row is shared and an ad's identity is learnt only from its few occurrences as a target. A
+    catalogue-wide leaf gives every ad a token of its own, seen in every history that holds the ad; with tied
+    embeddings that one row is both how the model reads the ad and how it scores it (SASRec's item embedding),
+    while the semantic prefix still groups similar ads. The leaf level gets `headroom` x the catalogue size.
+    """
+    sids, ids = sid_map.to_arrays()
+    order = np.argsort(np.asarray(ids), kind="stable")
+    leaves = np.empty(len(ids), dtype=sids.dtype)
+    leaves[order] = np.arange(len(ids))
+    size = max(16, 1 << max(int(headroom * len(ids)) - 1, 1).bit_length())
+    sizes = (*sid_map.codebook_sizes[:-1], size)
+    return SemanticIdMap.from_arrays(np.column_stack([sids[:, :-1], leaves]), ids, sizes, leaf_scope="global")
+
+
+LeafScope = Literal["prefix", "global"]
+"""Where a last code is unique: under its semantic prefix (a collision code) or in the whole map (an ad's own)."""
+
+
+class SemanticIdMap:
+    """item_id <-> S-ID, mutable and versioned; the last codebook size is the collision level's.
+
+    With `leaf_scope="global"` (see `global_leaf_map`) a new item takes the lowest last code no item of the map
+    holds, so a code never names two ads at once and a new ad never inherits a row another ad was trained on
+    while that ad is live.
+    """
+
+    def __init__(self, codebook_sizes: Sequence[int], capacity: int = 1024, leaf_scope: LeafScope = "prefix") -> None:
         sizes = tuple(int(s) for s in codebook_sizes)
         if len(sizes) < 2 or len(sizes) > len(LEVEL_NAMES) or min(sizes) < 1:
             raise SemanticIdError(f"codebook_sizes must be 2..8 positive sizes (last = collision level), got {sizes}")
@@ -88,6 +116,8 @@ class SemanticIdMap:
         self._row_of: dict[str, int] = {}
         self._row_of_sid: dict[int, int] = {}  # packed S-ID -> row
         self._used_collisions: dict[int, int] = {}  # packed semantic prefix -> bitmask of used collision codes
+        self.leaf_scope: LeafScope = leaf_scope
+        self._used_leaves = 0  # bitmask of every used last code (kept when leaf_scope is "global")
         self.version = 0
         self._materialised: dict[int, tuple[TrieArrays, list[str]]] = {}
         self._materialised_version = -1
@@ -142,13 +172,21 @@ class SemanticIdMap:
         semantic = self._check_codes(codes, self.depth - 1, "semantic codes")
         prefix = self._pack((*semantic, 0))
         used = self._used_collisions.get(prefix, 0)
-        collision = (~used & (used + 1)).bit_length() - 1  # lowest free code
+        taken = self._used_leaves if self.leaf_scope == "global" else used
+        collision = (~taken & (taken + 1)).bit_length() - 1  # lowest free code
         if collision >= self.codebook_sizes[-1]:
+            where = (
+                "last-level codes in the index"
+                if self.leaf_scope == "global"
+                else f"collision codes under semantic prefix {semantic}"
+            )
             raise CollisionOverflowError(
-                f"cannot index {item_id!r}: all {self.codebook_sizes[-1]} collision codes under semantic prefix "
-                f"{semantic} are taken; rebuild with a larger collision level (or more/larger codebooks)"
+                f"cannot index {item_id!r}: all {self.codebook_sizes[-1]} {where} are taken; "
+                "rebuild with a larger collision level (or more/larger codebooks)"
             )
         self._used_collisions[prefix] = used | (1 << collision)
+        if self.leaf_scope == "global":
+            self._used_leaves |= 1 << collision
         sid = (*semantic, collision)
         row = self._free_rows.pop() if self._free_rows else self._new_row()
         self._codes[row] = sid
@@ -177,6 +215,8 @@ class SemanticIdMap:
         key = self._pack(sid)
         prefix = key - int(sid[-1])
         self._used_collisions[prefix] &= ~(1 << int(sid[-1]))
+        if self.leaf_scope == "global":
+            self._used_leaves &= ~(1 << int(sid[-1]))
         if not self._used_collisions[prefix]:
             del self._used_collisions[prefix]
         del self._row_of_sid[key]
@@ -257,12 +297,18 @@ class SemanticIdMap:
         return codes[order], [self._item_at[r] for r in rows[order]]  # type: ignore[misc]
 
     @classmethod
-    def from_arrays(cls, sids: np.ndarray, item_ids: Sequence[str], codebook_sizes: Sequence[int]) -> SemanticIdMap:
+    def from_arrays(
+        cls,
+        sids: np.ndarray,
+        item_ids: Sequence[str],
+        codebook_sizes: Sequence[int],
+        leaf_scope: LeafScope = "prefix",
+    ) -> SemanticIdMap:
         """Restore a map saved by `to_arrays` keeping every S-ID (collision codes included) as it was."""
         sids = np.asarray(sids)
         if sids.ndim != 2 or len(sids) != len(item_ids):
             raise SemanticIdError(f"S-ID array of shape {sids.shape} does not match {len(item_ids)} item ids")
-        sid_map = cls(codebook_sizes, capacity=len(item_ids))
+        sid_map = cls(codebook_sizes, capacity=len(item_ids), leaf_scope=leaf_scope)
         for item_id, sid in zip(item_ids, sids.tolist(), strict=True):
             sid_map._insert_exact(item_id, sid)
         return sid_map
@@ -272,6 +318,10 @@ class SemanticIdMap:
         key = self._pack(sid)
         if item_id in self._row_of or key in self._row_of_sid:
             raise SemanticIdError(f"duplicate item {item_id!r} or S-ID {sid} in saved index")
+        if self.leaf_scope == "global":
+            if self._used_leaves >> sid[-1] & 1:
+                raise SemanticIdError(f"last code {sid[-1]} of {item_id!r} is held by another item (global leaves)")
+            self._used_leaves |= 1 << sid[-1]
         prefix = key - sid[-1]
         self._used_collisions[prefix] = self._used_collisions.get(prefix, 0) | (1 << sid[-1])
         row = self._new_row()

@@ -290,6 +290,7 @@ def write_index_snapshot(
             "items": item_ids,
             "index": {
                 "codebook_sizes": list(sid_map.codebook_sizes),
+                "leaf_scope": sid_map.leaf_scope,
                 "max_depth": trie.max_depth,
                 "max_children": trie.max_children,
                 "map_version": sid_map.version,
@@ -324,7 +325,9 @@ class IndexSnapshot:
 def read_index_snapshot(snapshot: Snapshot) -> IndexSnapshot:
     info = snapshot.document("index")
     items = snapshot.document("items")
-    sid_map = SemanticIdMap.from_arrays(snapshot.array("sids"), items, info["codebook_sizes"])
+    sid_map = SemanticIdMap.from_arrays(
+        snapshot.array("sids"), items, info["codebook_sizes"], info.get("leaf_scope", "prefix")
+    )
     trie = TrieArrays(
         *(torch.from_numpy(snapshot.array(f"trie_{n}")) for n in ("indptr", "child_token", "child_node", "leaf_value")),
         int(info["max_depth"]),

@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adgen.core.catalogue import AD_KINDS, Dataset, Split, leave_one_out
-from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
+from adgen.index.semantic_ids import SemanticIdMap, global_leaf_map, sid_vocabulary
 from adgen.model.ad_tokens import ad_token_names
 from adgen.model.baselines import PopularityRecommender, SASRecConfig, SASRecRecommender, ad_ids
 from adgen.model.collaborative import CollaborativeConfig, catalogue_vectors
@@ -60,6 +60,11 @@ class SidConfig(BaseModel):
     index: Path | None = Field(None, description="Existing index snapshot store to reuse (else built here).")
     levels: int = Field(3, ge=1)
     codebook_size: int | None = None
+    leaf: Literal["collision", "ad"] = Field(
+        "collision",
+        description="Last S-ID code: the usual collision code, or each ad's own catalogue-wide code "
+        "(index/semantic_ids.py `global_leaf_map`).",
+    )
     epochs: int = Field(100, ge=1)
     encoder: str = "all-MiniLM-L6-v2"
     embedding_cache: Path = Path("var/cache/embeddings")
@@ -316,6 +321,8 @@ def build_sid_map(
         out_dir / "rqvae",
         text_map=(text_map.weights, text_map.bias) if text_map is not None else None,
     )
+    if cfg.leaf == "ad":
+        ad_index.sid_map = global_leaf_map(ad_index.sid_map)
     ad_index.snapshot(store)
     (out_dir / "index_report.json").write_text(report.model_dump_json(indent=1))
     return ad_index.sid_map
@@ -327,7 +334,7 @@ def live_map(sid_map: SemanticIdMap, deleted: set[str]) -> SemanticIdMap:
         return sid_map
     sids, ids = sid_map.to_arrays()
     keep = [i for i, item in enumerate(ids) if item not in deleted]
-    return SemanticIdMap.from_arrays(sids[keep], [ids[i] for i in keep], sid_map.codebook_sizes)
+    return SemanticIdMap.from_arrays(sids[keep], [ids[i] for i in keep], sid_map.codebook_sizes, sid_map.leaf_scope)
 
 
 def tokenizer_corpus(data: Dataset) -> list[str]:

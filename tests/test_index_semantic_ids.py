@@ -6,6 +6,7 @@ from adgen.index.semantic_ids import (
     CollisionOverflowError,
     SemanticIdError,
     SemanticIdMap,
+    global_leaf_map,
     parse_sid,
     sid_tokens,
     sid_vocabulary,
@@ -176,3 +177,22 @@ def test_bulk_build_reports_overflow_and_duplicates() -> None:
         SemanticIdMap.build(["a", "a"], np.array([[0, 0], [1, 1]]), (2, 2, 2))
     with pytest.raises(SemanticIdError, match="outside"):
         SemanticIdMap.build(["a"], np.array([[0, 5]]), (2, 2, 2))
+
+
+def test_global_leaves_give_every_ad_its_own_last_code_and_new_ads_never_share_one() -> None:
+    codes = np.array([[0, 1], [0, 1], [2, 3], [0, 1]])  # three ads share one semantic prefix
+    prefix_map = SemanticIdMap.build(["d", "b", "c", "a"], codes, (4, 4, 3))
+    leaf_map = global_leaf_map(prefix_map)
+    assert leaf_map.leaf_scope == "global" and leaf_map.codebook_sizes[:-1] == (4, 4)
+    assert [leaf_map.sid_of(i) for i in "abcd"] == [(0, 1, 0), (0, 1, 1), (2, 3, 2), (0, 1, 3)]  # item-id order
+    leaf_map.remove("c")
+    assert leaf_map.add("e", (3, 3)) == (3, 3, 2)  # the lowest code no live ad holds, under any prefix
+    assert leaf_map.add("f", (2, 3)) == (2, 3, 4)  # a prefix-scope map would have given it code 0 (held by "a")
+    sids, ids = leaf_map.to_arrays()
+    restored = SemanticIdMap.from_arrays(sids, ids, leaf_map.codebook_sizes, leaf_scope="global")
+    assert restored.add("g", (1, 1)) == (1, 1, 5)
+    with pytest.raises(SemanticIdError, match="held by another item"):
+        SemanticIdMap.from_arrays(np.array([[0, 0, 1], [1, 1, 1]]), ["x", "y"], (4, 4, 16), leaf_scope="global")
+    full = SemanticIdMap.from_arrays(np.array([[0, 0, 0]]), ["x"], (4, 4, 1), leaf_scope="global")
+    with pytest.raises(CollisionOverflowError, match="in the index are taken"):
+        full.add("y", (1, 1))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adgen.index.rqvae import RQVAE, RQVAEConfig, load_rqvae, save_rqvae
-from adgen.index.semantic_ids import SemanticIdMap
+from adgen.index.semantic_ids import SemanticIdMap, global_leaf_map
 from adgen.index.snapshot import (
     INDEX_KIND,
     LiveSnapshot,
@@ -106,6 +106,10 @@ def test_index_snapshot_restores_map_trie_and_frozen_model(tmp_path: Path) -> No
     frozen, frozen_version = load_rqvae(restored.model_dir)
     x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
     assert frozen_version == version and np.array_equal(frozen.codes(x), model.codes(x))
+    assert restored.sid_map.leaf_scope == "prefix"
+    write_index_snapshot(store, global_leaf_map(sid_map), read_model_files(tmp_path / "model"), version, {})
+    leaves = read_index_snapshot(store.latest()).sid_map
+    assert leaves.leaf_scope == "global" and leaves.add("d", (0, 1)) == (0, 1, 3)  # a worker restarts global
 
 
 def test_live_index_keeps_publishing_after_its_source_snapshot_is_pruned(tmp_path: Path) -> None:

@@ -163,6 +163,9 @@ PIPELINE_EXPLORATION = {
     "epoch 16 of 24",
     "a2_ad_head": "configs/amazon_full.yaml + the next-ad head (configs/amazon_full_adhead.yaml: loss weight 1.0, "
     "decode weight 1.0 during training)",
+    "a3_tied": "configs/amazon_full.yaml with tied input/output embeddings (configs/amazon_full_tied.yaml)",
+    "a4_ad_leaf": "one semantic level of 64 codes + each ad's own leaf token, tied embeddings, no separate ad-ID "
+    "tokens (configs/amazon_full_adleaf.yaml)",
 }
 
 
