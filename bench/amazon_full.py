@@ -46,6 +46,13 @@ def main() -> None:
     )
     parser.add_argument("--torch-threads", type=int, default=None, help="Override train.torch_threads (all stages).")
     parser.add_argument(
+        "--sasrec-from",
+        default=None,
+        help="Variant whose work dir (same seed) already holds the fitted SASRec: it is copied into each new run, "
+        "which then loads it (the baseline row and a distilled model's teacher) instead of fitting it again; the "
+        "fit is the same config, seed and split. Recorded in summary.json.",
+    )
+    parser.add_argument(
         "--reuse-sasrec",
         action="store_true",
         help="With --evaluate-only: load the SASRec a run dir already fitted with the same config and seed instead of "
@@ -66,7 +73,11 @@ def main() -> None:
             work = args.work / name / f"seed{seed}"
             if work.exists():
                 shutil.rmtree(work)  # a fresh run: no stage is resumed from an older config
+            if args.sasrec_from is not None:
+                shutil.copytree(args.work / args.sasrec_from / f"seed{seed}" / "sasrec", work / "sasrec")
             cfg = load_config(Path(config), seed=seed, out_dir=str(work))
+            if args.sasrec_from is not None:
+                cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"reuse_fitted_sasrec": True})})
             if args.torch_threads is not None:
                 train = cfg.train.model_copy(update={"torch_threads": args.torch_threads})
                 cfg = cfg.model_copy(update={"train": train})
@@ -80,6 +91,7 @@ def main() -> None:
             summary["runner_wall_s"] = time.perf_counter() - t0
             summary["config_file"] = config
             summary["baselines_override"] = args.baselines
+            summary["sasrec_from"] = args.sasrec_from
             dest.mkdir(parents=True, exist_ok=True)
             results = summary.pop("results")
             (dest / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

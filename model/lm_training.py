@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from safetensors.torch import load_file, save_file
@@ -43,6 +44,8 @@ class SequenceExample:
 
     ids: Sequence[int]
     labels: Sequence[int]
+    #: a teacher's distribution over each labelled token's trie siblings ([labelled tokens, width]; model/distill.py)
+    soft: np.ndarray | None = None
 
 
 Example = tuple[Sequence[int], Sequence[int]] | SequenceExample  # (prompt_ids, response_ids) or a labelled sequence
@@ -103,6 +106,13 @@ class LMTrainConfig(BaseModel):
         "The reported train_loss then includes it.",
     )
     ad_head_block: tuple[int, int] | None = Field(None, description="[first, end) of the known ads' token ids.")
+    distill_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="With trie scoring and examples carrying `soft` teacher targets (model/distill.py): weight of the "
+        "cross-entropy to the teacher; the hard target keeps 1 - weight.",
+    )
     desc: str = "train"
 
 
@@ -122,6 +132,8 @@ class Batch:
     #: with an ad head: at each target run's first label, the index in the ad block of the ad token that follows
     #: the run (-1 elsewhere, or where no known ad token follows); read before token dropout touches input_ids
     ad_targets: torch.Tensor | None = None
+    #: teacher targets of the labelled tokens after the first position, in `labels[:, 1:] != IGNORE` order
+    soft: torch.Tensor | None = None
 
 
 def labelled_row(example: Example, max_len: int) -> tuple[list[int], list[int]]:
@@ -167,6 +179,7 @@ def collate(
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     parents = torch.full((len(rows), width), -1, dtype=torch.long) if trie is not None else None
     ad_targets = torch.full((len(rows), width), -1, dtype=torch.long) if ad_block is not None else None
+    soft = _soft_rows(examples, rows)
     for i, (ids, lab) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         labels[i, : len(lab)] = torch.tensor(lab)
@@ -181,7 +194,26 @@ def collate(
         parents=parents,
         real_tokens=sum(len(ids) for ids, _ in rows),
         ad_targets=ad_targets,
+        soft=soft,
     )
+
+
+def _soft_rows(examples: Sequence[Example], rows: Sequence[tuple[list[int], list[int]]]) -> torch.Tensor | None:
+    """The examples' teacher rows for the labels their (left-cut) rows kept, stacked in loss order."""
+    given = [e.soft for e in examples if isinstance(e, SequenceExample) and e.soft is not None]
+    if not given:
+        return None
+    width = max(s.shape[1] for s in given)
+    parts = []
+    for example, (_, lab) in zip(examples, rows, strict=True):
+        kept = sum(label != IGNORE for label in lab[1:])
+        soft = example.soft if isinstance(example, SequenceExample) else None
+        if soft is None or len(soft) < kept:
+            parts.append(np.zeros((kept, width), dtype=np.float32))
+        else:
+            part = soft[len(soft) - kept :]
+            parts.append(np.pad(part, ((0, 0), (0, width - part.shape[1]))))
+    return torch.from_numpy(np.concatenate(parts)) if parts else None
 
 
 def ad_head_targets(ids: Sequence[int], labels: Sequence[int], ad_block: tuple[int, int]) -> list[int]:
@@ -207,6 +239,7 @@ def response_loss(
     trie: TrieSoftmax | None = None,
     label_smoothing: float = 0.0,
     ad_head: tuple[tuple[int, int], float] | None = None,
+    distill_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy over target tokens: over the vocabulary, or over each target's trie siblings; plus, with
     `ad_head` ((first, end) of the ad block, weight), the weighted next-ad cross-entropy over the ad block."""
@@ -222,7 +255,7 @@ def response_loss(
         if batch.parents is None:
             raise ValueError("trie scoring needs a batch collated with the trie (its targets' parents)")
         parents = batch.parents[:, 1:][select]
-        loss = trie.loss(states, weight, targets[select], parents, label_smoothing)
+        loss = trie.loss(states, weight, targets[select], parents, label_smoothing, batch.soft, distill_weight)
     if ad_head is None:
         return loss
     if batch.ad_targets is None:
@@ -439,7 +472,7 @@ def train_causal_lm(
             if config.token_dropout > 0 and block is not None and to is not None:
                 drop_tokens(batch.input_ids, block, to, config.token_dropout, token_rng)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16), dropout:
-                loss = response_loss(model, batch, trie_softmax, config.label_smoothing, ad_head)
+                loss = response_loss(model, batch, trie_softmax, config.label_smoothing, ad_head, config.distill_weight)
             (loss / config.grad_accum).backward()
             sum_loss += loss.item() * batch.num_response_tokens
             sum_tokens += batch.num_response_tokens

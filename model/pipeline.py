@@ -16,26 +16,30 @@ import os
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
 
 from adgen.core.catalogue import AD_KINDS, Dataset, Split, leave_one_out
 from adgen.index.semantic_ids import SemanticIdMap, global_leaf_map, sid_vocabulary
 from adgen.model.ad_tokens import ad_token_names
 from adgen.model.baselines import PopularityRecommender, SASRecConfig, SASRecRecommender, ad_ids
 from adgen.model.collaborative import CollaborativeConfig, catalogue_vectors
+from adgen.model.distill import TriePaths, soft_targets
 from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, sample_examples, write_report
 from adgen.model.lm import LMConfig, build_lm, count_parameters, load_lm, save_lm
-from adgen.model.lm_training import LMTrainConfig, Scoring, train_causal_lm
+from adgen.model.lm_training import LMTrainConfig, Scoring, SequenceExample, train_causal_lm
 from adgen.model.metrics import channel_value, ranking_metrics
 from adgen.model.prompts import PromptBuilder, PromptOptions, fixed_texts
 from adgen.model.recipe import ServingRecipe, save_recipe
 from adgen.model.tasks import TaskOptions, curriculum_stages, stage_examples
 from adgen.model.tokenizer import build_tokenizer, extend_tokenizer, load_tokenizer, save_tokenizer, token_offset
+from adgen.model.trie_loss import TrieSoftmax
 
 
 class DataConfig(BaseModel):
@@ -115,6 +119,13 @@ class TrainSection(BaseModel):
     ad_head_weight: float = Field(
         0.0, ge=0, description="With prompts.ad_id_tokens: weight of the next-ad loss (model/ad_head.py); 0 = off."
     )
+    distill_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Sequence layouts with trie scoring: weight of SASRec's soft targets (model/distill.py); the "
+        "teacher is eval.sasrec fitted on the training part (reused by the evaluation); 0 = off.",
+    )
     eval_every: int = Field(1, ge=1)
     patience: int = 2
     torch_threads: int = 2
@@ -177,6 +188,15 @@ class PipelineConfig(BaseModel):
     def _ad_head_needs_ad_tokens(self) -> PipelineConfig:
         if (self.train.ad_head_weight > 0 or self.eval.ad_prior_weight > 0) and not self.prompts.ad_id_tokens:
             raise ValueError("train.ad_head_weight / eval.ad_prior_weight need prompts.ad_id_tokens: true")
+        return self
+
+    @model_validator(mode="after")
+    def _distillation_needs_trie_sequences(self) -> PipelineConfig:
+        if self.train.distill_weight > 0 and (self.train.scoring != "trie" or self.prompts.layout == "per_target"):
+            raise ValueError(
+                "train.distill_weight needs train.scoring: trie and a sequence layout (prompts.layout: sequence or "
+                "sid_only): the teacher speaks in trie siblings, at every target of a sequence"
+            )
         return self
 
 
@@ -495,8 +515,11 @@ class Run:
                 token_dropout_to=self.builder.ad_tokens.unk if self.builder.ad_tokens is not None else None,
                 ad_head_weight=t.ad_head_weight,
                 ad_head_block=self.builder.ad_tokens.block if self.builder.ad_tokens is not None else None,
+                distill_weight=t.distill_weight,
                 desc=f"stage {i} {key}",
             )
+            if t.distill_weight > 0 and "main" in stage:
+                examples = self.with_teacher_targets(examples)
             eval_fn = self.valid_ndcg if "main" in stage else None
             started = time.perf_counter()
             trie = self.training_trie() if t.scoring == "trie" else None
@@ -509,6 +532,28 @@ class Run:
         save_tokenizer(self.tok, self.out / "model")
         save_recipe(self.recipe, self.out / "model")
         return reports
+
+    def sasrec(self, reuse: bool) -> tuple[SASRecRecommender, dict[str, Any], bool]:
+        """eval.sasrec with this run's seed, fitted on the training part (or the fit saved in out/sasrec when
+        `reuse` and it matches); (model, fit metrics, reused)."""
+        cfg = self.cfg
+        sas_cfg = cfg.eval.sasrec.model_copy(update={"torch_threads": cfg.train.torch_threads, "seed": cfg.seed})
+        sas = SASRecRecommender(sorted(self.data.active_items()), sas_cfg)
+        fitted = sas.load_fitted(self.out / "sasrec") if reuse else None
+        fit = fitted or sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, self.out / "sasrec")
+        return sas, fit, fitted is not None
+
+    def with_teacher_targets(self, examples: Sequence[Any]) -> list[Any]:
+        """The sequence examples with SASRec's soft targets attached (model/distill.py)."""
+        teacher, _, _ = self.sasrec(reuse=True)
+        trie, leaf_items = self.sid_map.trie_arrays(token_offset(self.tok, sid_vocabulary(self.sid_map.codebook_sizes)))
+        softmax = TrieSoftmax(trie)
+        paths = TriePaths(trie, leaf_items, softmax, teacher.items)
+        out = []
+        for e in tqdm(examples, desc="teacher targets", leave=False):
+            is_seq = isinstance(e, SequenceExample)
+            out.append(replace(e, soft=soft_targets(teacher, e.labels, softmax, paths)) if is_seq else e)
+        return out
 
     def load_trained(self) -> None:
         path = self.out / "model"
@@ -536,12 +581,9 @@ class Run:
         if "popularity" in models and "popularity" in cfg.eval.baselines:
             recommenders["popularity"] = PopularityRecommender(candidates).fit([e.history for e in self.split.valid])
         if "sasrec" in models and "sasrec" in cfg.eval.baselines:
-            sas_cfg = cfg.eval.sasrec.model_copy(update={"torch_threads": cfg.train.torch_threads, "seed": cfg.seed})
-            sas = SASRecRecommender(candidates, sas_cfg)
-            fitted = sas.load_fitted(self.out / "sasrec") if cfg.eval.reuse_fitted_sasrec else None
-            fit = fitted or sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, self.out / "sasrec")
-            self.timings["sasrec_reused"] = fitted is not None
-            recommenders["sasrec"] = sas
+            # a distilled model's teacher is this same fit: reuse it rather than fit a second one
+            reuse = cfg.eval.reuse_fitted_sasrec or cfg.train.distill_weight > 0
+            recommenders["sasrec"], fit, self.timings["sasrec_reused"] = self.sasrec(reuse)
         rankings: dict[str, list[list[str]]] = {}
         for name, rec in recommenders.items() if cfg.eval.test else []:
             results[name], rankings[name] = evaluate_recommender(

@@ -73,6 +73,10 @@ class TrieSoftmax:
             previous_labelled = True
         return out
 
+    def child(self, node: int, token: int) -> int:
+        """The node `token` leads to from `node` (KeyError if it is not one of its children)."""
+        return self._child[(node, token)]
+
     def _children_logprobs(
         self, hidden: torch.Tensor, output_weight: torch.Tensor, targets: torch.Tensor, parents: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,11 +102,20 @@ class TrieSoftmax:
         targets: torch.Tensor,
         parents: torch.Tensor,
         label_smoothing: float = 0.0,
+        soft: torch.Tensor | None = None,
+        soft_weight: float = 0.0,
     ) -> torch.Tensor:
-        """Mean cross-entropy of `targets` [T] among the children of `parents` [T], from hidden states [T, d]."""
+        """Mean cross-entropy of `targets` [T] among the children of `parents` [T], from hidden states [T, d].
+
+        `soft` [T, width] (rows over the same child slots, summing to 1; all-zero rows = none) mixes in a teacher's
+        distribution (model/distill.py): (1 - soft_weight) * hard + soft_weight * cross-entropy to the teacher."""
         logp, valid, pick = self._children_logprobs(hidden, output_weight, targets, parents)
         nll = -logp.gather(1, pick[:, None]).squeeze(1)
         if label_smoothing > 0:  # smoothing spread over the valid children only
             uniform = -(logp.masked_fill(~valid, 0.0).sum(1) / valid.sum(1))
             nll = (1 - label_smoothing) * nll + label_smoothing * uniform
+        if soft is not None and soft_weight > 0:
+            soft = soft[:, : logp.shape[1]].to(logp.dtype)
+            taught = -(soft * logp.masked_fill(~valid, 0.0)).sum(1)
+            nll = torch.where(soft.sum(1) > 0, (1 - soft_weight) * nll + soft_weight * taught, nll)
         return nll.mean()

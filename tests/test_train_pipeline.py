@@ -75,6 +75,26 @@ def test_train_runs_every_stage_and_writes_metrics_model_and_report(workdir: Pat
     assert summary["data"]["items"] == N_ITEMS and summary["stages"][2]["examples"] > 0
 
 
+def test_a_distilled_run_fits_its_teacher_once_and_the_evaluation_scores_that_same_sasrec(workdir: Path):
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    config.update(out_dir=str(workdir / "distilled"), tasks={"curriculum": "main_only"})
+    config["prompts"]["layout"] = "sequence"
+    config["train"].update(stage_epochs={"main": 1}, scoring="trie", distill_weight=0.5)
+    (workdir / "distilled.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["train", "--config", str(workdir / "distilled.yaml")])
+    assert result.exit_code == 0, result.output
+    run = workdir / "distilled"
+    fitted = json.loads((run / "sasrec" / "metrics.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["timings"]["sasrec_reused"] is True  # the teacher, fitted before training, is the baseline row
+    report = json.loads((run / "eval" / "eval.json").read_text())["results"]
+    assert report["sasrec"]["train_s"] == fitted["train_seconds"]
+    bad = {**config, "train": {**config["train"], "scoring": "vocab"}}
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match=r"distill_weight needs train\.scoring: trie"):
+        load_config(workdir / "bad.yaml")
+
+
 def test_rerun_resumes_finished_stages_and_eval_reloads_the_model(workdir: Path):
     run = workdir / "run"
     before = (run / "stage2_main" / "metrics.json").read_text()
