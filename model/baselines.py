@@ -204,6 +204,16 @@ class SASRecRecommender:
         return metrics
 
     @torch.no_grad()
+    def next_probs(self, sequence: Sequence[str]) -> torch.Tensor:
+        """[L, candidates]: after each of the last L = min(len, max_len) ads of `sequence`, the probability of every
+        candidate being next (row r follows the r-th of those ads). An ad that is no candidate stays in place as
+        padding, so rows keep their positions."""
+        length = min(len(sequence), self.config.max_len)
+        seq = torch.tensor([[self.index.get(a, 0) for a in sequence[len(sequence) - length :]]], dtype=torch.long)
+        self.net.eval()
+        return torch.softmax(self.net.scores(self.net(seq)[0]), dim=-1)
+
+    @torch.no_grad()
     def recommend(self, examples: Sequence[SplitExample], k: int) -> list[list[str]]:
         self.net.eval()
         out: list[list[str]] = []

@@ -83,9 +83,7 @@ def soft_targets(
     out = np.zeros((len(parents), paths.width), dtype=np.float32)
     if len(ads) < 2 or len(parents) != depth * len(ads):
         return out
-    length = teacher.config.max_len
-    seq = teacher._encode([ads[:-1]], min(length, len(ads) - 1))  # inputs: every ad but the last
-    probs = torch.softmax(teacher.net.scores(teacher.net(seq)[0]), dim=-1)  # [L, I]: row r predicts ad first + r
+    probs = teacher.next_probs(ads[:-1])  # [L, I]: row r predicts ad first + r
     first = len(ads) - probs.shape[0]  # targets before this have no teacher row (history over max_len)
     rows = torch.tensor([j - first for j in range(first, len(ads)) for _ in range(depth)])
     levels = torch.tensor([lv for _ in range(first, len(ads)) for lv in range(depth)])

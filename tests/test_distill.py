@@ -45,7 +45,7 @@ def test_teacher_rows_are_the_teacher_mass_under_each_sibling_given_the_earlier_
     assert not soft[:3].any()  # the first ad has no earlier ads: no teacher
     assert np.allclose(soft[3:].sum(1), 1.0, atol=1e-5)
     with torch.no_grad():  # brute force: the teacher's distribution after "a" (the target is "d")
-        p = torch.softmax(teacher.net.scores(teacher.net(teacher._encode([["a"]], 1))[0, -1]), -1).numpy()
+        p = torch.softmax(teacher.net.scores(teacher.net(torch.tensor([[teacher.index["a"]]]))[0, -1]), -1).numpy()
     prob = dict(zip(teacher.items, p, strict=True))
     first = [prob["a"] + prob["b"], prob["c"] + prob["d"] + prob["e"]]  # level 0: code 0 vs code 1 ("gone" has none)
     assert np.allclose(soft[3, :2], np.array(first) / sum(first), atol=1e-5)
@@ -81,3 +81,10 @@ def test_a_teacher_row_moves_the_loss_and_weight_zero_ignores_it(setup) -> None:
     logp = torch.log_softmax(hidden[0] @ weight[[OFFSET, OFFSET + 1]].T, -1)
     expected = (0.5 * -logp[0] + 0.5 * -logp[1] + (hard * 2 - -logp[0])) / 2  # row 1 has no teacher: hard only
     assert torch.allclose(mixed, expected, atol=1e-5)
+
+
+def test_an_ad_the_teacher_does_not_know_keeps_its_place_in_the_sequence(setup) -> None:
+    _, _, teacher, _ = setup
+    probs = teacher.next_probs(["a", "unknown", "d"])
+    assert probs.shape == (3, len(teacher.items)) and torch.allclose(probs.sum(1), torch.ones(3))
+    assert not torch.allclose(probs[2], teacher.next_probs(["a", "d"])[1])  # the gap is padding, not dropped
