@@ -19,9 +19,10 @@ DATA = Path("docs/data/amazon-full")
 MAIN = "leadre"
 METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
 LABELS = {
-    "leadre": "LEADRE (sequence prompt + ad-ID tokens; the chosen config)",
-    "tiger": "same LM, S-ID sequence only (TIGER-style input)",
-    "no_adtok": "LEADRE without ad-ID tokens",
+    "leadre": "LEADRE (sequence prompt + ad-ID tokens + SASRec distillation; the chosen config)",
+    "no_distill": "LEADRE without distillation (the recipe before it)",
+    "tiger": "same LM, S-ID sequence only (TIGER-style input; no distillation)",
+    "no_adtok": "LEADRE without ad-ID tokens (no distillation)",
 }
 
 
@@ -166,6 +167,10 @@ PIPELINE_EXPLORATION = {
     "a3_tied": "configs/amazon_full.yaml with tied input/output embeddings (configs/amazon_full_tied.yaml)",
     "a4_ad_leaf": "one semantic level of 64 codes + each ad's own leaf token, tied embeddings, no separate ad-ID "
     "tokens (configs/amazon_full_adleaf.yaml)",
+    "a5_distill": "the recipe without distillation + SASRec's soft targets at weight 0.5 "
+    "(configs/amazon_full_distill.yaml)",
+    "a6_distill08": "the same at weight 0.8 (configs/amazon_full_distill08.yaml); stopped after epoch 11 of 16, "
+    "below weight 0.5 at both scored epochs",
 }
 
 
@@ -211,12 +216,20 @@ def ad_head(sources: Sources) -> str:
 
 @region("amazon-full-buckets")
 def buckets(sources: Sources) -> str:
-    """NDCG@10 of LEADRE and SASRec per target-frequency bucket, mean over the diagnosed seeds."""
-    d = sources.data(str(DATA / "buckets.json"))
+    """NDCG@10 of LEADRE and SASRec per target-frequency bucket, mean over the diagnosed seeds: the chosen recipe
+    (buckets.json), then the recipe without distillation (buckets_no_distill.json) when it is committed."""
+    parts = [_bucket_table(sources.data(str(DATA / "buckets.json")), "LEADRE")]
+    if (sources.root / DATA / "buckets_no_distill.json").exists():
+        old = sources.data(str(DATA / "buckets_no_distill.json"))
+        parts.append(_bucket_table(old, "LEADRE without distillation"))
+    return "\n".join(parts)
+
+
+def _bucket_table(d: dict[str, Any], name: str) -> str:
     seeds = list(d["seeds"].values())
     lines = [
-        f"Seeds {', '.join(d['seeds'])}; users per bucket from the first seed.\n\n",
-        "| target's training count | valid users | valid LEADRE | valid SASRec | test users | test LEADRE "
+        f"{name} (`{d['config']}`), seeds {', '.join(d['seeds'])}; users per bucket from the first seed.\n\n",
+        f"| target's training count | valid users | valid {name} | valid SASRec | test users | test {name} "
         "| test SASRec | test ratio |\n",
         "|---|---:|---:|---:|---:|---:|---:|---:|\n",
     ]
