@@ -28,7 +28,6 @@ class TriePaths:
     """For every teacher candidate: its trie node before each S-ID token and that token's slot among siblings."""
 
     def __init__(self, trie: TrieArrays, leaf_items: Sequence[str], softmax: TrieSoftmax, candidates: Sequence[str]):
-        self.softmax = softmax
         self.depth = softmax.depth
         self.width = int(softmax.children.shape[1])
         leaf_node = {int(v): n for n, v in enumerate(trie.leaf_value.tolist()) if v >= 0}
