@@ -171,6 +171,7 @@ PIPELINE_EXPLORATION = {
     "(configs/amazon_full_distill.yaml)",
     "a6_distill08": "the same at weight 0.8 (configs/amazon_full_distill08.yaml); stopped after epoch 11 of 16, "
     "below weight 0.5 at both scored epochs",
+    "a7_distill24": "the chosen recipe (weight 0.5) with 24 epochs instead of 16 (configs/amazon_full_distill24.yaml)",
 }
 
 
