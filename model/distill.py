@@ -61,7 +61,6 @@ def target_ads(labels: Sequence[int], softmax: TrieSoftmax, paths: TriePaths) ->
     """The ads a labelled sequence targets, in order, and each labelled token's parent node."""
     parents = softmax.parents(labels)
     ads: list[str] = []
-    node = 0
     for token, parent in zip(labels, parents, strict=True):
         if token == IGNORE:
             continue

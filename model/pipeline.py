@@ -470,8 +470,12 @@ class Run:
 
     def training_trie(self):
         """Trie of every S-ID in the training data (deleted ads included: histories name them)."""
+        return self.training_trie_and_items()[0]
+
+    def training_trie_and_items(self):
+        """`training_trie` and the ad id of each of its leaf values."""
         offset = token_offset(self.tok, sid_vocabulary(self.sid_map.codebook_sizes))
-        return self.sid_map.trie_arrays(offset)[0]
+        return self.sid_map.trie_arrays(offset)
 
     def valid_ndcg(self, model: torch.nn.Module) -> dict[str, float]:
         rankings = self.recommender().recommend(self.valid, 10)
@@ -546,7 +550,7 @@ class Run:
     def with_teacher_targets(self, examples: Sequence[Any]) -> list[Any]:
         """The sequence examples with SASRec's soft targets attached (model/distill.py)."""
         teacher, _, _ = self.sasrec(reuse=True)
-        trie, leaf_items = self.sid_map.trie_arrays(token_offset(self.tok, sid_vocabulary(self.sid_map.codebook_sizes)))
+        trie, leaf_items = self.training_trie_and_items()
         softmax = TrieSoftmax(trie)
         paths = TriePaths(trie, leaf_items, softmax, teacher.items)
         out = []
