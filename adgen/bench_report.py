@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "decoder": ("bench/bench_decoder.py", []),
     "worker": ("bench/bench_worker.py", []),
     "search": ("bench/bench_search.py", ["--world", "var/demo/world", "--ci-dir", "var/demo/index/ci"]),
+    "scaleout": ("bench/bench_scaleout.py", []),  # 1 vs 2 workers (docs/benchmarks.md, scale-out)
 }
 RESULTS_DIR = Path("bench/results")
 

@@ -26,6 +26,8 @@ _COMMAND_MODULES: tuple[tuple[str, str | None], ...] = (
     ("search", "ci"),  # adgen ci build / search
     ("demo", None),  # adgen demo
     ("bench", "bench"),  # adgen bench / bench report
+    ("lifecycle", None),  # adgen retrain / adgen model list|publish|use|rollback
+    ("init", None),  # adgen init
 )
 
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -77,9 +77,10 @@ class KafkaSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
-    """Feature-store connection; `url` may be redis:// or rediss:// (TLS)."""
+    """Feature-store connection: one node (`redis://`, `rediss://` for TLS) or a Redis Cluster
+    (`redis+cluster://host:port[,host:port...]`, `rediss+cluster://` for TLS)."""
 
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis[s]://host:port/db or redis[s]+cluster://nodes.")
     password: SecretStr | None = None
     ssl_ca_certs: Path | None = None
     namespace: str = Field("adgen", description="First key segment: adgen:{env}:...")
@@ -109,6 +110,12 @@ class ModelSettings(BaseModel):
     """Generative model and decoding."""
 
     checkpoint: Path | None = Field(None, description="Local dir with safetensors + config (built-in or HF).")
+    registry: Path | None = Field(
+        None,
+        description="Model registry dir (model/registry.py): the worker serves its current version, ignores "
+        "`checkpoint`, and swaps in newly published versions (checked against the live index) while it runs.",
+    )
+    reload_interval_s: float = Field(30.0, gt=0, description="How often a worker checks the registry's pointer.")
     encoder: str = Field("all-MiniLM-L6-v2", description="Package default or a local sentence-transformers path.")
     backend: Literal["torch", "tensorrt_llm"] = "torch"
     device: str = "cpu"
@@ -134,6 +141,26 @@ class BudgetSettings(BaseModel):
     batch_size: int = Field(16, ge=1)
     batch_deadline_ms: int = Field(50, ge=1)
     queue_capacity: int = Field(1024, ge=1)
+    shared: bool = Field(
+        False,
+        description="One budget and one priority order for every worker, kept in Redis (processors/shared_budget.py); "
+        "generations_per_second and burst are then the whole cluster's.",
+    )
+    arpu_edges: list[float] | None = Field(
+        None,
+        description="Fixed ascending ARPU group edges (len = user_groups - 1). None: fitted from observed ARPUs, "
+        "or log-spaced fixed edges when the budget is shared (every worker must number groups alike).",
+    )
+    demand_ttl_s: float = Field(3.0, gt=0, description="Shared budget: a worker's queue report expires after this.")
+
+    @model_validator(mode="after")
+    def _edges_fit_groups(self) -> BudgetSettings:
+        edges = self.arpu_edges
+        if edges is not None and (len(edges) != self.user_groups - 1 or edges != sorted(edges)):
+            raise ValueError(
+                f"budget.arpu_edges must be {self.user_groups - 1} ascending values (user_groups - 1), got {edges}"
+            )
+        return self
 
 
 class WindowSettings(BaseModel):

@@ -1,11 +1,15 @@
-"""Generation: ad request -> priority group + shared budget + debounce -> batched decode -> top-K ads in Redis.
+"""Generation: ad request -> priority group + budget + debounce -> batched decode -> top-K ads in Redis.
 
 The behaviour-window agent hands every changed window here (`observe`); a window with a newer ad request
 joins the priority queue (one entry per user, ARPU group decides the order). A single loop drains the
-queue: it waits up to the batch deadline to fill a batch, takes as many users as the token bucket pays
-for, drops the ones the debounce rejects (nothing changed, too soon, already served) without charging
-them, builds prompts from the windows, decodes the batch in a worker thread against one index view, and
-writes the lists to Redis with the request's event time as the guard version.
+queue: it waits up to the batch deadline to fill a batch, takes as many users as the budget pays for (the
+worker's own token bucket, or the one every worker shares through Redis: processors/shared_budget.py),
+drops the ones the debounce rejects (nothing changed, too soon, already served) without charging them,
+builds prompts from the windows, decodes the batch in a worker thread against one index view, and writes
+the lists to Redis with the request's event time as the guard version.
+
+The generator is read once per batch, so `swap_generator` (the model reloader, processors/model_reload.py)
+takes effect between batches: a batch is decoded, and its lists labelled, by exactly one model version.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -30,7 +34,9 @@ from adgen.processors.ad_indexer import IndexView, LiveAdIndex
 from adgen.processors.feature_store import FeatureStore, GeneratedAd, UserAds
 from adgen.processors.metrics import WorkerMetrics
 from adgen.processors.scheduler import (
+    ArpuGroups,
     ArpuReservoir,
+    FixedGroups,
     GenerationQueue,
     GenerationScheduler,
     LastGeneration,
@@ -38,8 +44,13 @@ from adgen.processors.scheduler import (
     TokenBucket,
     debounce,
 )
+from adgen.processors.shared_budget import Budget, LocalBudget
 from adgen.processors.window_state import NO_TIME, UserWindow
 from adgen.processors.worker_parts import Component
+
+if TYPE_CHECKING:
+    from adgen.model.prompts import PromptOptions
+    from adgen.model.recipe import ServingRecipe
 
 log = logging.getLogger(__name__)
 
@@ -60,31 +71,20 @@ class LeadreGenerator:
 
     def __init__(self, checkpoint: Path, model: ModelSettings, window: WindowSettings) -> None:
         from adgen.model.backends import load_backend
-        from adgen.model.recipe import RECIPE_FILE, ServingRecipe, load_recipe
+        from adgen.model.checkpoint_layout import CheckpointLayout
+        from adgen.model.recipe import ServingRecipe, load_recipe
         from adgen.model.tokenizer import load_tokenizer
 
         checkpoint = Path(checkpoint)
-        lm_dir = checkpoint / "lm" if (checkpoint / "lm").is_dir() else checkpoint
-        tok_dir = checkpoint / "tokenizer" if (checkpoint / "tokenizer").is_dir() else checkpoint
-        self.tokenizer = load_tokenizer(tok_dir)
-        self.backend = load_backend(model, lm_dir)  # ADGEN_MODEL__BACKEND: torch (default) or tensorrt_llm
+        layout = CheckpointLayout.of(checkpoint)
+        self.checkpoint = checkpoint
+        self.tokenizer = load_tokenizer(layout.tokenizer_dir)
+        self.backend = load_backend(model, layout.lm_dir)  # ADGEN_MODEL__BACKEND: torch (default) or tensorrt_llm
         self.k, self.beams = model.top_k, max(model.beams, model.top_k)
         # prompts are built and scored the way this checkpoint was trained (model/recipe.py); the window settings
         # bound what the prompt may hold (never more behaviours or a longer prompt than the worker keeps/allows)
-        recipe_dir = next((d for d in (lm_dir, checkpoint) if (d / RECIPE_FILE).is_file()), None)
-        self.recipe = load_recipe(recipe_dir) if recipe_dir is not None else ServingRecipe()
-        trained = self.recipe.prompts
-        if recipe_dir is None:  # a checkpoint from before recipes: the settings' budget, as then
-            trained = trained.model_copy(update={"max_prompt_tokens": model.max_prompt_tokens})
-        self.options = trained.model_copy(
-            update={
-                "max_prompt_tokens": min(model.max_prompt_tokens, trained.max_prompt_tokens),
-                "max_events": min(window.max_events, trained.max_events),
-                "window_days": float(window.days)
-                if trained.window_days is None
-                else min(float(window.days), trained.window_days),
-            }
-        )
+        self.recipe = load_recipe(layout.recipe_dir) if layout.recipe_dir is not None else ServingRecipe()
+        self.options = serving_options(self.recipe, layout.recipe_dir is not None, model, window)
         #: ads with their own ad-ID token in this checkpoint; ads added since training are written as <ad_unk>
         self.ad_vocabulary = self.recipe.ad_vocabulary
         self.ad_tokens = None  # built once: a recipe/tokenizer mismatch is refused at start-up, not per request
@@ -93,10 +93,10 @@ class LeadreGenerator:
 
             self.ad_tokens = AdTokens(self.tokenizer, self.ad_vocabulary)
         if self.recipe.ad_prior_weight > 0 and self.ad_tokens is None:
-            raise ValueError(f"{recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
+            raise ValueError(f"{layout.recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
         self._prior: tuple[str, AdPrior] | None = None  # the next-ad prior of the last index version decoded
         digest = hashlib.blake2b(digest_size=6)
-        for path in sorted(lm_dir.glob("*.safetensors")):
+        for path in sorted(layout.lm_dir.glob("*.safetensors")):
             digest.update(path.read_bytes())
         self.model_version = f"{checkpoint.name}-{digest.hexdigest()}"
 
@@ -152,6 +152,24 @@ class LeadreGenerator:
         return self._prior[1]
 
 
+def serving_options(
+    recipe: ServingRecipe, has_recipe: bool, model: ModelSettings, window: WindowSettings
+) -> PromptOptions:
+    """The checkpoint's trained prompt options, bounded by what the worker keeps (window) and allows (model)."""
+    trained = recipe.prompts
+    if not has_recipe:  # a checkpoint from before recipes: the settings' budget, as then
+        trained = trained.model_copy(update={"max_prompt_tokens": model.max_prompt_tokens})
+    return trained.model_copy(
+        update={
+            "max_prompt_tokens": min(model.max_prompt_tokens, trained.max_prompt_tokens),
+            "max_events": min(window.max_events, trained.max_events),
+            "window_days": float(window.days)
+            if trained.window_days is None
+            else min(float(window.days), trained.window_days),
+        }
+    )
+
+
 class GenerationService(Component):
     """The generation component: owns the queue, the budget and the decode loop; the behaviour-window
     component hands it changed windows through `observe`."""
@@ -165,7 +183,9 @@ class GenerationService(Component):
         metrics: WorkerMetrics,
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
+        shared: Budget | None = None,
     ) -> None:
+        """`shared`: the budget every worker shares (processors/shared_budget.py); None = this worker's own."""
         super().__init__()
         self.budget = budget
         self.live = live
@@ -173,11 +193,19 @@ class GenerationService(Component):
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self.reservoir = ArpuReservoir(budget.user_groups, seed=seed)
+        self.reservoir: ArpuReservoir | FixedGroups
+        if budget.arpu_edges is not None or shared is not None:  # groups must mean the same on every worker
+            edges = budget.arpu_edges
+            self.reservoir = FixedGroups(
+                ArpuGroups(edges) if edges is not None else ArpuGroups.log_spaced(budget.user_groups)
+            )
+        else:
+            self.reservoir = ArpuReservoir(budget.user_groups, seed=seed)
         self.scheduler = GenerationScheduler(
             GenerationQueue(budget.user_groups, budget.queue_capacity),
             TokenBucket(budget.generations_per_second, budget.burst, clock()),
         )
+        self.allowance: Budget = shared or LocalBudget(self.scheduler.bucket, self.scheduler.served_by_group)
         self._windows: dict[str, UserWindow] = {}
         self._received: dict[str, float] = {}
         self._first_pending_at: float | None = None
@@ -212,6 +240,10 @@ class GenerationService(Component):
         self._update_depth()
         self._wake.set()
 
+    def swap_generator(self, generator: Generator) -> None:
+        """Serve `generator` from the next batch on (the batch being decoded finishes with the old one)."""
+        self.generator = generator
+
     def _update_depth(self) -> None:
         self.metrics.queue_depth.set(len(self.scheduler.queue))
         for group, depth in enumerate(self.scheduler.queue.depth_by_group()):
@@ -231,17 +263,18 @@ class GenerationService(Component):
         while not should_stop():
             now = self.clock()
             queued = len(self.scheduler.queue)
-            self.metrics.budget_tokens.set(self.scheduler.bucket.available(now))
+            self.metrics.budget_tokens.set(self.allowance.tokens(now))
             if not queued:
                 self._first_pending_at = None
                 self._wake.clear()
+                await self.allowance.idle()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5)
                 continue
             if self.live.view.trie is None:
                 await asyncio.sleep(0.2)  # no live ad yet: the index is still catching up
                 continue
-            wait = self.scheduler.wait_time(now)
+            wait = self.allowance.wait_time(now)
             first = self._first_pending_at if self._first_pending_at is not None else now
             if queued < self.budget.batch_size and now - first < deadline_s:
                 wait = max(wait, deadline_s - (now - first))
@@ -252,9 +285,15 @@ class GenerationService(Component):
 
     async def step(self, now: float) -> int:
         """One batch: take what the budget allows, debounce, decode, publish. Returns users generated."""
-        candidates = self.scheduler.take(self.budget.batch_size, now)
+        generator = self.generator  # one model version per batch, whatever a reload swaps in meanwhile
+        groups = self.scheduler.queue.peek_groups(self.budget.batch_size)
+        if not groups:
+            return 0
+        grant = await self.allowance.acquire(groups, now)
+        candidates = self.scheduler.queue.pop(grant.granted)
         self._first_pending_at = self.clock() if len(self.scheduler.queue) else None
         if not candidates:
+            await self.allowance.settle(grant, [], now)
             return 0
         view = self.live.view
         published = await self.store.user_ads([c.user_id for c in candidates])
@@ -279,19 +318,19 @@ class GenerationService(Component):
                 self.metrics.skipped.labels(decision.value).inc()
                 self._received.pop(c.user_id, None)
         self._update_depth()
+        await self.allowance.settle(grant, [c.group for c, _ in chosen], now)
         if not chosen:
             return 0
-        self.scheduler.charge([c for c, _ in chosen], now)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        lists = await loop.run_in_executor(self._decoder, self.generator.generate, [w for _, w in chosen], view)
+        lists = await loop.run_in_executor(self._decoder, generator.generate, [w for _, w in chosen], view)
         self.metrics.decode_seconds.observe(time.perf_counter() - started)
         generated_at = utc_now()
         records = [
             UserAds(
                 user_id=w.user_id,
                 ads=ads,
-                model_version=self.generator.model_version,
+                model_version=generator.model_version,
                 index_version=view.version,
                 index_watermark=view.watermark,
                 request_time=datetime.fromtimestamp(w.last_request_ts, UTC),

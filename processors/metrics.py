@@ -77,6 +77,18 @@ class WorkerMetrics:
         self.index_updates = Counter("adgen_index_updates", "Ad updates applied to the live index.", registry=r)
         self.snapshots = Counter("adgen_snapshots", "Index snapshots written.", registry=r)
         self.ready = Gauge("adgen_ready", "1 once a readiness flag of the worker is set.", ["flag"], registry=r)
+        self.model_version = Gauge(
+            "adgen_model_version",
+            "1 for the model version the worker serves (0 for ones it served before).",
+            ["version"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "adgen_model_reloads",
+            "Registry versions swapped in (loaded) or refused, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
 
     def observe_redis_write(self, kind: str, seconds: float, keys: int) -> None:
         self.redis_write_seconds.labels(kind).observe(seconds)

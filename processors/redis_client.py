@@ -1,17 +1,25 @@
-"""The one Redis client of adgen: connection (TLS, password), retry with backoff, pipelined guarded writes.
+"""The one Redis client of adgen: connection (TLS, password, single node or cluster), retry with backoff,
+pipelined guarded writes.
 
-Every store (the feature store's user/ad keys, the search path's `ci:*` and `search:*` keys) goes through
-it, so TLS (`rediss://` + `redis.ssl_ca_certs`), the password and the retry policy are set in one place.
+Every store (the feature store's user/ad keys, the search path's `ci:*` and `search:*` keys, the shared
+generation budget) goes through it, so TLS (`rediss://` + `redis.ssl_ca_certs`), the password, the retry
+policy and the choice between one node and a Redis Cluster are set in one place. The URL decides the
+client: `redis://` / `rediss://` is one node; `redis+cluster://h1:p1,h2:p2` (or `rediss+cluster://`) is a
+cluster reached through any of the listed nodes (redis-py's RedisCluster follows MOVED/ASK and slot maps).
+
 Values written with a guard are hashes `{v: <version>, data: <JSON>}`: a small Lua script writes `data`
 only if the new version (event time in ms) is newer, so a late or replayed write never overwrites a newer
-one and replaying a topic from any offset converges. The worker retries without limit while Redis is
-unreachable (it stalls rather than losing a write; retrying a half-applied guarded pipeline is harmless);
-readers give up after `redis.max_retries` attempts.
+one and replaying a topic from any offset converges. One script call handles many keys; on a cluster the
+keys are grouped by hash slot first (keys are hash-tagged per user / per ad, processors/redis_keys.py), so
+every call stays within one slot, and the pipeline sends each node its calls in one round trip.
+The worker retries without limit while Redis is unreachable (it stalls rather than losing a write; retrying
+a half-applied guarded pipeline is harmless); readers give up after `redis.max_retries` attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 import time
@@ -20,7 +28,17 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, BusyLoadingError, ConnectionError, TimeoutError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterDownError,
+    ConnectionError,
+    NoScriptError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from adgen.core.config import RedisSettings
 from adgen.processors.redis_keys import RedisKeys
@@ -33,7 +51,7 @@ MAX_BACKOFF_S = 5.0
 # For each KEYS[i], ARGV[4i-3..4i] = version, JSON payload, ttl seconds (0 = keep), strict (1: an equal version is
 # not newer).
 # Returns how many keys were newer and written. (One call per chunk of keys keeps a window batch to a few
-# round trips; on Redis Cluster the keys of one call would have to share a hash slot.)
+# round trips; on a cluster one call per chunk of keys that share a hash slot.)
 GUARDED_SET_MANY_LUA = """
 local applied = 0
 for i, key in ipairs(KEYS) do
@@ -55,6 +73,9 @@ end
 return applied
 """
 KEYS_PER_CALL = 256
+GUARDED_SET_MANY_SHA = hashlib.sha1(GUARDED_SET_MANY_LUA.encode()).hexdigest()
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError, ClusterDownError, TryAgainError, OSError)
 
 
 def version_ms(moment: datetime | float) -> int:
@@ -103,13 +124,8 @@ class RedisClient:
         self.give_up_after = give_up_after
         self.on_write = on_write
         self.on_retry = on_retry
-        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
-        if settings.password is not None:
-            options["password"] = settings.password.get_secret_value()
-        if settings.ssl_ca_certs is not None:
-            options["ssl_ca_certs"] = str(settings.ssl_ca_certs)
-        self.client = aioredis.Redis.from_url(settings.url, **options)
-        self._guarded_set_many = self.client.register_script(GUARDED_SET_MANY_LUA)
+        self.client: aioredis.Redis | RedisCluster = connect(settings)
+        self.cluster = isinstance(self.client, RedisCluster)
 
     @classmethod
     def reader(cls, settings: RedisSettings) -> RedisClient:
@@ -129,7 +145,7 @@ class RedisClient:
                 raise RedisUnavailable(
                     f"Redis at {self.settings.url} refused authentication ({what}): {exc}. Check ADGEN_REDIS__PASSWORD."
                 ) from exc
-            except (ConnectionError, TimeoutError, BusyLoadingError, OSError) as exc:
+            except RETRYABLE as exc:
                 if _certificate_rejected(exc):  # a wrong CA or host name: retrying cannot fix it either
                     raise RedisUnavailable(
                         f"Redis at {self.settings.url}: TLS certificate not trusted ({what}): {exc}. "
@@ -148,25 +164,42 @@ class RedisClient:
                 await asyncio.sleep(delay)
 
     async def guarded_writes(self, kind: str, items: Sequence[GuardedWrite]) -> int:
-        """Pipelined guarded writes (KEYS_PER_CALL keys per script call); returns how many were newer."""
+        """Pipelined guarded writes (up to KEYS_PER_CALL keys of one hash slot per script call on a cluster,
+        of any slots on one node); returns how many were newer."""
         if not items:
             return 0
+        chunks = list(self._script_chunks(items))
 
         async def run() -> int:
-            async with self.client.pipeline(transaction=False) as pipe:  # reset even when execute fails
-                for start in range(0, len(items), KEYS_PER_CALL):
-                    chunk = items[start : start + KEYS_PER_CALL]
-                    args: list[object] = []
-                    for _, version, payload, ttl, strict in chunk:
-                        args += [version, payload, ttl, 1 if strict else 0]
-                    await self._guarded_set_many(keys=[c[0] for c in chunk], args=args, client=pipe)
-                return sum(int(r) for r in await pipe.execute())
+            try:
+                return await self._run_guarded(chunks)
+            except NoScriptError:  # first use, or a node restarted / failed over: load it and run again
+                await self.client.script_load(GUARDED_SET_MANY_LUA)
+                return await self._run_guarded(chunks)
 
         started = time.perf_counter()
-        applied = await self.retrying(f"write {kind}", run)
+        applied = await self.retrying(f"write {kind}", run)  # a replayed chunk is a no-op: the guard holds
         if self.on_write is not None:
             self.on_write(kind, time.perf_counter() - started, len(items))
         return applied
+
+    def _script_chunks(self, items: Sequence[GuardedWrite]) -> list[Sequence[GuardedWrite]]:
+        if not self.cluster:
+            return [items[i : i + KEYS_PER_CALL] for i in range(0, len(items), KEYS_PER_CALL)]
+        by_slot: dict[int, list[GuardedWrite]] = {}
+        for item in items:
+            by_slot.setdefault(key_slot(item[0].encode()), []).append(item)
+        return [group[i : i + KEYS_PER_CALL] for group in by_slot.values() for i in range(0, len(group), KEYS_PER_CALL)]
+
+    async def _run_guarded(self, chunks: Sequence[Sequence[GuardedWrite]]) -> int:
+        async with self.client.pipeline(transaction=False) as pipe:  # reset even when execute fails
+            for chunk in chunks:
+                args: list[object] = []
+                for _, version, payload, ttl, strict in chunk:
+                    args += [version, payload, ttl, 1 if strict else 0]
+                # execute_command: redis-py's cluster pipeline blocks its `evalsha` helper, not the command
+                pipe.execute_command("EVALSHA", GUARDED_SET_MANY_SHA, len(chunk), *[c[0] for c in chunk], *args)
+            return sum(int(r) for r in await pipe.execute())
 
     async def pipelined(self, what: str, build: Callable[[Any], None], transaction: bool = False) -> list[Any]:
         """Run the commands `build(pipe)` queues as one pipeline (retried as a whole)."""
@@ -182,3 +215,41 @@ class RedisClient:
         if not keys:
             return []
         return await self.pipelined("read", lambda pipe: [pipe.hget(key, field) for key in keys])
+
+
+def connect(settings: RedisSettings) -> aioredis.Redis | RedisCluster:
+    """A single-node client for redis:// and rediss://, a cluster client for redis+cluster:// and
+    rediss+cluster:// (comma-separated startup nodes; a cluster has only database 0)."""
+    options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+    if settings.password is not None:
+        options["password"] = settings.password.get_secret_value()
+    if settings.ssl_ca_certs is not None:
+        options["ssl_ca_certs"] = str(settings.ssl_ca_certs)
+    scheme = settings.url.partition("://")[0]
+    if scheme not in CLUSTER_SCHEMES:
+        return aioredis.Redis.from_url(settings.url, **options)
+    nodes = cluster_nodes(settings.url)
+    if CLUSTER_SCHEMES[scheme] == "rediss":
+        options["ssl"] = True
+    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], **options)
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """(host, port) of each startup node in a redis+cluster:// URL; ValueError naming what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"{url!r} is not a cluster URL (redis+cluster://host:port[,host:port...])")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has only database 0, but {url!r} names database {path!r}")
+    if "@" in netloc:
+        raise ValueError("put the cluster password in ADGEN_REDIS__PASSWORD, not in the URL")
+    nodes = []
+    for part in filter(None, netloc.split(",")):
+        host, colon, port = part.rpartition(":")
+        if not colon or not port.isdigit():
+            raise ValueError(f"cluster node {part!r} in {url!r} is not host:port")
+        nodes.append((host, int(port)))
+    if not nodes:
+        raise ValueError(f"no cluster node in {url!r}")
+    return nodes

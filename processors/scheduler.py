@@ -80,6 +80,16 @@ class ArpuReservoir:
             self.groups = ArpuGroups.from_values(self._sample, self.n_groups)
 
 
+class FixedGroups:
+    """ARPU groups with fixed edges: the same numbering on every worker (a shared budget needs that)."""
+
+    def __init__(self, groups: ArpuGroups) -> None:
+        self.groups = groups
+
+    def observe(self, arpu: float) -> None:
+        return None
+
+
 class TokenBucket:
     """`rate` tokens per second up to `burst`; one token pays for one user's generation."""
 
@@ -167,6 +177,15 @@ class GenerationQueue:
         self._groups[request.group][request.user_id] = request
         self._where[request.user_id] = request.group
         return dropped
+
+    def peek_groups(self, n: int) -> list[int]:
+        """Groups of the next `n` requests `pop` would return (best first), without taking them."""
+        out: list[int] = []
+        for index in range(self.n_groups - 1, -1, -1):
+            out += [index] * min(len(self._groups[index]), n - len(out))
+            if len(out) >= n:
+                break
+        return out
 
     def pop(self, n: int) -> list[PendingRequest]:
         out: list[PendingRequest] = []

@@ -10,15 +10,19 @@
     QueryRetrieval     search-queries        Faust agent, CI index, ci:* keys         processors/query_retrieval.py
     Snapshots          a timer               S-ID + CI snapshots, notices             processors/snapshots.py
     LagReporter        a timer               the consumer-lag gauges                  processors/lag.py
+    ModelReloader      the registry pointer  the served model version                 processors/model_reload.py
+                       (only with model.registry)
 
 Shared explicit objects: one Redis client, the dead-letter sink, readiness flags and the index lock (ad
-batches vs snapshots). Components are mode Services started with the app and stopped with it.
+batches vs snapshots); with `budget.shared` the generation budget lives in Redis too. Components are mode
+Services started with the app and stopped with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import faust
 
@@ -27,15 +31,18 @@ from adgen.index.ad_index import AdIndex
 from adgen.index.semantic_ids import sid_vocabulary
 from adgen.index.snapshot import INDEX_KIND, SnapshotError, SnapshotStore, read_index_snapshot
 from adgen.model.backends import BackendUnavailable
+from adgen.model.registry import ModelRegistry, RegistryError
 from adgen.processors.ad_indexer import LiveAdIndex
 from adgen.processors.ad_updates import AdIndexer
 from adgen.processors.feature_store import FeatureStore
 from adgen.processors.generation import GenerationService, Generator, LeadreGenerator, set_torch_threads
 from adgen.processors.lag import LagReporter
 from adgen.processors.metrics import WorkerMetrics
+from adgen.processors.model_reload import ModelRefused, ModelReloader, check_compatible
 from adgen.processors.query_retrieval import QueryRetrieval, SearchConfig, SearchService
 from adgen.processors.redis_client import RedisClient
 from adgen.processors.search_store import SearchRedisStore
+from adgen.processors.shared_budget import SharedBudget
 from adgen.processors.snapshots import Snapshots
 from adgen.processors.window_consumer import BehaviorWindows
 from adgen.processors.worker_parts import Component, DeadLetters, Readiness
@@ -58,10 +65,21 @@ class Worker:
 
 
 def build_worker(settings: Settings, generator: Generator | None = None) -> Worker:
-    """Assemble the app. `generator` defaults to the checkpoint in settings.model.checkpoint."""
+    """Assemble the app. `generator` defaults to the registry's current version (settings.model.registry),
+    else the checkpoint in settings.model.checkpoint."""
     set_torch_threads(2)
-    generator = generator or load_generator(settings)
+    registry, version = None, None
+    if generator is None:
+        registry, version, generator = load_served_model(settings)
     snapshots, live = load_live_index(settings, generator)
+    if registry is not None and version is not None:
+        try:
+            check_compatible(generator, registry, version, live)
+        except ModelRefused as exc:
+            raise WorkerSetupError(
+                f"model version {version} of {registry.root} cannot serve this index: {exc}. "
+                "Serve another one (`adgen model use VERSION` or `adgen model rollback`)"
+            ) from exc
     search = load_search(settings)
     app = create_app(settings, web_enabled=search is not None)
     topics = declare_topics(app, settings)
@@ -77,14 +95,32 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
             app, topics.search_queries, settings, search, SearchRedisStore(redis), dead_letters, metrics, ci_snapshots
         )
     ad_index = AdIndexer(settings, live, store, snapshots, dead_letters, metrics, readiness, index_lock, ci=retrieval)
-    generation = GenerationService(settings.budget, live, generator, store, metrics, seed=settings.model.seed)
+    shared = SharedBudget(settings.budget, redis) if settings.budget.shared else None
+    generation = GenerationService(
+        settings.budget, live, generator, store, metrics, seed=settings.model.seed, shared=shared
+    )
     windows = BehaviorWindows(settings, store, generation, metrics, readiness, ad_lookup=live.ad_info)
     notices = raw_topic(app, INDEX_SNAPSHOTS, settings)
     snapshotter = Snapshots(
         settings.worker.snapshot_interval_s, live, snapshots, notices, metrics, readiness, index_lock, ci=retrieval
     )
     lag = LagReporter(metrics, [c for c in (windows, ad_index, retrieval) if c is not None])
-    components: list[Component] = [c for c in (retrieval, ad_index, generation, windows, snapshotter, lag) if c]
+    reloader = None
+    if registry is not None and version is not None:
+        reloader = ModelReloader(
+            registry,
+            version,
+            generation,
+            live,
+            lambda path: LeadreGenerator(path, settings.model, settings.window),
+            metrics,
+            settings.model.reload_interval_s,
+        )
+    else:
+        metrics.model_version.labels(generator.model_version).set(1)
+    components: list[Component] = [
+        c for c in (retrieval, ad_index, generation, windows, snapshotter, lag, reloader) if c is not None
+    ]
     start_with_app(app, components)
     return Worker(settings, app, metrics, live, components)
 
@@ -98,14 +134,35 @@ def start_with_app(app: faust.App, components: list[Component]) -> None:
             await app.add_runtime_dependency(component)
 
 
-def load_generator(settings: Settings) -> Generator:
-    """The LEADRE generator of settings.model.checkpoint, on the decoder settings.model.backend names."""
-    if settings.model.checkpoint is None:
+def load_served_model(settings: Settings) -> tuple[ModelRegistry | None, str | None, Generator]:
+    """(registry, version, generator) of the registry's current version when settings.model.registry is set,
+    else (None, None, the generator of settings.model.checkpoint)."""
+    if settings.model.registry is None:
+        return None, None, load_generator(settings)
+    registry = ModelRegistry(settings.model.registry)
+    version = registry.current()
+    if version is None:
         raise WorkerSetupError(
-            "no model checkpoint: set ADGEN_MODEL__CHECKPOINT to a dir written by `adgen train` (lm/ + tokenizer/)"
+            f"the model registry {registry.root} has no version to serve: publish one "
+            "(`adgen model publish CHECKPOINT`, or `adgen init`)"
         )
     try:
-        return LeadreGenerator(settings.model.checkpoint, settings.model, settings.window)
+        path = registry.verify(version)
+    except RegistryError as exc:
+        raise WorkerSetupError(f"{exc}. Serve another version: `adgen model rollback` or `adgen model use`") from exc
+    return registry, version, load_generator(settings, path)
+
+
+def load_generator(settings: Settings, checkpoint: Path | None = None) -> Generator:
+    """The LEADRE generator of `checkpoint` (default settings.model.checkpoint), on settings.model.backend."""
+    checkpoint = checkpoint or settings.model.checkpoint
+    if checkpoint is None:
+        raise WorkerSetupError(
+            "no model: set ADGEN_MODEL__REGISTRY to a model registry (adgen init / adgen model publish), or "
+            "ADGEN_MODEL__CHECKPOINT to a dir written by `adgen train` (lm/ + tokenizer/)"
+        )
+    try:
+        return LeadreGenerator(checkpoint, settings.model, settings.window)
     except BackendUnavailable as exc:
         raise WorkerSetupError(f"model.backend {settings.model.backend!r} cannot run here: {exc}") from exc
 

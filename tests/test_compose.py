@@ -39,9 +39,9 @@ def settings_field_exists(env_name: str) -> bool:
     return True
 
 
-def test_stack_has_kraft_kafka_redis_topic_init_and_worker(compose: dict[str, Any]) -> None:
+def test_stack_has_kraft_kafka_redis_topic_init_init_and_worker(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"kafka", "redis", "topic-init", "worker"}
+    assert set(services) == {"kafka", "redis", "topic-init", "init", "worker"}
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft: no ZooKeeper service
@@ -63,22 +63,38 @@ def test_long_running_services_have_health_checks_and_the_worker_waits_for_them(
         "kafka": {"condition": "service_healthy"},
         "redis": {"condition": "service_healthy"},
         "topic-init": {"condition": "service_completed_successfully"},
+        "init": {"condition": "service_completed_successfully"},
     }
     assert services["topic-init"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
 
 
+def test_init_runs_adgen_init_once_on_the_volume_the_worker_serves_from(compose: dict[str, Any]) -> None:
+    """The worker can only start from what `init` leaves on the shared volume: same image, same volume,
+    same paths and registry; init is one-shot (tests/test_model_lifecycle.py runs its command without Docker)."""
+    init, worker = compose["services"]["init"], compose["services"]["worker"]
+    assert init["command"][:2] == ["adgen", "init"] and init["restart"] == "no"
+    assert init["image"] == worker["image"] and init["build"] == worker["build"]
+    assert init["volumes"] == [v for v in worker["volumes"] if v.startswith("adgen-var:")]
+    shared = {k: v for k, v in init["environment"].items() if k.startswith(("ADGEN_PATHS__", "ADGEN_MODEL__"))}
+    assert shared and all(worker["environment"][k] == v for k, v in shared.items())
+    assert shared["ADGEN_MODEL__REGISTRY"].startswith(init["volumes"][0].split(":")[1])
+
+
+@pytest.mark.parametrize("service", ["worker", "init"])
 def test_every_adgen_env_var_of_the_worker_is_a_real_setting_and_validates(
-    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, service: str
 ) -> None:
-    env = compose["services"]["worker"]["environment"]
+    env = compose["services"][service]["environment"]
     adgen_vars = {name: str(value) for name, value in env.items() if name.startswith("ADGEN_")}
     unknown = [name for name in adgen_vars if not settings_field_exists(name)]
     assert unknown == [], f"not in Settings: {unknown}"
     for name, value in adgen_vars.items():
         monkeypatch.setenv(name, _DEFAULTED_VAR.sub(lambda m: m.group(2), value))
     settings = Settings()
-    assert settings.kafka.bootstrap_servers == "kafka:9092" and not settings.kafka.client_overrides.faust
-    assert settings.redis.password is not None
+    assert settings.model.registry is not None
+    if service == "worker":
+        assert settings.kafka.bootstrap_servers == "kafka:9092" and not settings.kafka.client_overrides.faust
+        assert settings.redis.password is not None
 
 
 def test_topic_init_creates_exactly_the_topics_of_the_contract(compose: dict[str, Any]) -> None:
@@ -99,3 +115,4 @@ def test_dockerfile_copies_every_package_dir_and_runs_the_worker() -> None:
     copied = set(re.findall(r"^COPY (\w+) ", dockerfile, flags=re.MULTILINE))
     assert package_dirs <= copied, f"Dockerfile misses {package_dirs - copied}"
     assert 'CMD ["adgen", "worker"]' in dockerfile
+    assert re.search(r"^COPY configs ", dockerfile, flags=re.MULTILINE)  # `adgen init --train-config configs/...`

@@ -63,8 +63,9 @@ def test_user_ads_round_trip_under_the_documented_key(server: RedisServer) -> No
 
     asyncio.run(go())
     raw = redis.Redis.from_url(server.url)
-    assert raw.hget("adgen:test:user:u1:ads", "v") == str(int((T0 + timedelta(minutes=1)).timestamp() * 1000)).encode()
-    assert 3500 < raw.ttl("adgen:test:user:u1:ads") <= 3600
+    key = "adgen:test:user:{u1}:ads"  # braces: the user's hash tag (one slot per user on a Redis Cluster)
+    assert raw.hget(key, "v") == str(int((T0 + timedelta(minutes=1)).timestamp() * 1000)).encode()
+    assert 3500 < raw.ttl(key) <= 3600
 
 
 def test_older_or_replayed_result_never_overwrites_a_newer_one(server: RedisServer) -> None:
@@ -110,8 +111,8 @@ def test_live_ads_never_expire_and_tombstones_do(server: RedisServer) -> None:
 
     asyncio.run(go())
     raw = redis.Redis.from_url(server.url)
-    assert raw.ttl("adgen:test:ad:a1") == -1
-    assert 0 < raw.ttl("adgen:test:ad:a2") <= 3600
+    assert raw.ttl("adgen:test:ad:{a1}") == -1  # braces: the ad's hash tag
+    assert 0 < raw.ttl("adgen:test:ad:{a2}") <= 3600
 
 
 def test_reader_hides_deleted_ads_and_computes_match_features(server: RedisServer) -> None:
