@@ -45,7 +45,9 @@ class ModelRefused(RuntimeError):
 def probe_window(live: LiveAdIndex) -> UserWindow:
     """A one-click window on a live ad: enough to show a loaded model decodes valid lists here."""
     view = live.view
-    ad = view.leaf_items[0]
+    ad = next(iter(view.leaf_items), None)  # any live ad: leaf 0 may belong to a deleted one
+    if ad is None:
+        raise ModelRefused("the live index holds no ad to probe the model with")
     item = view.items.get(ad)
     entry = WindowEntry(1.0, "probe", "ad_click", ad, item.title if item else "", "")
     return UserWindow(user_id="probe", events=[entry], profile=UserProfile(), newest_ts=1.0, last_request_ts=2.0)

@@ -41,7 +41,7 @@ from adgen.model.registry import ModelRegistry
 from adgen.model.tokenizer import load_tokenizer, save_tokenizer, token_offset
 from adgen.processors.feature_store import UserAds
 from adgen.processors.generation import write_untrained_checkpoint
-from adgen.streams.events import AdClick, AdRequest
+from adgen.streams.events import AdClick, AdRequest, AdUpsert
 
 pytestmark = pytest.mark.integration
 
@@ -202,6 +202,25 @@ def test_retrain_from_what_the_worker_stored_publishes_a_gated_version(volume: V
     registry = volume.registry
     producer = stack.produce_world(0)
     assert producer.wait(timeout=300) == 0
+    # the world's own added ads are in v0001 already (init trains on the world's whole catalogue), so the replay
+    # brings ads no version has seen: copies of catalogue ads under new ids, as an advertiser's new campaign would
+    known = registry.index_ads("v0001") or set()
+    catalogue = [json.loads(line) for line in (volume.root / "var/world/catalogue/items.jsonl").open()]
+    fresh = [
+        AdUpsert(
+            event_id=f"fresh-{n}",
+            event_time=datetime.now(UTC),
+            ad_id=f"fresh{n:03d}",
+            name=f"{item['title']} (new campaign)",
+            category_path=item["categories"] or ["Other"],
+            brand=item.get("brand", ""),
+            description=item.get("description", ""),
+            ecpm=10.0,
+        )
+        for n, item in enumerate(catalogue[:3])
+    ]
+    assert not {a.ad_id for a in fresh} & known
+    stack.produce(fresh)
     wait_for(lambda: not stack.mismatches(require_lists=False), 240, "the replayed windows in Redis")
     replayed = datetime.now(UTC)
     snapshots = SnapshotStore(Path(volume.env["ADGEN_PATHS__INDEX"]), INDEX_KIND)

@@ -115,3 +115,15 @@ def test_snapshot_records_offsets_and_catalogue_and_a_restart_resumes_from_them(
     assert "ad93" in restored.view.live and "ad02" not in restored.view.live
     assert restored.items["ad93"].title == live.items["ad93"].title
     assert restored.apply([upsert("ad93", 1)]) == []  # the snapshot remembers what it applied
+
+
+def test_the_reload_probe_picks_a_live_ad_when_the_first_leaf_was_deleted(base_index) -> None:
+    from adgen.processors.model_reload import probe_window
+
+    live = load_live(*base_index)
+    first = live.view.leaf_items[0]
+    live.apply([delete(first, 1)])
+    with pytest.raises(KeyError, match="leaf value 0 is no live ad"):
+        live.view.leaf_items[0]  # the deleted ad's leaf stays empty in this index's later versions
+    probe = probe_window(live)  # it once read leaf 0: every model version published after that was refused
+    assert probe.events[0].ref in live.view.leaf_items and probe.events[0].ref != first
