@@ -136,6 +136,15 @@ def stack(volume: Volume) -> Iterator[Stack]:
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def replayed(stack: Stack) -> None:
+    """The world replayed through a running worker (started here unless an earlier test did), so each test that
+    needs stored behaviour also runs alone (-k)."""
+    if "w1" not in stack.workers:
+        stack.start_worker("w1")
+    assert stack.produce_world(0).wait(timeout=300) == 0
+
+
 def serving(stack: Stack, name: str = "w1") -> str | None:
     """The version label the worker's adgen_model_version gauge marks as served."""
     metrics = stack.workers[name].metrics()
@@ -198,10 +207,10 @@ def test_the_compose_init_sequence_makes_a_volume_a_worker_serves_from(volume: V
     assert (serving(stack) or "").startswith("v0001-")
 
 
-def test_retrain_from_what_the_worker_stored_publishes_a_gated_version(volume: Volume, stack: Stack) -> None:
+def test_retrain_from_what_the_worker_stored_publishes_a_gated_version(
+    volume: Volume, stack: Stack, replayed: None
+) -> None:
     registry = volume.registry
-    producer = stack.produce_world(0)
-    assert producer.wait(timeout=300) == 0
     # the world's own added ads are in v0001 already (init trains on the world's whole catalogue), so the replay
     # brings ads no version has seen: copies of catalogue ads under new ids, as an advertiser's new campaign would
     known = registry.index_ads("v0001") or set()
@@ -238,7 +247,7 @@ def test_retrain_from_what_the_worker_stored_publishes_a_gated_version(volume: V
         [ADGEN, "retrain", "--epochs", "3", "--lr", "0.003", "--eval-users", "200", "--torch-threads", "1"], env
     )
     report = last_json(proc.stdout)
-    assert report["parent"] == parent and report["gate"]["passed"], report["gate"]
+    assert report["parent"] == parent and report["gate"]["passed"], report  # the whole report: scores, losses
     version = report["published"]
     assert version == registry.current() and version != parent
     info = registry.info(version)
@@ -254,7 +263,9 @@ def test_retrain_from_what_the_worker_stored_publishes_a_gated_version(volume: V
     registry.verify(version)
 
 
-def test_under_load_the_worker_swaps_versions_refuses_bad_ones_and_rolls_back(volume: Volume, stack: Stack) -> None:
+def test_under_load_the_worker_swaps_versions_refuses_bad_ones_and_rolls_back(
+    volume: Volume, stack: Stack, replayed: None
+) -> None:
     registry = volume.registry
     start = registry.current()
     wait_for(lambda: (serving(stack) or "").startswith(f"{start}-"), 120, f"the worker to serve {start}")
