@@ -33,7 +33,7 @@ from adgen.processors.feature_store import FeatureStore
 from adgen.processors.generation import GenerationService, Generator, LeadreGenerator, set_torch_threads
 from adgen.processors.lag import LagReporter
 from adgen.processors.metrics import WorkerMetrics
-from adgen.processors.query_retrieval import QueryRetrieval, SearchConfig, SearchService
+from adgen.processors.query_retrieval import QueryRetrieval, SearchService
 from adgen.processors.redis_client import RedisClient
 from adgen.processors.search_store import SearchRedisStore
 from adgen.processors.snapshots import Snapshots
@@ -135,9 +135,8 @@ def load_search(settings: Settings) -> SearchService | None:
     if not ((root / "snapshots").is_dir() and (root / "model").is_dir()):
         return None
     try:
-        return SearchService.from_snapshot(
-            root / "snapshots", root / "model", SearchConfig(beams=settings.model.beams), settings.model
-        )
+        # the serving settings the build chose on validation (serving.json), decoded on model.backend
+        return SearchService.from_build(root, settings.model)
     except (CIError, BackendUnavailable) as exc:
         raise WorkerSetupError(f"the search path cannot start from {root}: {exc}") from exc
 
