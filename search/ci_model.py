@@ -48,7 +48,7 @@ class CIModelConfig(BaseModel):
     )
     knowledge_epochs: int = Field(1, ge=1)
     format_epochs: int = Field(
-        16, ge=1, description="Most format epochs; with validation queries the best epoch is kept (early stopping)."
+        8, ge=1, description="Most format epochs; with validation queries the best epoch is kept (early stopping)."
     )
     patience: int = Field(2, ge=1, description="Epochs without a better validation score before stopping.")
     batch_size: int = Field(64, ge=1)

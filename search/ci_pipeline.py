@@ -59,7 +59,9 @@ class CIBuildConfig(BaseModel):
     split: SplitConfig = SplitConfig()
     min_grade: int = Field(2, ge=1, description="Grade from which a judged ad counts as relevant.")
     target_min_f1: float = Field(0.5, gt=0, le=1, description="Training query -> CI pairs need this ad-set F1.")
-    augment_per_ci: int = Field(3, ge=0, description="Mined query templates wrapped around each CI.")
+    augment_per_ci: int = Field(
+        1, ge=0, description="Mined query templates wrapped around each CI (1: the CPU budget of the demo build)."
+    )
     max_knowledge_pairs: int | None = Field(1500, ge=1, description="Seeded sample of stage-1 facts (CPU budget).")
     cis_per_ad_pairs: int | None = Field(1, ge=1, description="Ad -> CI training pairs per ad (None = all).")
     typo_rate: float = Field(0.3, ge=0, le=1)

@@ -15,6 +15,11 @@ from typing import Any
 BLOCK = re.compile(
     r"<!-- generated: (?P<name>search-[\w.-]+) -->\n(?P<body>.*?)<!-- end generated: (?P=name) -->", re.DOTALL
 )
+VALUE = re.compile(
+    r"<!-- value: (?P<source>docs/data/search/\S+) (?P<path>\S+)(?: (?P<fmt>\S+))? -->"
+    r"(?P<body>[^\n]*?)<!-- end value -->"
+)
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]|\[([^=\]]+)=([^\]]+)\]")
 
 
 def _f(x: float, digits: int = 3) -> str:
@@ -147,3 +152,39 @@ def render_document(text: str, payload: Mapping[str, Any]) -> str:
         return f"<!-- generated: {name} -->\n{RENDERERS[name](payload).rstrip()}\n<!-- end generated: {name} -->"
 
     return BLOCK.sub(replace, text)
+
+
+def lookup(data: Any, path: str) -> Any:
+    """The value at `a.b[2].c[key=value]` inside `data`; KeyError names the first missing step."""
+    node, pos = data, 0
+    while pos < len(path):
+        if path[pos] == ".":
+            pos += 1
+        match = _STEP.match(path, pos)
+        if match is None:
+            raise KeyError(f"bad path {path!r} at character {pos}")
+        key, index, sel_key, sel_value = match.groups()
+        if key is not None:
+            node = node[key]
+        elif index is not None:
+            node = node[int(index)]
+        else:
+            hits = [x for x in node if isinstance(x, dict) and str(x.get(sel_key)) == sel_value]
+            if len(hits) != 1:
+                raise KeyError(f"{path!r}: {len(hits)} items with {sel_key}={sel_value}")
+            node = hits[0]
+        pos = match.end()
+    return node
+
+
+def render_values(text: str, load: Callable[[str], Any]) -> str:
+    """Every `<!-- value: docs/data/search/X.json path [format] -->...<!-- end value -->` re-rendered;
+    `load(source)` returns the parsed JSON of a source. The same marker as the other documents' values."""
+
+    def replace(match: re.Match[str]) -> str:
+        value = lookup(load(match.group("source")), match.group("path"))
+        shown = format(value, match.group("fmt")) if match.group("fmt") else str(value)
+        head = match.group(0)[: match.start("body") - match.start(0)]
+        return f"{head}{shown}<!-- end value -->"
+
+    return VALUE.sub(replace, text)

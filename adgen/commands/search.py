@@ -304,22 +304,26 @@ def experiment(
 @app.command()
 def report(
     result: Annotated[Path, typer.Option(help="JSON from `adgen ci experiment`.")] = DEFAULT_RESULT,
-    doc: Annotated[Path, typer.Option(help="Document whose generated search blocks are rewritten.")] = DEFAULT_DOC,
-    check: Annotated[bool, typer.Option(help="Only check that the document is up to date (exit 1 if not).")] = False,
+    check: Annotated[bool, typer.Option(help="Only check that the documents are up to date (exit 1 if not).")] = False,
 ) -> None:
-    """Re-render docs/search.md's generated tables from the committed evaluation JSON."""
-    from adgen.search.ci_report import render_document
+    """Re-render docs/search.md's generated tables and the search figures of README.md from committed JSON
+    (run from the repository root)."""
+    from adgen.search.ci_report import render_document, render_values
 
-    text = doc.read_text()
-    rendered = render_document(text, json.loads(result.read_text()))
-    if check:
-        if rendered != text:
-            console.print(f"{doc} is stale: run `adgen ci report --result {result} --doc {doc}`")
-            raise typer.Exit(1)
-        console.print(f"{doc} is up to date with {result}")
-        return
-    doc.write_text(rendered)
-    console.print(f"wrote {doc} from {result}")
+    payload = json.loads(result.read_text())
+    stale = []
+    for doc in (DEFAULT_DOC, Path("README.md")):
+        text = doc.read_text()
+        rendered = render_values(render_document(text, payload), lambda source: json.loads(Path(source).read_text()))
+        if rendered == text:
+            continue
+        stale.append(str(doc))
+        if not check:
+            doc.write_text(rendered)
+    if check and stale:
+        console.print(f"stale: {', '.join(stale)}; run `adgen ci report --result {result}`")
+        raise typer.Exit(1)
+    console.print(f"rewrote {', '.join(stale)}" if stale else "documents are up to date")
 
 
 def _command_line() -> str:

@@ -38,6 +38,7 @@ SERVED = "CI path as served (model + lexical CI matching)"
 BM25 = "BM25 (rank-bm25)"
 DENSE = "dense (all-MiniLM-L6-v2 cosine)"
 HYBRID = "hybrid (BM25 + dense, reciprocal-rank fusion)"
+KEYS = {PURE: "pure", SERVED: "served", BM25: "bm25", DENSE: "dense", HYBRID: "hybrid"}
 
 
 class Memo:
@@ -127,7 +128,9 @@ def evaluate_build(
     if hybrid is not None:
         tuned = HybridRetriever(BM25Retriever(items), DenseRetriever(items, encode), hybrid.k, hybrid.lexical_weight)
         methods.append((HYBRID, tuned))
-    rows = [evaluate(name, fn, queries, min_grade, progress).model_dump() for name, fn in methods]
+    rows = []
+    for name, fn in methods:
+        rows.append({"key": KEYS[name], **evaluate(name, fn, queries, min_grade, progress).model_dump()})
     baselines = [r for r in rows if r["method"] in {BM25, DENSE, HYBRID}]
     served_row = next(r for r in rows if r["method"] == SERVED)
     best_ndcg = max(baselines, key=lambda r: r["ndcg10"])
