@@ -41,7 +41,7 @@ class TuningGrid(BaseModel):
     cis_per_ad: list[int] = [0, 5, 15, 30]
     model_weight: list[float] = [0.25, 0.5, 1.0]
     lexical_weight: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
-    lexical_top: list[int] = [5, 10]
+    lexical_top: list[int] = [5, 10, 20]
     strip_templates: list[bool] = [False, True]
     ad_match_weight: list[float] = [0.0, 0.5]
 
@@ -159,8 +159,10 @@ def tune_serving(
     for weight, top, strip, match_w in itertools.product(
         grid.lexical_weight, grid.lexical_top, grid.strip_templates, grid.ad_match_weight
     ):
-        if weight == 0 and (top != grid.lexical_top[0] or strip != grid.strip_templates[0]) and match_w == 0:
-            continue  # lexical settings do nothing without lexical evidence
+        if weight == 0 and top != grid.lexical_top[0]:
+            continue  # the lexical top-k does nothing without lexical evidence
+        if weight == 0 and match_w == 0 and strip != grid.strip_templates[0]:
+            continue  # neither does template stripping
         rows_sims = sims[strip]
         fused = [
             fuse(m, lexical_distribution(r, top, base.lexical_temperature), weight)
