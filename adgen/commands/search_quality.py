@@ -116,18 +116,17 @@ def evaluate_build(
     pure_config = report.tuning.pure if report.tuning else served.config.model_copy(update={"lexical_weight": 0.0})
     pure = SearchService.from_build(build_dir, **_changed(pure_config))
     pure.head_cache.clear()
-    bm25 = Memo(BM25Retriever(items))
-    dense = Memo(DenseRetriever(items, encode))
-    hybrid, hybrid_rows = tune_hybrid(bm25, dense, split.valid, min_grade) if split.valid else (None, [])
+    bm25 = BM25Retriever(items)
+    dense = DenseRetriever(items, encode)  # the ads are encoded once; every query is encoded when asked
+    hybrid, hybrid_rows = tune_hybrid(Memo(bm25), Memo(dense), split.valid, min_grade) if split.valid else (None, [])
     methods: list[tuple[str, Retriever]] = [
         (PURE, service_retriever(pure)),
         (SERVED, service_retriever(served)),
-        (BM25, BM25Retriever(items)),
-        (DENSE, DenseRetriever(items, encode)),
+        (BM25, bm25),
+        (DENSE, dense),
     ]
     if hybrid is not None:
-        tuned = HybridRetriever(BM25Retriever(items), DenseRetriever(items, encode), hybrid.k, hybrid.lexical_weight)
-        methods.append((HYBRID, tuned))
+        methods.append((HYBRID, HybridRetriever(bm25, dense, hybrid.k, hybrid.lexical_weight)))
     rows = []
     for name, fn in methods:
         rows.append({"key": KEYS[name], **evaluate(name, fn, queries, min_grade, progress).model_dump()})
