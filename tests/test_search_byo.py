@@ -170,5 +170,6 @@ def test_a_bad_query_log_row_stops_the_build_with_file_line_and_field(byo, tmp_p
     args = ["ci", "build", "--items", str(root / "items.jsonl"), "--query-log", str(bad), "--out", str(tmp_path / "ci")]
     result = runner.invoke(app, args, env=env)
     assert result.exit_code == 2
-    assert "bad.jsonl:2: field 'ads.no-such-ad': ad id 'no-such-ad' is not in the catalogue" in result.output
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert "bad.jsonl:2: field 'ads.no-such-ad': ad id 'no-such-ad' is not in the catalogue" in output
     assert not (tmp_path / "ci").exists()

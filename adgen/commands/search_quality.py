@@ -188,6 +188,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "catalogue CIs of 1+ ads, query augmentation (default)": {},
     "catalogue CIs of 2+ ads (less coverage)": {"cleaning": {"min_ads": 2}},
     "no query augmentation (no templates or typos)": {"augment_per_ci": 0},
+    "untied input/output embeddings": {"model": {"tie_embeddings": False}},
 }
 
 
