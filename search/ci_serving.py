@@ -168,14 +168,18 @@ def rank_ads(
     With `ci_match` (query cosine per CI) and `ad_match_weight` > 0, each ad of the union also gains
     `ad_match_weight * max over the ad's own CIs of cosine(query, CI)`: inside one CI, the ad whose other
     intentions share more of the query's words ranks first.
+
+    Reads one immutable view of the index throughout, so ads added or removed meanwhile never show half
+    applied (as `CIIndex.rank`, which this equals when `ad_match_weight` is 0).
     """
+    view = index.view
     scores: dict[str, float] = {}
     for ci, p in ci_scores.items():
-        for ad, w in index.ads_of(ci).items():
+        for ad, w in view.ci_ads.get(ci, {}).items():
             scores[ad] = scores.get(ad, 0.0) + p * w
     if ci_match and ad_match_weight > 0:
         for ad in scores:
-            cis = index.ad_cis.get(ad, {})
+            cis = view.ad_cis.get(ad, {})
             scores[ad] += ad_match_weight * max((ci_match.get(ci, 0.0) for ci in cis), default=0.0)
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
 

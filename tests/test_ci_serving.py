@@ -55,6 +55,17 @@ def test_rank_ads_sums_ci_evidence_and_query_ad_match_orders_ads_inside_a_ci():
     assert rank_ads(index, {0: 1.0}, top_n=1) == [("crib", 1.0)]
 
 
+def test_rank_ads_without_query_ad_match_is_the_index_ranking_of_one_view():
+    index = CIIndex(CI_SET, version="t")
+    index.update({f"ad{i}": {i % 5: 1.0 / (1 + i % 3), (i + 1) % 5: 0.5} for i in range(40)})
+    scores = {0: 0.5, 1: 0.3, 3: 0.2}
+    assert rank_ads(index, scores, top_n=25) == index.rank(scores, 25)
+    before = index.view
+    index.update(removals=["ad0", "ad1"])
+    assert index.view is not before and "ad0" in before.ad_cis  # the old view a reader holds is untouched
+    assert "ad0" not in {a for a, _ in rank_ads(index, scores, top_n=40)}
+
+
 def test_ad_weights_keep_catalogue_cis_and_the_top_model_cis():
     generated = [(3, -0.1), (0, -1.0), (4, -3.0)]
     weights = ad_ci_weights([1], generated, cis_per_ad=2, model_weight=0.5)

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adgen.cli import app
+from adgen.figures.search import levers_table, quality_table, readme_table, setup_text, variants_table
 from adgen.runtime.processes import free_port, stop_pid
 
 runner = CliRunner()
@@ -91,7 +92,11 @@ def byo(tmp_path_factory, one_torch_thread):
     (root / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     (root / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _query_log(items)))
     (root / "build.json").write_text(json.dumps(TINY_BUILD))
-    env = {"ADGEN_PATHS__ROOT": str(root / "var"), "ADGEN_PATHS__EMBEDDING_CACHE": str(root / "emb")}
+    env = {
+        "ADGEN_PATHS__INDEX": str(root / "var" / "index"),
+        "ADGEN_PATHS__RUNS": str(root / "var" / "runs"),
+        "ADGEN_PATHS__EMBEDDING_CACHE": str(root / "emb"),
+    }
     return root, env
 
 
@@ -125,6 +130,8 @@ def test_own_catalogue_and_query_log_are_built_evaluated_and_served(byo):
     served = next(r for r in result["rows"] if "served" in r["method"])
     assert served["acr"] == 1.0 and served["ndcg10"] > 0.3  # a grounded answer, not noise
     assert "| method | HR@10 | HR@50 | NDCG@10" in evaluated.output
+    for render in (setup_text, quality_table, levers_table, variants_table, readme_table):  # the docs' renderers
+        assert render(result), render.__name__
 
     port = free_port()
     log_path = root / "serve.log"

@@ -1,4 +1,4 @@
-"""`adgen ci ...`: the RARE search path: build the CI set, model and index; search; evaluate; serve HTTP."""
+"""`adgen ci ...`: the RARE search path: build the CI set, model and index; search; evaluate; experiment; serve HTTP."""
 
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ def evaluate_cmd(
     one process, one table: HR@10/50, NDCG@10, MAP, ACR, CIs/query, latency. Writes JSON."""
     from adgen.commands.search_quality import evaluate_build
     from adgen.datasets import DatasetFormatError
-    from adgen.search.ci_report import quality_table
+    from adgen.figures.search import quality_table
     from adgen.search.query_log import QueryLogError
 
     if split not in {"test", "valid"}:
@@ -272,7 +272,6 @@ def evaluate_cmd(
 
 
 DEFAULT_RESULT = Path("docs/data/search/world.json")
-DEFAULT_DOC = Path("docs/search.md")
 
 
 @app.command()
@@ -289,7 +288,7 @@ def experiment(
     the pure CI path and the baselines on test, once. Writes the JSON behind docs/search.md."""
     from adgen.commands.search_quality import run_experiment
     from adgen.datasets import DatasetFormatError
-    from adgen.search.ci_report import quality_table
+    from adgen.figures.search import quality_table
     from adgen.search.query_log import QueryLogError
 
     settings = _settings(config_file)
@@ -305,32 +304,7 @@ def experiment(
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(payload, indent=2))
     typer.echo(quality_table(payload))
-    console.print(f"wrote {result}; render the docs with `adgen ci report`")
-
-
-@app.command()
-def report(
-    result: Annotated[Path, typer.Option(help="JSON from `adgen ci experiment`.")] = DEFAULT_RESULT,
-    check: Annotated[bool, typer.Option(help="Only check that the documents are up to date (exit 1 if not).")] = False,
-) -> None:
-    """Re-render docs/search.md's generated tables and the search figures of README.md from committed JSON
-    (run from the repository root)."""
-    from adgen.search.ci_report import render_document, render_values
-
-    payload = json.loads(result.read_text())
-    stale = []
-    for doc in (DEFAULT_DOC, Path("README.md")):
-        text = doc.read_text()
-        rendered = render_values(render_document(text, payload), lambda source: json.loads(Path(source).read_text()))
-        if rendered == text:
-            continue
-        stale.append(str(doc))
-        if not check:
-            doc.write_text(rendered)
-    if check and stale:
-        console.print(f"stale: {', '.join(stale)}; run `adgen ci report --result {result}`")
-        raise typer.Exit(1)
-    console.print(f"rewrote {', '.join(stale)}" if stale else "documents are up to date")
+    console.print(f"wrote {result}; render the docs with `adgen bench report` (from the repository root)")
 
 
 def _command_line() -> str:

@@ -1,29 +1,38 @@
-"""docs/search.md's generated tables, rendered from the committed evaluation JSON.
+"""docs/search.md's tables and README's search-quality table, from the search evaluation's committed JSON.
 
-`adgen ci report` rewrites every `<!-- generated: search-... -->` block of the document from the JSON that
-`adgen ci experiment` wrote; the test suite renders them again and fails when the document differs, so a
-figure in the page is always one the JSON holds. The markers are the same as the other documents' (see
-adgen/bench_report.py), so these renderers can join a shared registry unchanged.
+`adgen ci experiment` writes docs/data/search/world.json; `adgen bench report` renders these blocks from it
+and the docs test fails when a document differs. Until the JSON is committed (the experiment is a heavy
+run, done on a quiet machine), every block says so and names the command, instead of showing a figure.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-BLOCK = re.compile(
-    r"<!-- generated: (?P<name>search-[\w.-]+) -->\n(?P<body>.*?)<!-- end generated: (?P=name) -->", re.DOTALL
+from adgen.figures.regions import region
+from adgen.figures.sources import Sources
+
+RESULT = "docs/data/search/world.json"
+COMMAND = (
+    "adgen world generate --users 300 --ads 1000 --queries 1000 --seed 0 --out var/world1k && "
+    "adgen ci experiment --world var/world1k --out var/ci-experiment --result docs/data/search/world.json"
 )
-VALUE = re.compile(
-    r"<!-- value: (?P<source>docs/data/search/\S+) (?P<path>\S+)(?: (?P<fmt>\S+))? -->"
-    r"(?P<body>[^\n]*?)<!-- end value -->"
-)
-_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]|\[([^=\]]+)=([^\]]+)\]")
 
 
 def _f(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
+
+
+def _payload(sources: Sources) -> Mapping[str, Any] | None:
+    """The evaluation JSON, or None while it has not been measured (a broken file still raises)."""
+    return sources.data(RESULT) if sources.path(RESULT).is_file() else None
+
+
+def _not_measured(full: bool) -> str:
+    if not full:
+        return f"*Not measured yet* (`{RESULT}` is not committed)."
+    return f"*Not measured yet:* `{RESULT}` is not committed. It comes from `{COMMAND}` (on a quiet machine)."
 
 
 def quality_table(payload: Mapping[str, Any]) -> str:
@@ -77,12 +86,12 @@ def levers_table(payload: Mapping[str, Any]) -> str:
 
 def _fusion_summary(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The best fusion row per lexical weight (the full grid is in the JSON)."""
-    best: dict[object, Mapping[str, Any]] = {}
+    best: dict[float, Mapping[str, Any]] = {}
     for r in rows:
-        key = r["settings"]["lexical_weight"]
+        key = float(r["settings"]["lexical_weight"])
         if key not in best or r["objective"] > best[key]["objective"]:
             best[key] = r
-    return [best[k] for k in sorted(best)]  # type: ignore[type-var]
+    return [best[k] for k in sorted(best)]
 
 
 def variants_table(payload: Mapping[str, Any]) -> str:
@@ -114,6 +123,7 @@ def setup_text(payload: Mapping[str, Any]) -> str:
     hybrid = payload["valid"]["hybrid"] or {}
     return "\n".join(
         [
+            f"- command: `{payload.get('command', '?')}`",
             f"- data: `{payload['data']}`, {payload['ads']} live ads; labelled queries split train / validation / "
             f"test = {sizes['train']} / {sizes['valid']} / {sizes['test']}; held-out queries sharing a normalised "
             f"text or an intent with another split: {len(payload['split_leaks'])}.",
@@ -129,62 +139,49 @@ def setup_text(payload: Mapping[str, Any]) -> str:
             f"hybrid baseline: RRF k {hybrid.get('k')}, lexical weight {hybrid.get('lexical_weight')}.",
             f"- load average at start / end: {', '.join(f'{x:.1f}' for x in payload['loadavg_start'])} / "
             f"{', '.join(f'{x:.1f}' for x in payload['loadavg_end'])} (latencies are one query at a time, one "
-            "torch thread, on the shared 2-core machine).",
+            "torch thread).",
         ]
     )
 
 
-RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
-    "search-quality": quality_table,
-    "search-levers": levers_table,
-    "search-variants": variants_table,
-    "search-setup": setup_text,
-}
+def readme_table(payload: Mapping[str, Any]) -> str:
+    """README's search-quality table: NDCG@10 and HR@50 of the served and pure CI paths and the baselines."""
+    lines = [
+        f"| RARE search quality, {payload['ads']:,}-ad world, {payload['queries']} test queries never trained "
+        "or tuned on ([docs/search.md](docs/search.md)) | NDCG@10 | HR@50 |",
+        "| --- | --- | --- |",
+    ]
+    for r in payload["rows"]:
+        lines.append(f"| {r['method']} | {_f(r['ndcg10'])} | {_f(r['hr']['HR@50'])} |")
+    return "\n".join(lines)
 
 
-def render_document(text: str, payload: Mapping[str, Any]) -> str:
-    """`text` with every generated search block re-rendered from `payload`; unknown names are an error."""
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group("name")
-        if name not in RENDERERS:
-            raise KeyError(f"no renderer for generated block {name!r}; known: {sorted(RENDERERS)}")
-        return f"<!-- generated: {name} -->\n{RENDERERS[name](payload).rstrip()}\n<!-- end generated: {name} -->"
-
-    return BLOCK.sub(replace, text)
+def _render(sources: Sources, render: Callable[[Mapping[str, Any]], str], full: bool = False) -> str:
+    """`render(payload)`, or a note that names the missing JSON (and with `full`, the command behind it)."""
+    payload = _payload(sources)
+    return _not_measured(full) if payload is None else render(payload)
 
 
-def lookup(data: Any, path: str) -> Any:
-    """The value at `a.b[2].c[key=value]` inside `data`; KeyError names the first missing step."""
-    node, pos = data, 0
-    while pos < len(path):
-        if path[pos] == ".":
-            pos += 1
-        match = _STEP.match(path, pos)
-        if match is None:
-            raise KeyError(f"bad path {path!r} at character {pos}")
-        key, index, sel_key, sel_value = match.groups()
-        if key is not None:
-            node = node[key]
-        elif index is not None:
-            node = node[int(index)]
-        else:
-            hits = [x for x in node if isinstance(x, dict) and str(x.get(sel_key)) == sel_value]
-            if len(hits) != 1:
-                raise KeyError(f"{path!r}: {len(hits)} items with {sel_key}={sel_value}")
-            node = hits[0]
-        pos = match.end()
-    return node
+@region("search-setup")
+def search_setup(sources: Sources) -> str:
+    return _render(sources, setup_text, full=True)
 
 
-def render_values(text: str, load: Callable[[str], Any]) -> str:
-    """Every `<!-- value: docs/data/search/X.json path [format] -->...<!-- end value -->` re-rendered;
-    `load(source)` returns the parsed JSON of a source. The same marker as the other documents' values."""
+@region("search-quality")
+def search_quality(sources: Sources) -> str:
+    return _render(sources, quality_table)
 
-    def replace(match: re.Match[str]) -> str:
-        value = lookup(load(match.group("source")), match.group("path"))
-        shown = format(value, match.group("fmt")) if match.group("fmt") else str(value)
-        head = match.group(0)[: match.start("body") - match.start(0)]
-        return f"{head}{shown}<!-- end value -->"
 
-    return VALUE.sub(replace, text)
+@region("search-variants")
+def search_variants(sources: Sources) -> str:
+    return _render(sources, variants_table)
+
+
+@region("search-levers")
+def search_levers(sources: Sources) -> str:
+    return _render(sources, levers_table)
+
+
+@region("search-readme")
+def search_readme(sources: Sources) -> str:
+    return _render(sources, readme_table, full=True)
