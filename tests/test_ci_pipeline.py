@@ -185,3 +185,24 @@ def test_held_out_labels_never_reach_the_build(built, tmp_path):
     _, both_seen = _build(items, scrambled(("valid", "test")), tmp_path / "both")
     assert both_seen == seen  # validation picks settings; it never becomes training data
     assert any(p.prompt.startswith("query: ") for p in seen["fmt"])
+
+
+def test_the_worker_and_ci_serve_load_the_build_with_its_validated_settings(built, tmp_path):
+    """`adgen worker` (load_search) and `adgen ci serve` (_service) serve the fused path the build tuned,
+    not defaults: same settings, same answer as the evaluated `SearchService.from_build`."""
+    from adgen.commands.search import _service
+    from adgen.core.config import PathSettings, Settings
+    from adgen.processors.worker_app import load_search
+
+    _, log, out, _, _ = built
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "ci").symlink_to(out, target_is_directory=True)
+    settings = Settings(paths=PathSettings(index=tmp_path / "index"))
+    evaluated = SearchService.from_build(out)
+    assert evaluated.config != ServingConfig()  # tuned: loading defaults instead would fail below
+    query = load_split(out, log).test[0].text
+    for service in (load_search(settings), _service(settings, out)):
+        assert service is not None and service.config == ServingConfig.load(out) == evaluated.config
+        assert service.search(query).model_dump(exclude={"latency_ms"}) == evaluated.search(query).model_dump(
+            exclude={"latency_ms"}
+        )
