@@ -144,7 +144,7 @@ def test_own_catalogue_and_query_log_are_built_evaluated_and_served(byo):
         )
     try:
         body = _get_json(
-            f"http://127.0.0.1:{port}/search?" + urllib.parse.urlencode({"q": "best sola dome tent"}), server
+            f"http://127.0.0.1:{port}/search?" + urllib.parse.urlencode({"q": "best sola dome tent"}), server, log_path
         )
         top = [a["ad_id"] for a in body["ads"][:2]]
         assert all(a.startswith("dome-tent-sola") for a in top), (body, log_path.read_text()[-2000:])
@@ -153,15 +153,18 @@ def test_own_catalogue_and_query_log_are_built_evaluated_and_served(byo):
         stop_pid(server.pid, process=server, grace_s=10)
 
 
-def _get_json(url: str, server: subprocess.Popen[bytes], timeout_s: float = 300.0) -> dict[str, object]:
+def _get_json(url: str, server: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 900.0) -> dict[str, object]:
+    """The server's answer once it listens. The start-up bound is generous (900 s, raised from 300 s): at
+    nice 19 beside training jobs, importing the CLI alone took 100 s of wall time here."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             with urllib.request.urlopen(url, timeout=10) as resp:
                 return json.loads(resp.read())
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError) as exc:
             if server.poll() is not None or time.monotonic() > deadline:
-                raise
+                state = f"exited with {server.returncode}" if server.poll() is not None else "not listening"
+                raise AssertionError(f"adgen ci serve {state}: {exc}\n{log_path.read_text()[-2000:]}") from exc
             time.sleep(0.5)
 
 
