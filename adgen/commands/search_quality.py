@@ -1,7 +1,7 @@
 """The search path's quality evaluation: the CI path as served, the pure CI path and three baselines on the
 build's never-seen test queries, in one run; and the experiment that builds variants and keeps the one
 validation prefers. `adgen ci eval` and `adgen ci experiment` call these; the JSON they write is what
-docs/search.md is rendered from (`search/ci_report.py`).
+docs/search.md is rendered from (`adgen/figures/search.py`, by `adgen bench report`).
 """
 
 from __future__ import annotations
