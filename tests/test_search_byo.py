@@ -112,6 +112,7 @@ def _args(root: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.timeout(1800)  # a build, an evaluation (MiniLM loaded) and a server start-up; 600 s ran out at nice 19
 def test_own_catalogue_and_query_log_are_built_evaluated_and_served(byo):
     root, env = byo
     built = runner.invoke(
