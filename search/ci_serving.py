@@ -19,6 +19,7 @@ own CIs match the query's words (ranking ads inside a CI by query-ad match).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from adgen.search.ci_index import CIIndex, CISet
 from adgen.search.ci_model import CIModel, probabilities, query_cis
 
 SERVING_FILE = "serving.json"
+MATCH_CACHE_SIZE = 4096  # queries whose query-ad match is remembered (a few MB at most)
 
 
 class ServingConfig(BaseModel):
@@ -116,6 +118,7 @@ class CIQueryMapper:
         self.trie = trie
         self.config = config or ServingConfig()
         self.lexical = LexicalCIMatcher(ci_set.texts)
+        self._ci_match = functools.lru_cache(maxsize=MATCH_CACHE_SIZE)(self._ci_match_uncached)
 
     def model_cis(self, normalised: Sequence[str]) -> list[dict[int, float]]:
         cfg = self.config
@@ -141,11 +144,15 @@ class CIQueryMapper:
             for m, row in zip(model, self.similarities(normalised), strict=True)
         ]
 
-    def ci_match(self, normalised: str) -> dict[int, float]:
+    def ci_match(self, normalised: str) -> Mapping[int, float]:
         """Non-zero lexical cosines of one query with the CIs (the query-ad match of `rank_ads`), or {} when
-        the configuration does not use them."""
+        the configuration does not use them. Memoised per query (a pure function of the query and the fixed
+        CI set): a head-cache hit then costs no TF-IDF transform. Callers must not mutate the result."""
         if self.config.ad_match_weight <= 0:
             return {}
+        return self._ci_match(normalised)
+
+    def _ci_match_uncached(self, normalised: str) -> Mapping[int, float]:
         row = self.similarities([normalised])[0]
         return {int(i): float(row[i]) for i in np.flatnonzero(row)}
 
