@@ -1,5 +1,6 @@
 """docs/search.md's and README's search tables come from the committed evaluation JSON: they render from
-it, a changed figure makes the documents stale, and without the JSON they say 'not measured' (no figure).
+it, a changed figure makes the documents stale, and without the JSON they say 'not measured' with the
+command (the shared owed-run mechanism, adgen/figures/sources.py PENDING) and show no figure.
 That the committed documents are up to date is tests/test_docs_figures.py's check of every region."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adgen.figures.regions import render_text
-from adgen.figures.search import RESULT
+from adgen.figures.search import COMMAND, RESULT
 from adgen.figures.sources import Sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,8 @@ PAYLOAD: dict[str, object] = {
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     (tmp_path / "docs").mkdir()
-    text = (ROOT / "docs" / "search.md").read_text() + "\n" + (ROOT / "README.md").read_text()
+    readme_block = "<!-- generated: search-readme -->\n<!-- end generated: search-readme -->\n"
+    text = (ROOT / "docs" / "search.md").read_text() + "\n" + readme_block
     (tmp_path / "docs" / "search.md").write_text(text)
     return tmp_path
 
@@ -120,9 +122,10 @@ def test_every_search_block_is_in_the_documents():
 def test_without_the_json_the_blocks_say_not_measured_and_show_no_figure(repo: Path):
     text, problems = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
     assert not [p for p in problems if not p.stale]
-    for name in (*BLOCKS, "search-readme"):
-        body = text.split(f"<!-- generated: {name} -->\n")[1].split("<!-- end generated")[0]
-        assert body.startswith("*Not measured yet") and RESULT in body, name
+    bodies = [text.split(f"<!-- generated: {name} -->\n")[1].split("<!-- end generated")[0] for name in BLOCKS]
+    assert all(b.startswith("*Not measured yet") and RESULT in b for b in bodies)
+    assert COMMAND in bodies[0] and all("see above" in b for b in bodies[1:])  # the command is named once
+    assert not any(ch.isdigit() for b in bodies[1:] for ch in b.replace(RESULT, ""))  # no figure stands in
 
 
 def test_the_blocks_render_the_json_and_a_changed_figure_makes_them_stale(repo: Path):

@@ -1,38 +1,28 @@
 """docs/search.md's tables and README's search-quality table, from the search evaluation's committed JSON.
 
 `adgen ci experiment` writes docs/data/search/world.json; `adgen bench report` renders these blocks from it
-and the docs test fails when a document differs. Until the JSON is committed (the experiment is a heavy
-run, done on a quiet machine), every block says so and names the command, instead of showing a figure.
+and the docs test fails when a document differs. The experiment is a heavy run (done on a quiet machine),
+so the file is registered as an owed run (`PENDING`, as in pending.py): until it is committed every block
+says "not measured yet" with the command, instead of showing a figure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adgen.figures.regions import region
-from adgen.figures.sources import Sources
+from adgen.figures.sources import PENDING, Pending, Sources
 
 RESULT = "docs/data/search/world.json"
-COMMAND = (
-    "adgen world generate --users 300 --ads 1000 --queries 1000 --seed 0 --out var/world1k && "
-    "adgen ci experiment --world var/world1k --out var/ci-experiment --result docs/data/search/world.json"
-)
+COMMAND = ".venv/bin/python bench/search_quality.py --out docs/data/search/world.json"
+
+
+PENDING[RESULT] = Pending(COMMAND, 40)  # 4 builds + the evaluation (an estimate); no effect once committed
 
 
 def _f(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
-
-
-def _payload(sources: Sources) -> Mapping[str, Any] | None:
-    """The evaluation JSON, or None while it has not been measured (a broken file still raises)."""
-    return sources.data(RESULT) if sources.path(RESULT).is_file() else None
-
-
-def _not_measured(full: bool) -> str:
-    if not full:
-        return f"*Not measured yet* (`{RESULT}` is not committed)."
-    return f"*Not measured yet:* `{RESULT}` is not committed. It comes from `{COMMAND}` (on a quiet machine)."
 
 
 def quality_table(payload: Mapping[str, Any]) -> str:
@@ -156,32 +146,26 @@ def readme_table(payload: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _render(sources: Sources, render: Callable[[Mapping[str, Any]], str], full: bool = False) -> str:
-    """`render(payload)`, or a note that names the missing JSON (and with `full`, the command behind it)."""
-    payload = _payload(sources)
-    return _not_measured(full) if payload is None else render(payload)
-
-
 @region("search-setup")
 def search_setup(sources: Sources) -> str:
-    return _render(sources, setup_text, full=True)
+    return setup_text(sources.data(RESULT))
 
 
 @region("search-quality")
 def search_quality(sources: Sources) -> str:
-    return _render(sources, quality_table)
+    return quality_table(sources.data(RESULT))
 
 
 @region("search-variants")
 def search_variants(sources: Sources) -> str:
-    return _render(sources, variants_table)
+    return variants_table(sources.data(RESULT))
 
 
 @region("search-levers")
 def search_levers(sources: Sources) -> str:
-    return _render(sources, levers_table)
+    return levers_table(sources.data(RESULT))
 
 
 @region("search-readme")
 def search_readme(sources: Sources) -> str:
-    return _render(sources, readme_table, full=True)
+    return readme_table(sources.data(RESULT))
