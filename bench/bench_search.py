@@ -2,7 +2,9 @@
 which new ads get CIs by constrained inference, with baselines measured in the same run.
 
 Baselines: BM25 (rank-bm25) over the same ads and queries, and unconstrained beam search of the same model
-(same beams and depth, no CI trie), so the ratios show what the trie and the cache buy.
+(same beams and depth, no CI trie), so the ratios show what the trie and the cache buy. The service runs
+with the settings the build chose on validation (serving.json); misses are the build's test queries,
+answered by a second copy of the service without a head cache.
 Targets (printed, not asserted): hit < 1 ms, miss < 50 ms at beam 20.
 
     adgen world generate --users 300 --ads 1000 --out var/world
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -23,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adgen.datasets import load_query_labels, load_world
-from adgen.processors.query_retrieval import SearchConfig, SearchService, validate_query
+from adgen.datasets import load_world
+from adgen.processors.query_retrieval import SearchService, validate_query
 from adgen.search.ci_data import QUERY_PROMPT
 from adgen.search.ci_eval import BM25Retriever
-from adgen.search.ci_pipeline import CIBuildConfig, split_queries
+from adgen.search.ci_pipeline import load_split
+from adgen.search.query_log import world_query_log
 
 HIT_TARGET_MS = 1.0
 MISS_TARGET_MS = 50.0
@@ -55,8 +59,8 @@ def main() -> None:
     parser.add_argument("--world", type=Path, default=Path("var/world"))
     parser.add_argument("--ci-dir", type=Path, default=Path("var/index/ci"))
     parser.add_argument("--out", type=Path, default=Path("var/runs/bench_search.json"))
-    parser.add_argument("--beams", type=int, default=20)
-    parser.add_argument("--top-cis", type=int, default=10)
+    parser.add_argument("--beams", type=int, default=None, help="Override the build's tuned beam width.")
+    parser.add_argument("--top-cis", type=int, default=None, help="Override the build's tuned CIs per query.")
     parser.add_argument("--miss-queries", type=int, default=200)
     parser.add_argument("--hit-repeats", type=int, default=2000)
     parser.add_argument("--new-ads", type=int, default=256)
@@ -64,29 +68,34 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
+    load_start = os.getloadavg()
     torch.set_num_threads(args.threads)
-    config = SearchConfig(beams=args.beams, top_cis=args.top_cis)
-    service = SearchService.from_snapshot(args.ci_dir / "snapshots", args.ci_dir / "model", config)
+    overrides = {k: v for k, v in {"beams": args.beams, "top_cis": args.top_cis}.items() if v is not None}
+    service = SearchService.from_build(args.ci_dir, **overrides)
     dataset = load_world(args.world)
     items = dataset.active_items()
-    _, held_out = split_queries(load_query_labels(args.world), CIBuildConfig().eval_share)
+    held_out = load_split(args.ci_dir, world_query_log(args.world, items)).test
     head = dict(service.head_cache)
     if not head:
         raise SystemExit("the snapshot has no head cache; build with --head-cache > 0")
-    misses = [q.text for q in held_out if validate_query(q.text) not in head][: args.miss_queries]
+    misses = [q.text for q in held_out][: args.miss_queries]
+    if not misses:
+        raise SystemExit("the build has no test queries to time as misses; build with a labelled query log")
+    uncached = SearchService.from_build(args.ci_dir, **overrides)
+    uncached.head_cache.clear()
 
     # warm-up (first calls pay allocator and lazy-init costs)
-    service.search(misses[0])
+    uncached.search(misses[0])
     service.search(next(iter(head)))
 
     hit_keys = list(head)
     hit_queries = [hit_keys[i % len(hit_keys)] for i in range(args.hit_repeats)]
     hit_ms = [_timed(lambda q=q: service.search(q)) for q in hit_queries]
-    miss_ms = [_timed(lambda q=q: service.search(q)) for q in misses]
+    miss_ms = [_timed(lambda q=q: uncached.search(q)) for q in misses]
 
     t0 = time.perf_counter()
     for start in range(0, len(misses), args.batch):
-        service.search_batch(misses[start : start + args.batch])
+        uncached.search_batch(misses[start : start + args.batch])
     batched_qps = len(misses) / (time.perf_counter() - t0)
 
     # baselines on the same queries
@@ -96,7 +105,7 @@ def main() -> None:
     prompts = [service.model.prompt_ids(QUERY_PROMPT.format(text=validate_query(q))) for q in misses]
     search = service.model.backend.search  # the torch decoder (its unconstrained mode is the baseline)
     unconstrained_ms = [
-        _timed(lambda p=p: search.generate_unconstrained([p], steps=trie.max_depth, beams=args.beams))
+        _timed(lambda p=p: search.generate_unconstrained([p], steps=trie.max_depth, beams=service.config.beams))
         for p in prompts[: min(len(prompts), 100)]
     ]
 
@@ -113,6 +122,8 @@ def main() -> None:
     hit, miss = _summary(hit_ms), _summary(miss_ms)
     bm25_s, unc = _summary(bm25_ms), _summary(unconstrained_ms)
     result = {
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
         "machine": {
             "cpus_used": args.threads,
             "torch_threads": torch.get_num_threads(),
@@ -123,8 +134,9 @@ def main() -> None:
             "cis": service.index.num_cis,
             "trie_depth": trie.max_depth,
             "head_cache": len(head),
-            "beams": args.beams,
-            "top_cis": args.top_cis,
+            "beams": service.config.beams,
+            "top_cis": service.config.top_cis,
+            "lexical_weight": service.config.lexical_weight,
             "model_parameters": sum(p.numel() for p in service.model.model.parameters()),
         },
         "cache_hit": hit,

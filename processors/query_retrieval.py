@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from adgen.processors.search_store import SearchRedisStore
@@ -33,9 +33,9 @@ from adgen.index.trie_arrays import TrieArrays
 from adgen.processors.feature_store import AdRecord
 from adgen.processors.metrics import WorkerMetrics
 from adgen.processors.worker_parts import Component, DeadLetters
-from adgen.search.ci_data import AD_PROMPT, ad_prompt_text
 from adgen.search.ci_index import CI_KIND, CIIndex, build_ci_trie, load_latest_snapshot, normalise_text, save_snapshot
-from adgen.search.ci_model import CIModel, assign_cis, query_cis
+from adgen.search.ci_model import CIModel
+from adgen.search.ci_serving import CIQueryMapper, ServingConfig, assign_ads
 from adgen.streams.app import decoded_stream
 from adgen.streams.codec import EventDecodeError, encode_event
 from adgen.streams.dlq import DeadLetter
@@ -76,15 +76,9 @@ def validate_query(raw: object) -> str:
     return normalised
 
 
-class SearchConfig(BaseModel):
-    """Online knobs: B CIs per query (beam search with `beams`), low-score truncation, result size."""
-
-    top_cis: int = Field(10, ge=1, description="B: CIs kept per query.")
-    beams: int = Field(20, ge=1)
-    score_floor: float | None = Field(-6.0, description="Per-token log-prob below which a CI branch is cut.")
-    top_n: int = Field(500, ge=1)
-    new_ad_cis: int = Field(5, ge=1, description="CIs generated per new ad.")
-    new_ad_min_prob: float = Field(0.05, ge=0, le=1)
+SearchConfig = ServingConfig
+"""The online knobs (B CIs per query, beams, low-score truncation, lexical fusion, result size, CIs of new
+ads) live with the ranking logic in search/ci_serving.py; `adgen ci build` tunes them on validation."""
 
 
 class ScoredAd(BaseModel):
@@ -126,13 +120,13 @@ class SearchService:
         self.trie = trie if trie is not None else model.ci_trie(index.ci_set)
         self.head_cache: dict[str, dict[int, float]] = {q: dict(c) for q, c in (head_cache or {}).items()}
         self.config = config or SearchConfig()
+        self.mapper = CIQueryMapper(model, self.trie, index.ci_set, self.config)
         self.stats: Counter[str] = Counter()
 
     # -- queries ------------------------------------------------------------------------------------------
     def generate_cis(self, normalised: Sequence[str]) -> list[dict[int, float]]:
-        """The model's top-B CIs (probabilities over the returned beams) for already-normalised queries."""
-        cfg = self.config
-        return query_cis(self.model, self.trie, normalised, cfg.top_cis, cfg.beams, cfg.score_floor)
+        """Each already-normalised query's CI distribution (CI model fused with lexical matching, per config)."""
+        return self.mapper(normalised)
 
     def search(self, raw: object, top_n: int | None = None) -> SearchResult:
         """Answer one raw query (raises QueryError for bad input)."""
@@ -166,7 +160,7 @@ class SearchService:
         t0: float,
         shared_ms: float,
     ) -> SearchResult:
-        ranked = self.index.rank(cis, top_n or self.config.top_n)
+        ranked = self.mapper.rank(self.index, normalised, cis, top_n or self.config.top_n)
         texts = self.index.ci_set.texts
         return SearchResult(
             query=raw,
@@ -199,14 +193,11 @@ class SearchService:
 
     # -- ads ----------------------------------------------------------------------------------------------
     def upsert_ads(self, items: Sequence[Item]) -> dict[str, dict[int, float]]:
-        """New or changed ads get CIs by constrained inference into the existing set; the index updates."""
-        if not items:
-            return {}
-        prompts = [AD_PROMPT.format(text=ad_prompt_text(item)) for item in items]
-        cfg = self.config
-        rows = assign_cis(self.model, self.trie, prompts, k=cfg.new_ad_cis, min_prob=cfg.new_ad_min_prob)
-        assigned = {item.item_id: cis for item, cis in zip(items, rows, strict=True)}
-        self.index.update(assigned)  # one change: queries see all of these ads' CIs or none
+        """New or changed ads get their catalogue CIs and CIs by constrained inference into the existing set,
+        weighted as in the build; the index updates as one change (queries see all of these ads' CIs or none)."""
+        assigned = assign_ads(self.model, self.trie, self.index.ci_set, items, self.config)
+        if assigned:
+            self.index.update(assigned)
         return assigned
 
     def remove_ad(self, ad_id: str) -> bool:
@@ -218,6 +209,16 @@ class SearchService:
         path = save_snapshot(root, self.index, sequences, self.head_cache_json(), self.model.fingerprint())
         SnapshotStore(root, CI_KIND).prune(keep)
         return path
+
+    @classmethod
+    def from_build(
+        cls, build_dir: Path, model_settings: ModelSettings | None = None, **overrides: Any
+    ) -> SearchService:
+        """Load an `adgen ci build` directory with the serving settings it chose on validation (serving.json),
+        decoding on `model_settings.backend`; `overrides` replace single settings (e.g. top_n)."""
+        build_dir = Path(build_dir)
+        config = ServingConfig.load(build_dir).model_copy(update=overrides)
+        return cls.from_snapshot(build_dir / "snapshots", build_dir / "model", config, model_settings)
 
     @classmethod
     def from_snapshot(

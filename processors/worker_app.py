@@ -39,7 +39,7 @@ from adgen.processors.generation import GenerationService, Generator, LeadreGene
 from adgen.processors.lag import LagReporter
 from adgen.processors.metrics import WorkerMetrics
 from adgen.processors.model_reload import ModelRefused, ModelReloader, check_compatible
-from adgen.processors.query_retrieval import QueryRetrieval, SearchConfig, SearchService
+from adgen.processors.query_retrieval import QueryRetrieval, SearchService
 from adgen.processors.redis_client import RedisClient
 from adgen.processors.search_store import SearchRedisStore
 from adgen.processors.shared_budget import SharedBudget
@@ -192,9 +192,8 @@ def load_search(settings: Settings) -> SearchService | None:
     if not ((root / "snapshots").is_dir() and (root / "model").is_dir()):
         return None
     try:
-        return SearchService.from_snapshot(
-            root / "snapshots", root / "model", SearchConfig(beams=settings.model.beams), settings.model
-        )
+        # the serving settings the build chose on validation (serving.json), decoded on model.backend
+        return SearchService.from_build(root, settings.model)
     except (CIError, BackendUnavailable) as exc:
         raise WorkerSetupError(f"the search path cannot start from {root}: {exc}") from exc
 

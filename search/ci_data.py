@@ -1,9 +1,11 @@
 """Training data for the commercial-intention (CI) model, built from the catalogue.
 
 RARE fine-tunes an LLM on CIs written by a stronger LLM. No external LLM is reachable here, so the
-"teacher" is the catalogue itself: category paths, brand + category, product type, attribute phrases,
-title key phrases and (for the synthetic world) the intents behind its training queries. A user may plug
-in any OpenAI-compatible endpoint as an extra source (`OpenAICompatibleCISource`, off by default).
+"teacher" is the catalogue itself: category paths, brand + category, product type, attribute phrases and
+title key phrases. A user may plug in any OpenAI-compatible endpoint as an extra source
+(`OpenAICompatibleCISource`, off by default). Labelled queries of the *training split only* add
+query -> CI pairs (`query_targets`, distant supervision from their judged ads) and the query templates the
+augmentation wraps CIs in; they never add CIs.
 
 Two stages, as in RARE §3.3:
 - knowledge injection: short facts about the catalogue (ad -> category path, ad -> brand, product type ->
@@ -14,7 +16,6 @@ Two stages, as in RARE §3.3:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -27,6 +28,7 @@ from pydantic import BaseModel, Field
 from adgen.core.ad_text import meaningful_categories
 from adgen.core.catalogue import Item
 from adgen.search.ci_index import STOPWORDS, CISet, normalise_text
+from adgen.search.query_log import LoggedQuery
 
 AD_PROMPT = "ad: {text}\nintent:"
 QUERY_PROMPT = "query: {text}\nintent:"
@@ -103,44 +105,63 @@ def item_ci_candidates(item: Item) -> list[str]:
     return [c for c in out if c.strip()]
 
 
-def query_split(query_id: str, eval_share: float = 0.5) -> str:
-    """'train' or 'eval' by a stable hash, so training never sees the queries the evaluation scores."""
-    bucket = int.from_bytes(hashlib.sha256(query_id.encode()).digest()[:4], "big") / 2**32
-    return "eval" if bucket < eval_share else "train"
+class QueryTarget(BaseModel):
+    """A training query and the CI it should map to (the CI whose ads best match the query's labels)."""
 
-
-class QueryIntent(BaseModel):
-    """A training query: its text, its intent phrase and the ads that match that intent exactly."""
-
-    query_id: str
     text: str
-    intent: str = ""
-    exact_ads: list[str] = []
+    ci: int
+    f1: float
 
 
-def intent_proposals(queries: Iterable[QueryIntent]) -> dict[str, list[str]]:
-    """Ad id -> intent phrases of the training queries whose exact intent the ad matches."""
-    out: dict[str, list[str]] = {}
+def query_targets(
+    queries: Iterable[LoggedQuery],
+    ci_set: CISet,
+    assignment: Mapping[str, Sequence[int]],
+    min_grade: int = 2,
+    min_f1: float = 0.5,
+) -> list[QueryTarget]:
+    """Distant supervision for query -> CI: per training query, the CI whose catalogue ads best match its
+    relevant ads (F1 of the two ad sets), if that F1 reaches `min_f1`; ties go to the CI sharing more of
+    the query's words, then to the more supported CI.
+
+    Works for any labelled log (no intent labels needed) and touches only the queries it is given, so
+    passing the training split alone keeps validation and test labels out of the build.
+    """
+    ads_of: dict[int, set[str]] = {}
+    for ad, cis in assignment.items():
+        for ci in cis:
+            ads_of.setdefault(ci, set()).add(ad)
+    out: list[QueryTarget] = []
     for q in queries:
-        if q.intent:
-            for ad in q.exact_ads:
-                out.setdefault(ad, []).append(q.intent)
+        relevant = q.relevant(min_grade)
+        if not relevant:
+            continue
+        words = set(q.normalised.split())
+        candidates = {ci for ad in relevant for ci in assignment.get(ad, ())}
+        best: tuple[float, int, int, int] | None = None
+        for ci in candidates:
+            ads = ads_of[ci]
+            f1 = 2 * len(ads & relevant) / (len(ads) + len(relevant))
+            key = (f1, len(words & set(ci_set.texts[ci].split())), ci_set.support[ci], -ci)
+            if best is None or key > best:
+                best = key
+        if best is not None and best[0] >= min_f1:
+            out.append(QueryTarget(text=q.normalised, ci=-best[3], f1=best[0]))
     return out
 
 
 def propose_cis(
     items: Mapping[str, Item],
-    queries: Sequence[QueryIntent] = (),
     extra: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, list[str]]:
-    """Ad id -> raw CI proposals from every source (catalogue fields, training-query intents, optional LLM)."""
+    """Ad id -> raw CI proposals from the catalogue fields and an optional LLM teacher.
+
+    Query labels are deliberately not a source: a CI proposed from a labelled query would carry that
+    query's judgements into the index, and held-out judgements must not reach the build.
+    """
     if not items:
         raise CIDataError("the catalogue is empty: no ads to derive commercial intentions from")
-    intents = intent_proposals(queries)
-    out: dict[str, list[str]] = {}
-    for ad_id, item in items.items():
-        out[ad_id] = item_ci_candidates(item) + intents.get(ad_id, []) + list((extra or {}).get(ad_id, []))
-    return out
+    return {ad_id: item_ci_candidates(item) + list((extra or {}).get(ad_id, [])) for ad_id, item in items.items()}
 
 
 def knowledge_pairs(
@@ -178,15 +199,15 @@ def format_pairs(
     items: Mapping[str, Item],
     ci_set: CISet,
     assignment: Mapping[str, Sequence[int]],
-    queries: Sequence[QueryIntent] = (),
+    targets: Sequence[QueryTarget] = (),
     cis_per_ad: int | None = None,
     seed: int = 0,
 ) -> list[TextPair]:
     """Stage 2: ad -> CI and query -> CI in the inference prompt format (one pair per target CI).
 
-    Query pairs come from the training queries (query text -> the CI of its intent) and from each CI as
-    its own query, so a query that *is* an intention maps onto it. `cis_per_ad` caps the (long, costly)
-    ad pairs per ad with a seeded sample, to fit the CPU budget.
+    Query pairs come from the training queries' targets and from each CI as its own query, so a query
+    that *is* an intention maps onto it. `cis_per_ad` caps the (long, costly) ad pairs per ad with a
+    seeded sample, to fit the CPU budget.
     """
     rng = random.Random(seed)
     pairs: list[TextPair] = []
@@ -199,14 +220,8 @@ def format_pairs(
         pairs.extend(TextPair(prompt=prompt, response=ci_set.texts[ci], stage="format") for ci in chosen)
     for ci_text in ci_set.texts:
         pairs.append(TextPair(prompt=QUERY_PROMPT.format(text=ci_text), response=ci_text, stage="format"))
-    for q in queries:
-        ci = ci_set.id_of(q.intent) if q.intent else None
-        if ci is not None:
-            pairs.append(
-                TextPair(
-                    prompt=QUERY_PROMPT.format(text=normalise_text(q.text)), response=ci_set.texts[ci], stage="format"
-                )
-            )
+    for t in targets:
+        pairs.append(TextPair(prompt=QUERY_PROMPT.format(text=t.text), response=ci_set.texts[t.ci], stage="format"))
     return _dedup(pairs)
 
 
@@ -275,40 +290,35 @@ class OpenAICompatibleCISource:
         return values[:n]
 
 
-def intent_phrase(intent: str) -> str:
-    """The phrase behind a synthetic-world intent label, e.g. 'attribute_product:LED|floor mats|A>B' ->
-    'LED floor mats', 'brand_category:Ferrant|Home>Small Appliances' -> 'Ferrant Small Appliances'.
+def mine_templates(pairs: Iterable[tuple[str, str]], min_count: int = 2) -> list[str]:
+    """Query templates ('top rated {}', '{} near me') mined from (query text, its CI text) pairs of training
+    queries whose text contains the CI as whole words.
 
-    A plain phrase (no 'kind:' prefix) is returned as is; an unknown kind gives ''.
-    """
-    kind, sep, rest = intent.partition(":")
-    if not sep:
-        return intent
-    parts = rest.split("|")
-    leaf = parts[-1].split(">")[-1] if parts else ""
-    if kind == "product_type":
-        return parts[0]
-    if kind == "attribute_product" and len(parts) >= 2:
-        return f"{parts[0]} {parts[1]}"
-    if kind == "brand_category" and len(parts) >= 2:
-        return f"{parts[0]} {leaf}"
-    if kind == "category":
-        return leaf
-    return ""
-
-
-def mine_templates(queries: Iterable[QueryIntent], min_count: int = 2) -> list[str]:
-    """Query templates ('top rated {}', '{} near me') mined from training queries that contain their intent.
-
-    Applied to every CI they teach the model how shoppers wrap an intention, without copying any query.
+    Applied to every CI they teach the model how shoppers wrap an intention, without copying any query;
+    `strip_template` uses them to find the intention inside a new query.
     """
     counts: Counter[str] = Counter()
-    for q in queries:
-        text, phrase = normalise_text(q.text), normalise_text(q.intent)
+    for query, ci_text in pairs:
+        text, phrase = normalise_text(query), normalise_text(ci_text)
         if phrase and f" {phrase} " in f" {text} ":
             before, _, after = f" {text} ".partition(f" {phrase} ")
             counts[f"{before.strip()} {{}} {after.strip()}".strip()] += 1
     return sorted(t for t, n in counts.items() if n >= min_count and t != "{}")
+
+
+def strip_template(normalised_query: str, templates: Sequence[str]) -> str:
+    """The query without the longest template that wraps it ('top rated lawn care' -> 'lawn care'), or the
+    query itself when no template fits or nothing would be left."""
+    best = normalised_query
+    text = f" {normalised_query} "
+    for template in templates:
+        before, _, after = template.partition("{}")
+        head, tail = f" {before.strip()} " if before.strip() else " ", f" {after.strip()} " if after.strip() else " "
+        if text.startswith(head) and text.endswith(tail) and len(text) > len(head) + len(tail):
+            inner = text[len(head) - 1 : len(text) - len(tail) + 1].strip()
+            if inner and len(inner) < len(best):
+                best = inner
+    return best
 
 
 def noisy(text: str, rng: random.Random, rate: float = 0.3) -> str:

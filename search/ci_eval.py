@@ -1,11 +1,17 @@
-"""Search-path evaluation: HR@K, MAP, ACR and CIs per query, and the BM25 and dense baselines.
+"""Search-path evaluation: graded metrics, and the BM25, dense and hybrid baselines.
 
-Every method is a `Retriever` (query text -> ranked ad ids + how many CIs it used), so RARE-style retrieval
-and the baselines run through the same loop on the same queries in one run.
+Every method is a `Retriever` (query text -> ranked ad ids + how many CIs it used), so the CI path and the
+baselines run through the same loop on the same queries in one run. Metrics (RARE's, plus graded ones):
+
+- HR@K: share of a query's relevant ads (grade >= `min_grade`) in the top K, averaged over queries;
+- NDCG@10: graded, gain 2^grade - 1, ideal list from every graded ad of the query;
+- MAP over the top `cutoff`, normalised by min(|relevant|, cutoff);
+- ACR: share of queries answered with at least one ad; CIs/query; latency per query.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -16,6 +22,11 @@ from tqdm.auto import tqdm
 from adgen.core.ad_text import ad_text
 from adgen.core.catalogue import Item
 from adgen.search.ci_index import normalise_text
+from adgen.search.query_log import LoggedQuery
+
+HR_KS = (10, 50)
+NDCG_K = 10
+MAP_CUTOFF = 100
 
 
 class Retrieved(BaseModel):
@@ -26,14 +37,7 @@ class Retrieved(BaseModel):
 
 
 Retriever = Callable[[str], Retrieved]
-
-
-class LabelledQuery(BaseModel):
-    """A query with graded relevance per ad (2 = exact intent, 1 = same category)."""
-
-    query_id: str
-    text: str
-    relevance: dict[str, int]
+BatchRetriever = Callable[[Sequence[str]], list[Retrieved]]
 
 
 def hit_rate(ranked: Sequence[str], relevant: set[str], k: int) -> float:
@@ -55,71 +59,106 @@ def average_precision(ranked: Sequence[str], relevant: set[str], cutoff: int) ->
     return total / min(len(relevant), cutoff)
 
 
+def ndcg(ranked: Sequence[str], grades: Mapping[str, int], k: int) -> float:
+    """Graded NDCG@k with gain 2^grade - 1; 0 when no ad has a positive grade."""
+    ideal = sorted((g for g in grades.values() if g > 0), reverse=True)[:k]
+    idcg = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
+    if idcg == 0:
+        return 0.0
+    dcg = sum((2 ** grades.get(ad, 0) - 1) / math.log2(i + 2) for i, ad in enumerate(ranked[:k]))
+    return dcg / idcg
+
+
 class MethodReport(BaseModel):
-    """One row of the evaluation table."""
+    """One row of an evaluation table."""
 
     method: str
     queries: int
     hr: dict[str, float]
+    ndcg10: float
     map: float
     acr: float
     avg_cis_per_query: float
     avg_ads_per_query: float
-    ms_per_query: float
+    ms_p50: float
+    ms_mean: float
 
 
-def evaluate(
+def score_answers(
     name: str,
-    retrieve: Retriever,
-    queries: Sequence[LabelledQuery],
-    ks: Sequence[int] = (50, 100, 500),
+    queries: Sequence[LoggedQuery],
+    answers: Sequence[Retrieved],
+    latencies_ms: Sequence[float],
     min_grade: int = 2,
-    progress: bool = True,
-    retrieve_many: Callable[[Sequence[str]], list[Retrieved]] | None = None,
-    batch_size: int = 64,
+    ks: Sequence[int] = HR_KS,
 ) -> MethodReport:
-    """Run `retrieve` on every query; relevant = ads with grade >= min_grade; MAP over the largest K.
-
-    With `retrieve_many`, queries go in batches of `batch_size` (how the CI model is used offline), and
-    ms/query is the batched cost.
-    """
+    """The metrics of `answers[i]` for `queries[i]`; HR and MAP over queries with a relevant ad."""
     if not queries:
-        raise ValueError("no labelled queries to evaluate; generate a world with queries first")
-    cutoff = max(ks)
+        raise ValueError("no labelled queries to evaluate")
     hr = {k: 0.0 for k in ks}
-    ap = acr = cis = n_ads = 0.0
-    counted = 0
-    started = time.perf_counter()
-    answers: list[Retrieved] = []
-    if retrieve_many is not None:
-        for start in tqdm(range(0, len(queries), batch_size), desc=f"eval {name}", disable=not progress):
-            answers.extend(retrieve_many([q.text for q in queries[start : start + batch_size]]))
-    else:
-        answers = [retrieve(q.text) for q in tqdm(queries, desc=f"eval {name}", disable=not progress, leave=False)]
-    elapsed = time.perf_counter() - started
+    ap = gain = acr = cis = n_ads = 0.0
+    counted = graded = 0
     for q, result in zip(queries, answers, strict=True):
-        relevant = {ad for ad, g in q.relevance.items() if g >= min_grade}
-        ranked = result.ads[:cutoff]
+        ranked = result.ads
         acr += bool(ranked)
         cis += result.num_cis
         n_ads += len(ranked)
-        if not relevant:
-            continue
-        counted += 1
-        for k in ks:
-            hr[k] += hit_rate(ranked, relevant, k)
-        ap += average_precision(ranked, relevant, cutoff)
+        if any(g > 0 for g in q.relevance.values()):
+            graded += 1
+            gain += ndcg(ranked, q.relevance, NDCG_K)
+        relevant = q.relevant(min_grade)
+        if relevant:
+            counted += 1
+            for k in ks:
+                hr[k] += hit_rate(ranked, relevant, k)
+            ap += average_precision(ranked, relevant, MAP_CUTOFF)
     n = len(queries)
     return MethodReport(
         method=name,
         queries=n,
         hr={f"HR@{k}": v / max(counted, 1) for k, v in hr.items()},
+        ndcg10=gain / max(graded, 1),
         map=ap / max(counted, 1),
         acr=acr / n,
         avg_cis_per_query=cis / n,
         avg_ads_per_query=n_ads / n,
-        ms_per_query=1000 * elapsed / n,
+        ms_p50=float(np.percentile(latencies_ms, 50)) if latencies_ms else 0.0,
+        ms_mean=float(np.mean(latencies_ms)) if latencies_ms else 0.0,
     )
+
+
+def evaluate(
+    name: str,
+    retrieve: Retriever,
+    queries: Sequence[LoggedQuery],
+    min_grade: int = 2,
+    progress: bool = True,
+) -> MethodReport:
+    """Run `retrieve` on every query one at a time (latency = one query's wall time) and score it."""
+    answers, latencies = [], []
+    for q in tqdm(queries, desc=f"eval {name}", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        answers.append(retrieve(q.text))
+        latencies.append(1000 * (time.perf_counter() - t0))
+    return score_answers(name, queries, answers, latencies, min_grade)
+
+
+def evaluate_batched(
+    name: str,
+    retrieve_many: BatchRetriever,
+    queries: Sequence[LoggedQuery],
+    min_grade: int = 2,
+    batch_size: int = 64,
+) -> MethodReport:
+    """Like `evaluate` in batches (how settings are compared on validation); latency = batch time / size."""
+    answers: list[Retrieved] = []
+    latencies: list[float] = []
+    for start in range(0, len(queries), batch_size):
+        chunk = [q.text for q in queries[start : start + batch_size]]
+        t0 = time.perf_counter()
+        answers.extend(retrieve_many(chunk))
+        latencies.extend([1000 * (time.perf_counter() - t0) / len(chunk)] * len(chunk))
+    return score_answers(name, queries, answers, latencies, min_grade)
 
 
 def _tokens(text: str) -> list[str]:
@@ -155,6 +194,29 @@ class DenseRetriever:
         return Retrieved(ads=_top(self.ad_ids, self.matrix @ vec, self.top_n, positive_only=False))
 
 
+class HybridRetriever:
+    """Reciprocal-rank fusion of two rankings: score(ad) = sum over lists of weight / (k + rank).
+
+    `k` and the lexical weight are settings like any other: chosen on validation (`tune_hybrid`).
+    """
+
+    def __init__(
+        self, lexical: Retriever, dense: Retriever, k: float = 60.0, lexical_weight: float = 0.5, top_n: int = 500
+    ) -> None:
+        self.lexical, self.dense = lexical, dense
+        self.k, self.lexical_weight, self.top_n = k, lexical_weight, top_n
+
+    def fuse(self, lexical: Sequence[str], dense: Sequence[str]) -> Retrieved:
+        scores: dict[str, float] = {}
+        for weight, ranked in ((self.lexical_weight, lexical), (1 - self.lexical_weight, dense)):
+            for rank, ad in enumerate(ranked, start=1):
+                scores[ad] = scores.get(ad, 0.0) + weight / (self.k + rank)
+        return Retrieved(ads=[a for a, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))][: self.top_n])
+
+    def __call__(self, query: str) -> Retrieved:
+        return self.fuse(self.lexical(query).ads, self.dense(query).ads)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -170,15 +232,3 @@ def _top(ids: Sequence[str], scores: np.ndarray, n: int, positive_only: bool) ->
     if positive_only:
         idx = idx[scores[idx] > 0]
     return [ids[i] for i in idx]
-
-
-def markdown_table(reports: Sequence[MethodReport]) -> str:
-    """The one evaluation table for docs/search.md."""
-    ks = list(reports[0].hr) if reports else []
-    head = ["method", *ks, "MAP", "ACR", "CIs/query", "ads/query", "ms/query"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in reports:
-        row = [r.method, *(f"{r.hr[k]:.4f}" for k in ks), f"{r.map:.4f}", f"{r.acr:.3f}"]
-        row += [f"{r.avg_cis_per_query:.2f}", f"{r.avg_ads_per_query:.1f}", f"{r.ms_per_query:.2f}"]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,10 @@ class CIModelConfig(BaseModel):
         True, description="Output layer = input embeddings: copying query words into a CI is then learnt fast."
     )
     knowledge_epochs: int = Field(1, ge=1)
-    format_epochs: int = Field(4, ge=1)
+    format_epochs: int = Field(
+        8, ge=1, description="Most format epochs; with validation queries the best epoch is kept (early stopping)."
+    )
+    patience: int = Field(2, ge=1, description="Epochs without a better validation score before stopping.")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(5e-3, gt=0)
     seed: int = 0
@@ -155,10 +158,14 @@ def train_ci_model(
     ci_set: CISet,
     out_dir: Path,
     config: CIModelConfig | None = None,
+    valid_fn: Callable[[CIModel], dict[str, float]] | None = None,
 ) -> tuple[CIModel, dict[str, Any]]:
     """Build the tokenizer on all training text, then train in two stages; saves to `out_dir/model`.
 
-    Metrics of both stages land in `out_dir/<stage>/metrics.json` and together in `out_dir/metrics.json`.
+    With `valid_fn` (CI model -> {"valid_score": ...} on validation queries) the format stage is scored
+    after every epoch, stops after `patience` epochs without improvement and keeps its best epoch, so the
+    number of epochs is chosen on validation. Metrics of both stages land in `out_dir/<stage>/metrics.json`
+    and together in `out_dir/metrics.json`.
     """
     config = config or CIModelConfig()
     if not fmt:
@@ -199,9 +206,12 @@ def train_ci_model(
             checkpoint_every=10_000,
             torch_threads=config.torch_threads,
             desc=f"ci-{stage}",
+            monitor="valid_score",
+            patience=config.patience,
         )
+        eval_fn = (lambda _model: valid_fn(ci_model)) if valid_fn is not None and stage == "format" else None
         model.train()
-        stage_metrics = train_causal_lm(model, tokenizer, examples, train_config)
+        stage_metrics = train_causal_lm(model, tokenizer, examples, train_config, eval_fn)
         metrics[stage] = {"pairs": len(pairs), **stage_metrics}
     model.eval()
     ci_model.save(out_dir / "model")

@@ -1,6 +1,12 @@
-"""The offline RARE build: catalogue -> CI proposals -> CI set -> two-stage CI model -> CIs for every ad
--> CI index + head-query cache -> snapshot. `adgen ci build` runs it; running it again is the periodic
-full rebuild (new CI set, new model, new snapshot version; readers switch to the newest valid snapshot).
+"""The offline RARE build: catalogue + query log -> CI set -> two-stage CI model -> CIs for every ad -> CI
+index -> serving settings tuned on validation -> head cache -> snapshot.
+
+`adgen ci build` runs it; running it again is the periodic full rebuild (new CI set, new model, new
+snapshot version; readers switch to the newest valid snapshot). The query log's labelled queries are split
+train / validation / test with no shared text or intent (`search/query_split.py`): training queries add
+query -> CI pairs and query templates, validation picks the epochs and every serving setting, and test is
+left for `adgen ci eval`. The split is written next to the build (`split.json`) so the evaluation reads
+exactly the queries the build never saw.
 """
 
 from __future__ import annotations
@@ -8,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -16,51 +21,54 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from adgen.core.catalogue import Item
+from adgen.index.trie_arrays import TrieArrays
 from adgen.search.ci_data import (
     AD_PROMPT,
-    QueryIntent,
     ad_prompt_text,
     augmented_query_pairs,
     format_pairs,
-    intent_phrase,
     knowledge_pairs,
     mine_templates,
     propose_cis,
-    query_split,
+    query_targets,
 )
-from adgen.search.ci_eval import LabelledQuery
+from adgen.search.ci_eval import Retrieved, score_answers
 from adgen.search.ci_index import (
     CIIndex,
     CleaningConfig,
     CleaningReport,
     build_ci_set,
-    normalise_text,
     save_snapshot,
 )
-from adgen.search.ci_model import CIModelConfig, assign_cis, query_cis, train_ci_model
+from adgen.search.ci_model import CIModel, CIModelConfig, query_cis, train_ci_model
+from adgen.search.ci_serving import CIQueryMapper, ServingConfig, rank_ads
+from adgen.search.ci_tuning import TuningGrid, TuningResult, build_index, objective, tune_serving
+from adgen.search.query_log import LoggedQuery, QueryLog
+from adgen.search.query_split import QuerySplit, SplitConfig, split_leaks, split_queries
 
 Embed = Callable[[Sequence[str]], np.ndarray]
+
+SPLIT_FILE = "split.json"
 
 
 class CIBuildConfig(BaseModel):
     """Everything `adgen ci build` decides, written next to the snapshot for reproducibility."""
 
-    cleaning: CleaningConfig = CleaningConfig()
+    cleaning: CleaningConfig = CleaningConfig(min_ads=1)
     model: CIModelConfig = CIModelConfig()
-    eval_share: float = Field(0.5, ge=0, lt=1, description="Share of labelled queries held out for evaluation.")
-    augment_per_ci: int = Field(3, ge=0)
-    max_knowledge_pairs: int | None = Field(1500, ge=1, description="Seeded sample of stage-1 facts (CPU budget).")
-    cis_per_ad: int | None = Field(1, ge=1, description="Ad -> CI training pairs per ad (None = all).")
-    typo_rate: float = Field(0.3, ge=0, le=1)
-    assign_k: int = Field(5, ge=1, description="CIs generated per ad by constrained inference.")
-    assign_min_prob: float = Field(0.1, ge=0, le=1)
-    model_weight: float = Field(
-        0.5, ge=0, le=1, description="Weight of a model-assigned CI relative to a catalogue-derived one (1.0)."
+    split: SplitConfig = SplitConfig()
+    min_grade: int = Field(2, ge=1, description="Grade from which a judged ad counts as relevant.")
+    target_min_f1: float = Field(0.5, gt=0, le=1, description="Training query -> CI pairs need this ad-set F1.")
+    augment_per_ci: int = Field(
+        1, ge=0, description="Mined query templates wrapped around each CI (1: the CPU budget of the demo build)."
     )
+    max_knowledge_pairs: int | None = Field(1500, ge=1, description="Seeded sample of stage-1 facts (CPU budget).")
+    cis_per_ad_pairs: int | None = Field(1, ge=1, description="Ad -> CI training pairs per ad (None = all).")
+    typo_rate: float = Field(0.3, ge=0, le=1)
     head_cache_size: int = Field(200, ge=0)
-    top_cis: int = Field(10, ge=1)
-    beams: int = Field(20, ge=1)
-    score_floor: float | None = -6.0
+    serving: ServingConfig = ServingConfig()
+    tune: bool = Field(True, description="Choose the serving settings on validation (else keep `serving`).")
+    grid: TuningGrid = TuningGrid()
 
 
 class CIBuildReport(BaseModel):
@@ -69,58 +77,101 @@ class CIBuildReport(BaseModel):
     ads: int
     cis: int
     cleaning: CleaningReport
+    split: dict[str, int]
+    query_targets: int
     knowledge_pairs: int
     format_pairs: int
     templates: list[str]
-    ads_without_cis: int
+    epochs_trained: int
+    best_epoch: int | None
+    ads_without_catalogue_cis: int
     avg_cis_per_ad: float
     head_cache_entries: int
+    serving: ServingConfig
+    tuning: TuningResult | None
     seconds: dict[str, float]
 
 
-def split_queries(labels: Sequence[object], eval_share: float) -> tuple[list[QueryIntent], list[LabelledQuery]]:
-    """World query labels -> (training queries with intent phrase + exact ads, held-out evaluation queries)."""
-    train: list[QueryIntent] = []
-    held_out: list[LabelledQuery] = []
-    for label in labels:
-        qid, text, relevance = label.query_id, label.text, label.relevance  # type: ignore[attr-defined]
-        if query_split(qid, eval_share) == "eval":
-            held_out.append(LabelledQuery(query_id=qid, text=text, relevance=relevance))
-        else:
-            phrase = intent_phrase(getattr(label, "intent", "") or "")
-            exact = sorted(ad for ad, grade in relevance.items() if grade >= 2)
-            train.append(QueryIntent(query_id=qid, text=text, intent=phrase, exact_ads=exact))
-    return train, held_out
+def save_split(split: QuerySplit, directory: Path) -> Path:
+    """Query ids per split (what `adgen ci eval` reads back to score only never-seen queries)."""
+    ids = {name: [q.query_id for q in getattr(split, name)] for name in ("train", "valid", "test")}
+    path = Path(directory) / SPLIT_FILE
+    path.write_text(json.dumps(ids, indent=1))
+    return path
+
+
+def load_split(directory: Path, log: QueryLog) -> QuerySplit:
+    """The build's split, resolved against `log` (every id must still be there)."""
+    path = Path(directory) / SPLIT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: build with `adgen ci build` and a query log first")
+    ids = json.loads(path.read_text())
+    by_id = {q.query_id: q for q in log.queries}
+    missing = [i for name in ids for i in ids[name] if i not in by_id]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} query ids are not in the query log (first: {missing[0]!r})")
+    return QuerySplit(**{name: [by_id[i] for i in ids[name]] for name in ("train", "valid", "test")})
+
+
+def validation_scores(
+    ci_model: CIModel,
+    trie: TrieArrays,
+    index: CIIndex,
+    valid: Sequence[LoggedQuery],
+    config: ServingConfig,
+    min_grade: int,
+) -> dict[str, float]:
+    """Validation score of the pure CI path over catalogue CIs: what early stopping picks the epoch by."""
+    rows = query_cis(ci_model, trie, [q.normalised for q in valid], config.top_cis, config.beams, None)
+    answers = [Retrieved(ads=[a for a, _ in rank_ads(index, r, config.top_n)], num_cis=len(r)) for r in rows]
+    report = score_answers("valid", valid, answers, [], min_grade)
+    return {"valid_score": objective(report), "ndcg10": report.ndcg10, "hr50": report.hr["HR@50"]}
 
 
 def build_search_index(
     items: Mapping[str, Item],
     out_dir: Path,
     config: CIBuildConfig | None = None,
-    train_queries: Sequence[QueryIntent] = (),
-    query_log: Sequence[str] = (),
+    query_log: QueryLog | None = None,
     embed: Embed | None = None,
     extra_proposals: Mapping[str, Sequence[str]] | None = None,
+    progress: bool = True,
 ) -> CIBuildReport:
-    """Run the whole offline build into `out_dir` (model/, snapshots/ci-*/, build_report.json)."""
+    """Run the whole offline build into `out_dir` (model/, snapshots/ci-*/, serving.json, split.json,
+    build_report.json)."""
     config = config or CIBuildConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
 
-    proposals = propose_cis(items, train_queries, extra_proposals)
-    ci_set, teacher, cleaning = build_ci_set(proposals, embed, config.cleaning)
+    split = split_queries(query_log.labelled(), config.split) if query_log else QuerySplit(train=[], valid=[], test=[])
+    leaks = split_leaks(split)
+    if leaks:  # cannot happen by construction; a failure here means split_queries is broken
+        raise RuntimeError(f"query split leaks: {leaks[:3]}")
+    save_split(split, out_dir)
+    proposals = propose_cis(items, extra_proposals)
+    ci_set, catalogue, cleaning = build_ci_set(proposals, embed, config.cleaning)
     seconds["ci_set"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    templates = mine_templates(train_queries)
-    know = knowledge_pairs(items, ci_set, teacher)
+    targets = query_targets(split.train, ci_set, catalogue, config.min_grade, config.target_min_f1)
+    templates = mine_templates((q.text, ci_set.texts[q.ci]) for q in targets)
+    know = knowledge_pairs(items, ci_set, catalogue)
     if config.max_knowledge_pairs is not None and len(know) > config.max_knowledge_pairs:
         know = random.Random(config.model.seed).sample(know, config.max_knowledge_pairs)
-    fmt = format_pairs(items, ci_set, teacher, train_queries, config.cis_per_ad, seed=config.model.seed)
+    fmt = format_pairs(items, ci_set, catalogue, targets, config.cis_per_ad_pairs, seed=config.model.seed)
     fmt += augmented_query_pairs(ci_set, templates, config.augment_per_ci, config.typo_rate, seed=config.model.seed)
-    ci_model, _ = train_ci_model(know, fmt, ci_set, out_dir / "train", config.model)
+    serving = config.serving.model_copy(update={"templates": templates})
+    valid_fn = None
+    if split.valid:
+        catalogue_index = build_index(ci_set, catalogue, {}, serving.model_copy(update={"cis_per_ad": 0}))
+
+        def valid_fn(ci_model: CIModel) -> dict[str, float]:
+            trie = ci_model.ci_trie(ci_set)
+            return validation_scores(ci_model, trie, catalogue_index, split.valid, serving, config.min_grade)
+
+    ci_model, metrics = train_ci_model(know, fmt, ci_set, out_dir / "train", config.model, valid_fn)
     ci_model.save(out_dir / "model")
     seconds["train"] = time.perf_counter() - t
 
@@ -129,48 +180,56 @@ def build_search_index(
     trie = ci_model.ci_trie(ci_set)
     ad_ids = list(items)
     prompts = [AD_PROMPT.format(text=ad_prompt_text(items[a])) for a in ad_ids]
-    generated = assign_cis(ci_model, trie, prompts, k=config.assign_k, min_prob=config.assign_min_prob)
-    index = CIIndex(ci_set)
-    for ad_id, model_cis in zip(ad_ids, generated, strict=True):
-        weights = {ci: config.model_weight * p for ci, p in model_cis.items()}
-        weights.update({ci: 1.0 for ci in teacher.get(ad_id, ())})
-        index.set_ad(ad_id, weights)
-    index.check_consistency()
+    generated_rows = ci_model.generate(prompts, trie, k=serving.ad_beams, beams=serving.ad_beams)
+    generated = dict(zip(ad_ids, generated_rows, strict=True))
     seconds["assign"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    freq = Counter(q for q in query_log if q)
-    head_norm: Counter[str] = Counter()
-    for text, n in freq.items():
-        q = normalise_text(text)
-        if q:
-            head_norm[q] += n
-    head = [q for q, _ in head_norm.most_common(config.head_cache_size)]
+    tuning = None
+    if config.tune and split.valid:
+        tuning = tune_serving(
+            ci_model, trie, ci_set, catalogue, generated, split.valid, serving, config.grid, config.min_grade, progress
+        )
+        serving = tuning.served
+    seconds["tune"] = time.perf_counter() - t
+    serving.save(out_dir)
+    index = build_index(ci_set, catalogue, generated, serving)
+    index.check_consistency()
+
+    t = time.perf_counter()
+    mapper = CIQueryMapper(ci_model, trie, ci_set, serving)
+    head = [q for q, _ in query_log.frequencies().most_common(config.head_cache_size)] if query_log else []
     head_cache: dict[str, dict[str, float]] = {}
     for start in range(0, len(head), 64):
         chunk = head[start : start + 64]
-        rows = query_cis(ci_model, trie, chunk, config.top_cis, config.beams, config.score_floor)
-        head_cache.update({q: {str(ci): p for ci, p in row.items()} for q, row in zip(chunk, rows, strict=True)})
+        for q, row in zip(chunk, mapper(chunk), strict=True):
+            head_cache[q] = {str(ci): p for ci, p in row.items()}
     seconds["head_cache"] = time.perf_counter() - t
 
     snapshot = save_snapshot(
         out_dir / "snapshots", index, sequences, head_cache, tokenizer_fingerprint=ci_model.fingerprint()
     )
-    n_ads = max(len(index.ad_cis), 1)
+    format_metrics = metrics.get("format", {})
     report = CIBuildReport(
         snapshot=str(snapshot),
         version=index.version,
         ads=len(items),
         cis=len(ci_set.texts),
         cleaning=cleaning,
+        split=split.sizes(),
+        query_targets=len(targets),
         knowledge_pairs=len(know),
         format_pairs=len(fmt),
         templates=templates,
-        ads_without_cis=len(items) - len(index.ad_cis),
-        avg_cis_per_ad=sum(len(c) for c in index.ad_cis.values()) / n_ads,
+        epochs_trained=len(format_metrics.get("epochs", [])),
+        best_epoch=format_metrics.get("best_epoch"),
+        ads_without_catalogue_cis=sum(1 for a in items if not catalogue.get(a)),
+        avg_cis_per_ad=sum(len(c) for c in index.ad_cis.values()) / max(len(index.ad_cis), 1),
         head_cache_entries=len(head_cache),
+        serving=serving,
+        tuning=tuning,
         seconds=seconds,
     )
     (out_dir / "build_config.json").write_text(config.model_dump_json(indent=2))
-    (out_dir / "build_report.json").write_text(json.dumps(report.model_dump(), indent=2))
+    (out_dir / "build_report.json").write_text(report.model_dump_json(indent=2))
     return report

@@ -1,4 +1,4 @@
-"""CI training data from the catalogue: candidates, query split, the two training stages, the LLM source."""
+"""CI training data: catalogue candidates, training-query targets and templates, the two stages, the LLM source."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from adgen.search.ci_data import (
     AD_PROMPT,
     CIDataError,
     OpenAICompatibleCISource,
-    QueryIntent,
+    QueryTarget,
     format_pairs,
     item_ci_candidates,
     knowledge_pairs,
     propose_cis,
-    query_split,
+    query_targets,
+    strip_template,
     title_key_phrases,
 )
-from adgen.search.ci_index import CleaningConfig, build_ci_set
+from adgen.search.ci_index import CISet, CleaningConfig, build_ci_set
+from adgen.search.query_log import LoggedQuery
 
 GLOVES = Item(
     item_id="g1",
@@ -49,23 +51,15 @@ def test_title_key_phrases_skip_brand_and_stopword_edges():
     assert not any(p.startswith("acme") or p.endswith(" for") or p.startswith("of ") for p in phrases)
 
 
-def test_query_split_is_stable_and_roughly_balanced():
-    splits = [query_split(f"q{i}") for i in range(2000)]
-    assert splits == [query_split(f"q{i}") for i in range(2000)]
-    assert 0.45 < splits.count("eval") / 2000 < 0.55
-
-
 def test_training_pairs_target_only_cis_from_the_set():
     items = {
         f"g{i}": GLOVES.model_copy(update={"item_id": f"g{i}", "title": f"Acme gloves model {i}"}) for i in range(4)
     }
     items["b1"] = Item(item_id="b1", title="Glass beaker 250 ml", categories=("Lab Supplies", "Beakers"))
-    queries = [
-        QueryIntent(query_id="q1", text="Cheap Nitrile Gloves!", intent="nitrile gloves", exact_ads=["g0", "g1"])
-    ]
-    proposals = propose_cis(items, queries)
+    proposals = propose_cis(items)
     ci_set, assignment, _ = build_ci_set(proposals, embed=None, cfg=CleaningConfig(min_ads=2, max_ad_share=1.0))
-    fmt = format_pairs(items, ci_set, assignment, queries)
+    targets = [QueryTarget(text="cheap nitrile gloves", ci=ci_set.id_of("nitrile gloves"), f1=1.0)]
+    fmt = format_pairs(items, ci_set, assignment, targets)
     know = knowledge_pairs(items, ci_set, assignment)
     assert fmt and know
     assert {p.response for p in fmt} <= set(ci_set.texts)
@@ -95,33 +89,55 @@ def test_unreachable_llm_endpoint_is_a_clear_error():
         source.propose(GLOVES)
 
 
-def test_intent_labels_become_phrases():
-    from adgen.search.ci_data import intent_phrase
-
-    assert intent_phrase("product_type:photo printer|Computers>Printers") == "photo printer"
-    assert intent_phrase("attribute_product:LED|floor mats|Automotive>Interior Accessories") == "LED floor mats"
-    assert intent_phrase("brand_category:Ferrant|Home & Kitchen>Small Appliances") == "Ferrant Small Appliances"
-    assert intent_phrase("category:Garden & Outdoor>Lawn Care") == "Lawn Care"
-    assert intent_phrase("plain phrase") == "plain phrase"
-
-
-def test_templates_are_mined_from_queries_and_wrap_every_ci():
+def test_templates_are_mined_from_training_queries_and_wrap_every_ci():
     from adgen.search.ci_data import augmented_query_pairs, mine_templates
-    from adgen.search.ci_index import CISet
 
-    queries = [
-        QueryIntent(query_id="1", text="Top rated photo printer", intent="photo printer"),
-        QueryIntent(query_id="2", text="top rated lawn care", intent="lawn care"),
-        QueryIntent(query_id="3", text="lawn care near me", intent="lawn care"),
-        QueryIntent(query_id="4", text="dog bed near me", intent="dog bed"),
-        QueryIntent(query_id="5", text="bcakpack", intent="backpack"),  # typo: no template
+    pairs = [
+        ("Top rated photo printer", "photo printer"),
+        ("top rated lawn care", "lawn care"),
+        ("lawn care near me", "lawn care"),
+        ("dog bed near me", "dog bed"),
+        ("bcakpack", "backpack"),  # typo: no template
     ]
-    templates = mine_templates(queries)
+    templates = mine_templates(pairs)
     assert templates == ["top rated {}", "{} near me"]
     ci_set = CISet(texts=["glass beakers", "safety goggles"], support=[1, 1])
     pairs = augmented_query_pairs(ci_set, templates, per_ci=2, typo_rate=0.0)
     assert len(pairs) == 4 and {p.response for p in pairs} == set(ci_set.texts)
     assert any(p.prompt == "query: top rated glass beakers\nintent:" for p in pairs)
+
+
+def test_strip_template_finds_the_intention_inside_a_query():
+    templates = ["top rated {}", "{} near me", "good {} to buy", "buy {} online"]
+    assert strip_template("top rated lawn care", templates) == "lawn care"
+    assert strip_template("good dog bed to buy", templates) == "dog bed"
+    assert strip_template("lawn care", templates) == "lawn care"
+    assert strip_template("near me", templates) == "near me"  # nothing would be left
+    assert strip_template("top rated lawn care near me", templates) == "lawn care near me"  # one template only
+
+
+def _logged(qid: str, text: str, grades: dict[str, int]) -> LoggedQuery:
+    return LoggedQuery(query_id=qid, text=text, relevance=grades, first_ts=0.0)
+
+
+def test_query_targets_pick_the_ci_whose_ads_match_the_judged_ads():
+    ci_set = CISet(texts=["gloves", "nitrile gloves", "acme gloves", "beakers"], support=[4, 2, 2, 1])
+    assignment = {"g0": [0, 1], "g1": [0, 1], "g2": [0, 2], "g3": [0, 2], "b0": [3]}
+    targets = query_targets(
+        [
+            _logged("1", "cheap Nitrile gloves", {"g0": 2, "g1": 2, "g2": 1}),  # exact set of 'nitrile gloves'
+            _logged("2", "gloves for the lab", {"g0": 2, "g1": 2, "g2": 2, "g3": 2}),
+            _logged("3", "something", {"b0": 1}),  # no ad of grade 2: no target
+            _logged("4", "mixed", {"g0": 2, "b0": 2, "g2": 2}),  # best F1 0.57 < 0.6
+        ],
+        ci_set,
+        assignment,
+        min_f1=0.6,
+    )
+    assert [(t.text, ci_set.texts[t.ci], t.f1) for t in targets] == [
+        ("cheap nitrile gloves", "nitrile gloves", 1.0),
+        ("gloves for the lab", "gloves", 1.0),
+    ]
 
 
 def test_typing_noise_changes_one_word_and_is_seeded():

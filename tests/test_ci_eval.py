@@ -1,6 +1,8 @@
-"""Search metrics and the BM25 / dense baselines that RARE-style retrieval is compared against."""
+"""Search metrics (graded) and the BM25 / dense / hybrid baselines the CI path is compared against."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -9,13 +11,15 @@ from adgen.core.catalogue import Item
 from adgen.search.ci_eval import (
     BM25Retriever,
     DenseRetriever,
-    LabelledQuery,
+    HybridRetriever,
     Retrieved,
     average_precision,
     evaluate,
+    evaluate_batched,
     hit_rate,
-    markdown_table,
+    ndcg,
 )
+from adgen.search.query_log import LoggedQuery
 
 ITEMS = {
     "a": Item(item_id="a", title="nitrile gloves large", categories=("Lab", "Gloves")),
@@ -31,17 +35,27 @@ def test_hit_rate_and_average_precision_on_known_rankings():
     assert average_precision(["a", "c"], {"a", "c"}, cutoff=10) == 1.0
 
 
-def test_evaluate_counts_coverage_and_cis_per_query():
-    queries = [
-        LabelledQuery(query_id="1", text="gloves", relevance={"a": 2}),
-        LabelledQuery(query_id="2", text="nothing", relevance={"b": 2}),
-    ]
+def test_graded_ndcg_on_known_rankings():
+    grades = {"a": 2, "b": 1, "c": 0}
+    assert ndcg(["a", "b"], grades, k=10) == 1.0
+    ideal = 3 + 1 / math.log2(3)
+    assert ndcg(["b", "a"], grades, k=10) == pytest.approx((1 + 3 / math.log2(3)) / ideal)
+    assert ndcg(["x", "a"], grades, k=1) == 0.0
+    assert ndcg(["a"], {"c": 0}, k=10) == 0.0  # nothing relevant to find
+
+
+def _q(qid: str, text: str, grades: dict[str, int]) -> LoggedQuery:
+    return LoggedQuery(query_id=qid, text=text, relevance=grades, first_ts=0.0)
+
+
+def test_evaluate_counts_coverage_cis_per_query_and_graded_gain():
+    queries = [_q("1", "gloves", {"a": 2, "b": 1}), _q("2", "nothing", {"b": 2})]
     answers = {"gloves": Retrieved(ads=["a", "b"], num_cis=3), "nothing": Retrieved(ads=[], num_cis=0)}
-    report = evaluate("fixed", answers.__getitem__, queries, ks=(1, 2), progress=False)
+    report = evaluate("fixed", answers.__getitem__, queries, progress=False)
     assert report.acr == 0.5
-    assert report.hr == {"HR@1": 0.5, "HR@2": 0.5}
-    assert report.avg_cis_per_query == 1.5
-    assert "| fixed | 0.5000 | 0.5000 |" in markdown_table([report])
+    assert report.hr == {"HR@10": 0.5, "HR@50": 0.5}
+    assert report.ndcg10 == 0.5 and report.map == 0.5
+    assert report.avg_cis_per_query == 1.5 and report.ms_p50 >= 0
 
 
 def test_bm25_returns_only_matching_ads_best_first():
@@ -61,21 +75,18 @@ def test_dense_ranks_by_cosine_of_the_given_encoder():
 
 
 def test_batched_retrieval_gives_the_same_report_as_one_by_one():
-    queries = [LabelledQuery(query_id=str(i), text=t, relevance={"a": 2}) for i, t in enumerate(["x", "y", "z"])]
+    queries = [_q(str(i), t, {"a": 2}) for i, t in enumerate(["x", "y", "z"])]
     answers = {"x": Retrieved(ads=["a"], num_cis=1), "y": Retrieved(ads=["b", "a"], num_cis=2), "z": Retrieved(ads=[])}
-    single = evaluate("s", answers.__getitem__, queries, ks=(1, 2), progress=False)
-    batched = evaluate(
-        "b",
-        answers.__getitem__,
-        queries,
-        ks=(1, 2),
-        progress=False,
-        retrieve_many=lambda qs: [answers[q] for q in qs],
-        batch_size=2,
-    )
-    assert (single.hr, single.map, single.acr, single.avg_cis_per_query) == (
-        batched.hr,
-        batched.map,
-        batched.acr,
-        batched.avg_cis_per_query,
-    )
+    single = evaluate("s", answers.__getitem__, queries, progress=False)
+    batched = evaluate_batched("b", lambda qs: [answers[q] for q in qs], queries, batch_size=2)
+    keys = ("hr", "ndcg10", "map", "acr", "avg_cis_per_query")
+    assert single.model_dump(include=set(keys)) == batched.model_dump(include=set(keys))
+
+
+def test_hybrid_fuses_ranks_with_weights():
+    lexical = {"q": Retrieved(ads=["a", "b", "c"])}.__getitem__
+    dense = {"q": Retrieved(ads=["c", "b", "d"])}.__getitem__
+    fused = HybridRetriever(lexical, dense, k=1.0, lexical_weight=0.5)("q").ads
+    # c: 0.5/4 + 0.5/2 = 0.375; b: 0.5/3 + 0.5/3 = 0.333; a: 0.5/2 = 0.25; d: 0.5/4 = 0.125
+    assert fused == ["c", "b", "a", "d"]
+    assert HybridRetriever(lexical, dense, k=60.0, lexical_weight=1.0)("q").ads[:3] == ["a", "b", "c"]

@@ -1,18 +1,27 @@
-"""The offline build end to end on a tiny catalogue: CI set, model, every ad indexed, head cache, snapshot."""
+"""The offline build end to end on a tiny catalogue and query log: split, CI set, model with epochs chosen on
+validation, every ad indexed, serving settings tuned on validation, head cache, snapshot; and what the
+build must never see (held-out queries)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
+import adgen.search.ci_pipeline as pipeline
 from adgen.core.catalogue import Item
-from adgen.processors.query_retrieval import SearchConfig, SearchService
-from adgen.search.ci_data import QueryIntent
+from adgen.processors.query_retrieval import SearchService
 from adgen.search.ci_index import CleaningConfig, load_latest_snapshot
 from adgen.search.ci_model import CIModelConfig
-from adgen.search.ci_pipeline import CIBuildConfig, build_search_index, split_queries
+from adgen.search.ci_pipeline import CIBuildConfig, build_search_index, load_split
+from adgen.search.ci_serving import ServingConfig
+from adgen.search.ci_tuning import TuningGrid
+from adgen.search.query_log import LoggedQuery, QueryLog
+from adgen.search.query_split import split_leaks
 
 TYPES = ["nitrile gloves", "glass beakers", "digital multimeter", "safety goggles"]
 BRANDS = ["Acme", "Labco"]
+TEMPLATES = ["top rated {}", "{} near me", "cheap {}", "{} deals"]
 
 
 def _items() -> dict[str, Item]:
@@ -32,48 +41,170 @@ def _items() -> dict[str, Item]:
     return items
 
 
-def test_build_indexes_every_ad_with_cis_from_the_set_and_writes_a_loadable_snapshot(tmp_path):
-    items = _items()
-    queries = [
-        QueryIntent(query_id="q1", text="top rated nitrile gloves", intent="nitrile gloves", exact_ads=["ad000"]),
-        QueryIntent(query_id="q2", text="top rated glass beakers", intent="glass beakers", exact_ads=["ad100"]),
-    ]
-    config = CIBuildConfig(
-        cleaning=CleaningConfig(min_ads=2, max_ad_share=0.6),
-        model=CIModelConfig(vocab_size=320, hidden_size=32, num_layers=1, num_heads=2, format_epochs=8, batch_size=32),
-        head_cache_size=2,
-        top_cis=3,
-        beams=4,
-    )
-    report = build_search_index(items, tmp_path, config, queries, ["nitrile gloves", "nitrile gloves", "beakers"])
-    assert report.ads_without_cis == 0
-    assert report.templates == ["top rated {}"]  # mined from the two training queries
-    assert report.head_cache_entries == 2
-    assert json.loads((tmp_path / "build_report.json").read_text())["cis"] == report.cis
-    assert (tmp_path / "train" / "metrics.json").is_file()
+def _log(items: dict[str, Item]) -> QueryLog:
+    queries = []
+    for ptype in TYPES:
+        for brand in [*BRANDS, ""]:
+            phrase = f"{brand.lower()} {ptype}".strip()
+            exact = {a: 2 for a, item in items.items() if item.product_type == ptype and brand in item.brand}
+            related = {a: 1 for a, item in items.items() if item.product_type == ptype and a not in exact}
+            for template in TEMPLATES:
+                queries.append(
+                    LoggedQuery(
+                        query_id=f"q{len(queries):03d}",
+                        text=template.format(phrase),
+                        intent=f"{brand}|{ptype}",
+                        relevance={**related, **exact},
+                        count=1 + len(queries) % 3,
+                        first_ts=float(len(queries)),
+                    )
+                )
+    return QueryLog(queries=queries)
 
-    snap = load_latest_snapshot(tmp_path / "snapshots")
-    assert "durable nitrile gloves" in snap.ci_set.texts and "acme nitrile gloves" in snap.ci_set.texts
+
+TINY = CIBuildConfig(
+    cleaning=CleaningConfig(min_ads=2, max_ad_share=0.6),
+    model=CIModelConfig(vocab_size=320, hidden_size=32, num_layers=1, num_heads=2, format_epochs=6, batch_size=32),
+    head_cache_size=5,
+    serving=ServingConfig(top_cis=3, beams=4, ad_beams=6),
+    grid=TuningGrid(
+        beams=[4],
+        score_floor=[None],
+        cis_per_ad=[0, 2],
+        model_weight=[0.5],
+        lexical_weight=[0.0, 0.5, 1.0],
+        lexical_top=[3],
+        strip_templates=[False, True],
+        ad_match_weight=[0.0, 0.5],
+    ),
+)
+
+
+def _build(items, log, out):  # type: ignore[no-untyped-def]
+    """Build, recording what the CI model is trained on."""
+    seen: dict[str, list] = {}
+    real_train = pipeline.train_ci_model
+
+    def spy(know, fmt, ci_set, out_dir, config, valid_fn=None):  # type: ignore[no-untyped-def]
+        seen.update(know=list(know), fmt=list(fmt), ci_texts=list(ci_set.texts))
+        return real_train(know, fmt, ci_set, out_dir, config, valid_fn)
+
+    pipeline.train_ci_model = spy
+    try:
+        report = build_search_index(items, out, TINY, log, progress=False)
+    finally:
+        pipeline.train_ci_model = real_train
+    return report, seen
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    items, log = _items(), _log(_items())
+    out = tmp_path_factory.mktemp("ci")
+    report, seen = _build(items, log, out)
+    return items, log, out, report, seen
+
+
+def test_build_indexes_every_ad_and_writes_a_loadable_snapshot_with_tuned_settings(built):
+    items, _, out, report, _ = built
+    assert report.ads_without_catalogue_cis == 0 and report.query_targets > 0
+    assert set(report.templates) <= set(TEMPLATES) and report.templates
+    assert report.head_cache_entries == 5
+    assert 1 <= report.epochs_trained <= 6 and report.best_epoch is not None
+    assert json.loads((out / "train" / "format" / "metrics.json").read_text())["epochs"][0]["valid"]["valid_score"] >= 0
+    snap = load_latest_snapshot(out / "snapshots")
     index = snap.to_index()
     index.check_consistency()
     assert set(index.ad_cis) == set(items)
     gloves = snap.ci_set.id_of("nitrile gloves")
     assert {a for a, w in index.ads_of(gloves).items() if w == 1.0} == {a for a in items if a.startswith("ad0")}
 
-    service = SearchService.from_snapshot(tmp_path / "snapshots", tmp_path / "model", SearchConfig(beams=4, top_cis=3))
-    hit = service.search("Nitrile Gloves")
+    saved = ServingConfig.load(out)
+    assert saved == report.serving and saved.templates == report.templates
+    assert report.tuning is not None
+    best = max(report.tuning.rows, key=lambda r: r.objective if r.stage == "fusion" else -1)
+    assert report.tuning.served_valid.ndcg10 == pytest.approx(best.ndcg10)
+
+    service = SearchService.from_build(out)
+    assert service.config == saved
+    head = next(iter(service.head_cache))
+    hit = service.search(head)
     assert hit.source == "cache" and hit.ads
     miss = service.search("something else entirely")
     assert miss.source == "model" and all(0 <= c.ci_id < len(snap.ci_set.texts) for c in miss.cis)
 
 
-def test_query_split_holds_out_queries_for_evaluation_only():
-    class Label:
-        def __init__(self, i: int) -> None:
-            self.query_id, self.text, self.intent = f"q{i}", f"text {i}", "category:A>Lawn Care"
-            self.relevance = {"a": 2, "b": 1}
+def test_cached_answers_equal_what_the_served_path_computes(built):
+    _, _, out, _, _ = built
+    service = SearchService.from_build(out)
+    fresh = SearchService.from_build(out)
+    fresh.head_cache.clear()
+    for query in list(service.head_cache)[:5]:
+        cached, computed = service.search(query), fresh.search(query)
+        assert cached.source == "cache" and computed.source == "model"
+        # batched (build) and single-query decoding differ in float rounding only
+        assert {c.ci_id: c.prob for c in cached.cis} == pytest.approx({c.ci_id: c.prob for c in computed.cis}, abs=1e-4)
+        ads = {a.ad_id: a.score for a in computed.ads}
+        assert {a.ad_id: a.score for a in cached.ads} == pytest.approx(ads, abs=1e-4)
 
-    train, held_out = split_queries([Label(i) for i in range(200)], eval_share=0.5)
-    assert len(train) + len(held_out) == 200 and 60 < len(held_out) < 140
-    assert not {q.query_id for q in train} & {q.query_id for q in held_out}
-    assert train[0].intent == "Lawn Care" and train[0].exact_ads == ["a"]
+
+def test_tuned_validation_score_is_what_the_saved_service_scores(built):
+    from adgen.commands.search_quality import service_retriever
+    from adgen.search.ci_eval import evaluate
+
+    _, log, out, report, _ = built
+    split = load_split(out, log)
+    service = SearchService.from_build(out)
+    service.head_cache.clear()
+    again = evaluate("served", service_retriever(service), split.valid, progress=False)
+    assert again.ndcg10 == pytest.approx(report.tuning.served_valid.ndcg10)
+    assert again.hr == pytest.approx(report.tuning.served_valid.hr)
+
+
+def test_held_out_labels_never_reach_the_build(built, tmp_path):
+    """Scrambling every validation and test judgement leaves the CI set and the training data unchanged
+    (test judgements change nothing at all: the same settings are chosen)."""
+    items, log, out, report, seen = built
+    split = load_split(out, log)
+    assert split_leaks(split) == [] and split.valid and split.test and split.train
+    ads = sorted(items)
+
+    def scrambled(names: tuple[str, ...]) -> QueryLog:
+        held = {q.query_id for name in names for q in getattr(split, name)}
+        queries = [
+            q.model_copy(update={"relevance": {ads[(i * 7) % len(ads)]: 2, ads[(i * 3) % len(ads)]: 1}})
+            if q.query_id in held
+            else q
+            for i, q in enumerate(log.queries)
+        ]
+        return QueryLog(queries=queries)
+
+    test_report, test_seen = _build(items, scrambled(("test",)), tmp_path / "test")
+    assert test_seen == seen
+    assert test_report.serving == report.serving and test_report.best_epoch == report.best_epoch
+    _, both_seen = _build(items, scrambled(("valid", "test")), tmp_path / "both")
+    assert both_seen == seen  # validation picks settings; it never becomes training data
+    assert any(p.prompt.startswith("query: ") for p in seen["fmt"])
+
+
+def test_the_worker_and_ci_serve_load_the_build_with_its_validated_settings(built, tmp_path):
+    """`adgen worker` (load_search) and `adgen ci serve` (_service) serve the fused path the build tuned,
+    not defaults: same settings, same answer as the evaluated `SearchService.from_build`."""
+    from adgen.commands.search import _service
+    from adgen.core.config import PathSettings, Settings
+    from adgen.processors.worker_app import load_search
+
+    _, log, out, _, _ = built
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "ci").symlink_to(out, target_is_directory=True)
+    settings = Settings(paths=PathSettings(index=tmp_path / "index"))
+    evaluated = SearchService.from_build(out)
+    assert evaluated.config != ServingConfig()  # tuned: loading defaults instead would fail below
+    query = load_split(out, log).test[0].text
+    for service in (load_search(settings), _service(settings, out)):
+        assert service is not None and service.config == ServingConfig.load(out) == evaluated.config
+        got, want = service.search(query), evaluated.search(query)
+        assert got.source == want.source and got.index_version == want.index_version
+        # torch thread counts differ between the loaders (float rounding only)
+        assert {c.ci_id: c.prob for c in got.cis} == pytest.approx({c.ci_id: c.prob for c in want.cis}, abs=1e-4)
+        assert {a.ad_id: a.score for a in got.ads} == pytest.approx({a.ad_id: a.score for a in want.ads}, abs=1e-4)

@@ -129,10 +129,11 @@ def _titles(world: Path) -> dict[str, str]:
 
 
 def _ci_build_usable(ci_dir: Path) -> bool:
-    """A CI model and a CI snapshot this version can load."""
+    """A CI model and a CI snapshot this version can load, with the serving settings chosen on validation
+    (a build from before serving.json would be served with untuned defaults)."""
     from adgen.search.ci_index import CIError, load_latest_snapshot
 
-    if not (ci_dir / "model").is_dir():
+    if not (ci_dir / "model").is_dir() or not (ci_dir / "serving.json").is_file():
         return False
     try:
         load_latest_snapshot(ci_dir / "snapshots")
@@ -352,27 +353,7 @@ def _summary(
             lines.append(f"  {ad.ad_id:<8} {sid:<28} {ad.score:7.2f}  {titles.get(ad.ad_id, '')}")
         console.print(Panel("\n".join(lines), expand=False))
 
-    with open(world / "queries" / "labels.jsonl") as f:
-        queries = [json.loads(line)["text"] for line in f][:3]
-    for q in queries:
-        url = f"http://127.0.0.1:{web_port}/search?{urllib.parse.urlencode({'q': q})}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                body = json.loads(resp.read())
-        except OSError as exc:
-            console.print(f"search '{q}': [red]{exc}[/red]")
-            continue
-        if "error" in body:
-            console.print(f"search {q!r}: [red]{body['error']}[/red]")
-            continue
-        cis = ", ".join(f"{c['text']} ({c['prob']:.2f})" for c in body["cis"][:4])
-        console.print(
-            Panel(
-                f"[bold]query[/bold] {q!r} (from {body['source']}, {body['latency_ms']:.1f} ms)\nCIs: {cis}\n"
-                + "\n".join(f"  {a['ad_id']:<8} {titles.get(a['ad_id'], '')}" for a in body["ads"][:5]),
-                expand=False,
-            )
-        )
+    _search_examples(root / "index" / "ci", world, web_port, titles)
 
     report = {
         "events": {k: v for k, v in m.items() if k.startswith(("adgen_events_total", "adgen_dead_letters_total"))},
@@ -388,3 +369,40 @@ def _summary(
         f"generated lists · report: {root / 'demo_report.json'} · training results: "
         f"{root / 'train' / 'summary.json'} · benchmarks: docs/benchmarks.md"
     )
+
+
+GRADE_NAMES = {2: "exact", 1: "related", 0: "not relevant"}
+
+
+def _search_examples(ci_dir: Path, world: Path, web_port: int, titles: dict[str, str], count: int = 3) -> None:
+    """Three held-out queries (the build's test split: never trained or tuned on) through the worker's
+    /search: their CIs, and each served ad with its title and graded relevance from the world's labels."""
+    with open(world / "queries" / "labels.jsonl") as f:
+        labels = {row["query_id"]: row for row in map(json.loads, f)}
+    split_file = ci_dir / "split.json"
+    test_ids = json.loads(split_file.read_text()).get("test", []) if split_file.is_file() else []
+    chosen = [labels[i] for i in test_ids if i in labels][:count] or list(labels.values())[:count]
+    for label in chosen:
+        q, grades = label["text"], label.get("relevance", {})
+        url = f"http://127.0.0.1:{web_port}/search?{urllib.parse.urlencode({'q': q, 'n': 5})}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body = json.loads(resp.read())
+        except OSError as exc:
+            console.print(f"search '{q}': [red]{exc}[/red]")
+            continue
+        if "error" in body:
+            console.print(f"search {q!r}: [red]{body['error']}[/red]")
+            continue
+        cis = ", ".join(f"{c['text']} ({c['prob']:.2f})" for c in body["cis"][:4])
+        lines = [
+            f"[bold]query[/bold] {q!r} (held-out, from {body['source']}, {body['latency_ms']:.1f} ms)",
+            f"CIs: {cis}",
+            "served ads (grade from the labels: 2 exact intent, 1 related, 0 not relevant):",
+        ]
+        for a in body["ads"][:5]:
+            grade = grades.get(a["ad_id"], 0)
+            lines.append(f"  {a['ad_id']:<10} {grade} {GRADE_NAMES[grade]:<12} {titles.get(a['ad_id'], '')}")
+        shown = [grades.get(a["ad_id"], 0) for a in body["ads"][:5]]
+        lines.append(f"exact {shown.count(2)}/{len(shown)}, related {shown.count(1)}/{len(shown)}")
+        console.print(Panel("\n".join(lines), expand=False))

@@ -1,18 +1,23 @@
-"""`adgen ci ...`: the RARE search path: build the CI set, model and index; search; evaluate; serve HTTP."""
+"""`adgen ci ...`: the RARE search path: build the CI set, model and index; search; evaluate; experiment; serve HTTP."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 
 from adgen.core.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from adgen.core.catalogue import Item
+    from adgen.search.ci_pipeline import CIBuildConfig
+    from adgen.search.query_log import QueryLog
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console(stderr=True)
@@ -37,40 +42,119 @@ def _encoder(settings: Settings):  # type: ignore[no-untyped-def]
     return CachedEncoder(load_encoder(settings.model.encoder), settings.paths.embedding_cache)
 
 
+def _query_encoder(settings: Settings):  # type: ignore[no-untyped-def]
+    """The sentence encoder without the disk cache: the dense baseline's latency includes encoding the query."""
+    from adgen.model.encoder import load_encoder
+
+    encoder = load_encoder(settings.model.encoder)
+    return lambda texts: encoder.encode(texts, progress=False)
+
+
 def _fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
 
 
+WorldOpt = Annotated[Path | None, typer.Option(help="Synthetic world directory (default paths.world).")]
+ItemsOpt = Annotated[
+    Path | None, typer.Option("--items", help="Your catalogue: items JSONL (docs/data-formats.md, section 3).")
+]
+LogOpt = Annotated[
+    Path | None,
+    typer.Option("--query-log", help="Your labelled query log JSONL (docs/data-formats.md, section 4)."),
+]
+AmazonOpt = Annotated[Path | None, typer.Option(help="Amazon LC-Rec directory as the catalogue.")]
+
+
+def load_search_data(
+    settings: Settings,
+    world: Path | None = None,
+    items_path: Path | None = None,
+    query_log_path: Path | None = None,
+    amazon: Path | None = None,
+) -> tuple[dict[str, Item], QueryLog | None, str]:
+    """(catalogue, query log, description) from your own files, the Amazon data or a synthetic world.
+
+    A world brings its own query log (its searches and labels) unless `--query-log` names another one.
+    """
+    from adgen.datasets import load_amazon, load_items_jsonl, load_world
+    from adgen.search.query_log import load_query_log, world_query_log
+
+    if items_path is not None:
+        items = load_items_jsonl(items_path)
+        source = str(items_path)
+    elif amazon is not None:
+        items = load_amazon(amazon).active_items()
+        source = str(amazon)
+    else:
+        world_dir = world or settings.paths.world
+        items = load_world(world_dir).active_items()
+        source = str(world_dir)
+        if query_log_path is None:
+            return items, world_query_log(world_dir, items), source
+    log = load_query_log(query_log_path, items) if query_log_path is not None else None
+    return items, log, source
+
+
+def _build_config(file: Path | None, overrides: dict[str, object], model_overrides: dict[str, object]) -> CIBuildConfig:
+    from adgen.search.ci_pipeline import CIBuildConfig
+
+    raw: dict[str, Any] = {}
+    if file is not None:
+        text = file.read_text()
+        raw = yaml.safe_load(text) if file.suffix in {".yaml", ".yml"} else json.loads(text)
+    config = CIBuildConfig.model_validate(raw)
+    model = config.model.model_copy(update={k: v for k, v in model_overrides.items() if v is not None})
+    return config.model_copy(update={"model": model, **{k: v for k, v in overrides.items() if v is not None}})
+
+
 @app.command()
 def build(
-    world: Annotated[Path | None, typer.Option(help="Synthetic world directory (default paths.world).")] = None,
-    amazon: Annotated[Path | None, typer.Option(help="Amazon LC-Rec directory instead of a world.")] = None,
+    world: WorldOpt = None,
+    items_path: ItemsOpt = None,
+    query_log_path: LogOpt = None,
+    amazon: AmazonOpt = None,
     out: OutOpt = None,
-    epochs: Annotated[int, typer.Option(help="Format fine-tuning epochs.")] = 4,
-    knowledge_epochs: Annotated[int, typer.Option(help="Knowledge-injection epochs.")] = 1,
-    hidden: Annotated[int, typer.Option(help="CI model hidden size.")] = 128,
-    layers: Annotated[int, typer.Option(help="CI model layers.")] = 2,
+    build_config: Annotated[
+        Path | None, typer.Option(help="JSON/YAML with CIBuildConfig fields (the flags below override it).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Most format fine-tuning epochs (the best on validation is kept).")
+    ] = None,
+    knowledge_epochs: Annotated[int | None, typer.Option(help="Knowledge-injection epochs.")] = None,
+    hidden: Annotated[int | None, typer.Option(help="CI model hidden size.")] = None,
+    layers: Annotated[int | None, typer.Option(help="CI model layers.")] = None,
     merge: Annotated[bool, typer.Option(help="Merge near-duplicate CIs with the sentence encoder.")] = True,
-    head_cache: Annotated[int, typer.Option(help="Head queries precomputed from the query log.")] = 200,
+    head_cache: Annotated[int | None, typer.Option(help="Head queries precomputed from the query log.")] = None,
+    tune: Annotated[bool, typer.Option(help="Choose the serving settings on validation queries.")] = True,
     llm_url: Annotated[
         str | None, typer.Option(help="Optional OpenAI-compatible base URL as extra CI teacher.")
     ] = None,
     llm_model: Annotated[str, typer.Option(help="Model name for --llm-url.")] = "gpt-4o-mini",
     every: Annotated[float, typer.Option(help="Rebuild every N seconds (periodic full rebuild); 0 = once.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed for training and augmentation.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed for training, augmentation and the split.")] = None,
     config_file: ConfigOpt = None,
 ) -> None:
-    """Catalogue -> CIs -> cleaned CI set -> two-stage CI model -> CIs for every ad -> index + head cache."""
-    from adgen.search.ci_model import CIModelConfig
-
+    """Catalogue (+ labelled query log) -> CI set -> two-stage CI model -> CIs for every ad -> index ->
+    serving settings tuned on validation -> head cache -> snapshot."""
     settings = _settings(config_file)
+    config = _build_config(
+        build_config,
+        {"head_cache_size": head_cache, "tune": tune},
+        {
+            "format_epochs": epochs,
+            "knowledge_epochs": knowledge_epochs,
+            "hidden_size": hidden,
+            "num_layers": layers,
+            "seed": seed,
+        },
+    )
+    if seed is not None:
+        config = config.model_copy(update={"split": config.split.model_copy(update={"seed": seed})})
     while True:
-        model_config = CIModelConfig(
-            format_epochs=epochs, knowledge_epochs=knowledge_epochs, hidden_size=hidden, num_layers=layers, seed=seed
-        )
-        report = _build_once(settings, world, amazon, out, model_config, merge, head_cache, llm_url, llm_model)
-        typer.echo(json.dumps(report, indent=2))
+        data = (world, items_path, query_log_path, amazon)
+        report = _build_once(settings, data, out, config, merge, llm_url, llm_model)
+        typer.echo(json.dumps({k: v for k, v in report.items() if k != "tuning"}, indent=2))
         if every <= 0:
             return
         console.print(f"next rebuild in {every:.0f}s")
@@ -79,31 +163,22 @@ def build(
 
 def _build_once(
     settings: Settings,
-    world: Path | None,
-    amazon: Path | None,
+    data: tuple[Path | None, Path | None, Path | None, Path | None],
     out: Path | None,
-    model_config: object,
+    config: CIBuildConfig,
     merge: bool,
-    head_cache: int,
     llm_url: str | None,
     llm_model: str,
 ) -> dict[str, object]:
-    from adgen.datasets import DatasetFormatError, load_amazon, load_query_labels, load_world
+    from adgen.datasets import DatasetFormatError
     from adgen.search.ci_data import CIDataError, OpenAICompatibleCISource
-    from adgen.search.ci_pipeline import CIBuildConfig, build_search_index, split_queries
+    from adgen.search.ci_pipeline import build_search_index
+    from adgen.search.query_log import QueryLogError
 
     try:
-        if amazon is not None:
-            dataset = load_amazon(amazon)
-            train_queries, query_log = [], []
-        else:
-            world_dir = world or settings.paths.world
-            dataset = load_world(world_dir)
-            train_queries, _ = split_queries(load_query_labels(world_dir), CIBuildConfig().eval_share)
-            query_log = _query_log(world_dir)
-    except (DatasetFormatError, FileNotFoundError) as exc:
+        items, query_log, _ = load_search_data(settings, *data)
+    except (DatasetFormatError, QueryLogError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
-    items = dataset.active_items()
     extra = None
     if llm_url:
         source = OpenAICompatibleCISource(llm_url, llm_model, api_key=os.environ.get("ADGEN_CI_LLM_API_KEY"))
@@ -111,40 +186,24 @@ def _build_once(
             extra = {ad_id: source.propose(item) for ad_id, item in items.items()}
         except CIDataError as exc:
             raise _fail(str(exc)) from exc
-    config = CIBuildConfig(
-        model=model_config,
-        head_cache_size=head_cache,
-        beams=settings.model.beams,
-    )
     embed = _encoder(settings).encode if merge else None
-    report = build_search_index(
-        items, _out(settings, out), config, train_queries, query_log, embed=embed, extra_proposals=extra
-    )
+    report = build_search_index(items, _out(settings, out), config, query_log, embed=embed, extra_proposals=extra)
     return report.model_dump()
-
-
-def _query_log(world_dir: Path) -> list[str]:
-    """Query texts from the world's search-queries events (the log the head cache is built from)."""
-    path = world_dir / "events" / "search-queries.jsonl"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return [json.loads(line).get("text", "") for line in f if line.strip()]
 
 
 def _service(settings: Settings, out: Path | None, threads: int = 1):  # type: ignore[no-untyped-def]
     import torch
 
     from adgen.model.backends import BackendUnavailable
-    from adgen.processors.query_retrieval import SearchConfig, SearchService
+    from adgen.processors.query_retrieval import SearchService
     from adgen.search.ci_index import CIError
     from adgen.search.ci_model import CIModelError
 
     torch.set_num_threads(threads)  # one thread answers faster than two on the shared, oversubscribed cores
     root = _out(settings, out)
     try:
-        config = SearchConfig(beams=settings.model.beams)
-        return SearchService.from_snapshot(root / "snapshots", root / "model", config, settings.model)  # model.backend
+        # the serving settings the build chose on validation, decoded on model.backend
+        return SearchService.from_build(root, settings.model)
     except (CIError, CIModelError, BackendUnavailable) as exc:
         raise _fail(str(exc)) from exc
 
@@ -167,60 +226,92 @@ def search(
     typer.echo(result.model_dump_json(indent=2))
 
 
+ResultOpt = Annotated[Path | None, typer.Option(help="JSON result file (default <paths.runs>/ci_eval.json).")]
+
+
 @app.command("eval")
 def evaluate_cmd(
-    world: Annotated[Path | None, typer.Option(help="World with queries/labels.jsonl (default paths.world).")] = None,
+    world: WorldOpt = None,
+    items_path: ItemsOpt = None,
+    query_log_path: LogOpt = None,
+    amazon: AmazonOpt = None,
     out: OutOpt = None,
-    min_grade: Annotated[int, typer.Option(help="Relevance grade that counts as relevant (2 exact, 1 related).")] = 2,
-    result: Annotated[Path | None, typer.Option(help="JSON result file (default <paths.runs>/ci_eval.json).")] = None,
+    result: ResultOpt = None,
+    split: Annotated[str, typer.Option(help="Which split of the build to score: test (once, at the end) or valid.")] = (
+        "test"
+    ),
     config_file: ConfigOpt = None,
 ) -> None:
-    """RARE-style retrieval vs BM25 vs dense on the held-out graded queries, in one run: HR@50/100/500,
-    MAP, ACR, CIs per query. Prints a markdown table and writes JSON."""
-    from adgen.datasets import load_query_labels, load_world
-    from adgen.search.ci_eval import BM25Retriever, DenseRetriever, Retrieved, evaluate, markdown_table
-    from adgen.search.ci_pipeline import CIBuildConfig, split_queries
+    """The CI path as served, the pure CI path, BM25, dense and hybrid on the build's never-seen test queries,
+    one process, one table: HR@10/50, NDCG@10, MAP, ACR, CIs/query, latency. Writes JSON."""
+    from adgen.commands.search_quality import evaluate_build
+    from adgen.datasets import DatasetFormatError
+    from adgen.figures.search import quality_table
+    from adgen.search.query_log import QueryLogError
 
+    if split not in {"test", "valid"}:
+        raise _fail(f"--split must be 'test' or 'valid', got {split!r}")
     settings = _settings(config_file)
-    world_dir = world or settings.paths.world
-    dataset = load_world(world_dir)
-    _, held_out = split_queries(load_query_labels(world_dir), CIBuildConfig().eval_share)
-    items = dataset.active_items()
-    service = _service(settings, out)
-    service.head_cache.clear()  # measure the model path itself, not precomputed answers
-
-    def rare(text: str) -> Retrieved:
-        return rare_many([text])[0]
-
-    def rare_many(texts: Sequence[str]) -> list[Retrieved]:
-        answers = service.search_batch(list(texts))
-        return [Retrieved(ads=[a.ad_id for a in r.ads], num_cis=len(r.cis)) for r in answers]
-
-    encoder = _encoder(settings)
-    methods = [
-        ("RARE (CI model + CI index, batches of 64)", rare),
-        ("BM25 (rank-bm25)", BM25Retriever(items)),
-        ("dense (all-MiniLM-L6-v2)", DenseRetriever(items, lambda t: encoder.encode(t, progress=False))),
-    ]
-    reports = [
-        evaluate(name, fn, held_out, min_grade=min_grade, retrieve_many=rare_many if fn is rare else None)
-        for name, fn in methods
-    ]
-    table = markdown_table(reports)
-    typer.echo(table)
+    try:
+        items, log, source = load_search_data(settings, world, items_path, query_log_path, amazon)
+    except (DatasetFormatError, QueryLogError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    if log is None:
+        raise _fail("evaluation needs labelled queries: pass --query-log (or a world, which has its own)")
+    encoder = _query_encoder(settings)
+    try:
+        payload = evaluate_build(_out(settings, out), items, log, encoder, split)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    payload = {"data": source, **payload}
+    typer.echo(quality_table(payload))
     path = result or settings.paths.runs / "ci_eval.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "world": str(world_dir),
-        "held_out_queries": len(held_out),
-        "min_grade": min_grade,
-        "ads": len(items),
-        "index_version": service.index.version,
-        "reports": [r.model_dump() for r in reports],
-        "table": table,
-    }
     path.write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {path}")
+
+
+DEFAULT_RESULT = Path("docs/data/search/world.json")
+
+
+@app.command()
+def experiment(
+    world: WorldOpt = None,
+    items_path: ItemsOpt = None,
+    query_log_path: LogOpt = None,
+    out: Annotated[Path, typer.Option(help="Directory for one build per variant.")] = Path("var/ci-experiment"),
+    build_config: Annotated[Path | None, typer.Option(help="JSON/YAML with the base CIBuildConfig.")] = None,
+    result: Annotated[Path, typer.Option(help="JSON result (docs/search.md is rendered from it).")] = DEFAULT_RESULT,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Build each variant (CI coverage, query augmentation), keep the one validation prefers, then score it,
+    the pure CI path and the baselines on test, once. Writes the JSON behind docs/search.md."""
+    from adgen.commands.search_quality import run_experiment
+    from adgen.datasets import DatasetFormatError
+    from adgen.figures.search import quality_table
+    from adgen.search.query_log import QueryLogError
+
+    settings = _settings(config_file)
+    try:
+        items, log, source = load_search_data(settings, world, items_path, query_log_path)
+    except (DatasetFormatError, QueryLogError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    if log is None:
+        raise _fail("the experiment needs labelled queries: pass --query-log (or a world, which has its own)")
+    base = _build_config(build_config, {}, {})
+    payload = run_experiment(items, log, out, base, _query_encoder(settings), embed=_encoder(settings).encode)
+    payload = {"data": source, "command": _command_line(), **payload}
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(payload, indent=2))
+    typer.echo(quality_table(payload))
+    console.print(f"wrote {result}; render the docs with `adgen bench report` (from the repository root)")
+
+
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    return "adgen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 @app.command()

@@ -1,0 +1,171 @@
+"""docs/search.md's tables and README's search-quality table, from the search evaluation's committed JSON.
+
+`adgen ci experiment` writes docs/data/search/world.json; `adgen bench report` renders these blocks from it
+and the docs test fails when a document differs. The experiment is a heavy run (done on a quiet machine),
+so the file is registered as an owed run (`PENDING`, as in pending.py): until it is committed every block
+says "not measured yet" with the command, instead of showing a figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from adgen.figures.regions import region
+from adgen.figures.sources import PENDING, Pending, Sources
+
+RESULT = "docs/data/search/world.json"
+COMMAND = ".venv/bin/python bench/search_quality.py --out docs/data/search/world.json"
+
+
+PENDING[RESULT] = Pending(COMMAND, 40)  # 4 builds + the evaluation (an estimate); no effect once committed
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}"
+
+
+def quality_table(payload: Mapping[str, Any]) -> str:
+    """The test table: every method on the same never-seen queries, and whether the served path wins."""
+    head = ["method", "HR@10", "HR@50", "NDCG@10", "MAP", "ACR", "CIs/query", "ads/query", "ms/query (p50)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in payload["rows"]:
+        cells = [
+            r["method"],
+            _f(r["hr"]["HR@10"]),
+            _f(r["hr"]["HR@50"]),
+            _f(r["ndcg10"]),
+            _f(r["map"]),
+            _f(r["acr"]),
+            f"{r['avg_cis_per_query']:.1f}",
+            f"{r['avg_ads_per_query']:.1f}",
+            f"{r['ms_p50']:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    v = payload["verdict"]
+    yes = {True: "**yes**", False: "**no**"}
+    lines.append("")
+    lines.append(
+        f"Served CI path >= best baseline on {payload['split']} ({payload['queries']} queries): "
+        f"NDCG@10 {yes[v['served_ndcg10_at_least_best_baseline']]} (best baseline: {v['best_baseline_ndcg10']}), "
+        f"HR@50 {yes[v['served_hr50_at_least_best_baseline']]} (best baseline: {v['best_baseline_hr50']})."
+    )
+    return "\n".join(lines)
+
+
+def _setting(settings: Mapping[str, object]) -> str:
+    return ", ".join(f"{k} {'none' if v is None else v}" for k, v in settings.items())
+
+
+def levers_table(payload: Mapping[str, Any]) -> str:
+    """Validation rows of the serving search, stage by stage; the kept setting of each stage in bold."""
+    rows = payload["tuning_rows"]
+    lines = ["| stage | setting | NDCG@10 | HR@50 | objective |", "|---|---|---|---|---|"]
+    for stage in ("decoding", "ads", "fusion"):
+        stage_rows = [r for r in rows if r["stage"] == stage]
+        if not stage_rows:
+            continue
+        best = max(stage_rows, key=lambda r: r["objective"])
+        shown = stage_rows if stage != "fusion" else _fusion_summary(stage_rows)
+        for r in shown:
+            mark = "**" if r is best else ""
+            cells = [stage, _setting(r["settings"]), _f(r["ndcg10"]), _f(r["hr50"]), _f(r["objective"], 4)]
+            lines.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _fusion_summary(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The best fusion row per lexical weight (the full grid is in the JSON)."""
+    best: dict[float, Mapping[str, Any]] = {}
+    for r in rows:
+        key = float(r["settings"]["lexical_weight"])
+        if key not in best or r["objective"] > best[key]["objective"]:
+            best[key] = r
+    return [best[k] for k in sorted(best)]
+
+
+def variants_table(payload: Mapping[str, Any]) -> str:
+    """Build variants (settings that need a retrained model), each judged on validation."""
+    lines = [
+        "| build variant | CIs | epochs (best) | pure NDCG@10 | pure HR@50 | served NDCG@10 | served HR@50 | chosen |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in payload.get("variants", []):
+        cells = [
+            v["name"],
+            str(v["cis"]),
+            f"{v['epochs_trained']} ({v['best_epoch']})",
+            _f(v["pure_valid"]["ndcg10"]),
+            _f(v["pure_valid"]["hr"]["HR@50"]),
+            _f(v["served_valid"]["ndcg10"]),
+            _f(v["served_valid"]["hr"]["HR@50"]),
+            "yes" if v["name"] == payload.get("chosen_variant") else "",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def setup_text(payload: Mapping[str, Any]) -> str:
+    """The facts of the run: data, split sizes, leak check, what the build chose, load average."""
+    sizes = payload["split_sizes"]
+    build = payload["build"]
+    serving = payload["serving"]
+    hybrid = payload["valid"]["hybrid"] or {}
+    return "\n".join(
+        [
+            f"- command: `{payload.get('command', '?')}`",
+            f"- data: `{payload['data']}`, {payload['ads']} live ads; labelled queries split train / validation / "
+            f"test = {sizes['train']} / {sizes['valid']} / {sizes['test']}; held-out queries sharing a normalised "
+            f"text or an intent with another split: {len(payload['split_leaks'])}.",
+            f"- relevant = grade >= {payload['min_grade']}; NDCG@10 uses every grade (gain 2^grade - 1).",
+            f"- CI set: {build['cis']} CIs, {build['avg_cis_per_ad']:.1f} CIs per ad; "
+            f"{build['query_targets']} training queries mapped to a CI; {len(build['templates'])} query templates "
+            f"mined; CI model trained {build['epochs_trained']} format epochs, epoch {build['best_epoch']} kept "
+            f"(best on validation).",
+            f"- served settings (validation): beams {serving['beams']}, score floor {serving['score_floor']}, "
+            f"top {serving['top_cis']} model CIs, {serving['cis_per_ad']} model CIs per ad at weight "
+            f"{serving['model_weight']}, lexical weight {serving['lexical_weight']} (top {serving['lexical_top']}, "
+            f"templates stripped: {serving['strip_templates']}), query-ad match weight {serving['ad_match_weight']}; "
+            f"hybrid baseline: RRF k {hybrid.get('k')}, lexical weight {hybrid.get('lexical_weight')}.",
+            f"- load average at start / end: {', '.join(f'{x:.1f}' for x in payload['loadavg_start'])} / "
+            f"{', '.join(f'{x:.1f}' for x in payload['loadavg_end'])} (latencies are one query at a time, one "
+            "torch thread).",
+        ]
+    )
+
+
+def readme_table(payload: Mapping[str, Any]) -> str:
+    """README's search-quality table: NDCG@10 and HR@50 of the served and pure CI paths and the baselines."""
+    lines = [
+        f"| RARE search quality, {payload['ads']:,}-ad world, {payload['queries']} test queries never trained "
+        "or tuned on ([docs/search.md](docs/search.md)) | NDCG@10 | HR@50 |",
+        "| --- | --- | --- |",
+    ]
+    for r in payload["rows"]:
+        lines.append(f"| {r['method']} | {_f(r['ndcg10'])} | {_f(r['hr']['HR@50'])} |")
+    return "\n".join(lines)
+
+
+@region("search-setup")
+def search_setup(sources: Sources) -> str:
+    return setup_text(sources.data(RESULT))
+
+
+@region("search-quality")
+def search_quality(sources: Sources) -> str:
+    return quality_table(sources.data(RESULT))
+
+
+@region("search-variants")
+def search_variants(sources: Sources) -> str:
+    return variants_table(sources.data(RESULT))
+
+
+@region("search-levers")
+def search_levers(sources: Sources) -> str:
+    return levers_table(sources.data(RESULT))
+
+
+@region("search-readme")
+def search_readme(sources: Sources) -> str:
+    return readme_table(sources.data(RESULT))

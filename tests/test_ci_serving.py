@@ -1,0 +1,86 @@
+"""The served ranking's pure pieces: lexical CI matching, fusion with the model, query-ad match, ad weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adgen.core.catalogue import Item
+from adgen.search.ci_index import CIIndex, CISet
+from adgen.search.ci_serving import (
+    LexicalCIMatcher,
+    ServingConfig,
+    ad_ci_weights,
+    catalogue_cis,
+    fuse,
+    lexical_distribution,
+    rank_ads,
+)
+
+TEXTS = ["nursery", "nursing pillow", "home for sale", "good grain co snacks", "safety goggles"]
+CI_SET = CISet(texts=TEXTS, support=[1] * len(TEXTS), aliases={t: i for i, t in enumerate(TEXTS)})
+
+
+def test_lexical_matching_survives_typos_and_picks_the_closest_ci():
+    matcher = LexicalCIMatcher(TEXTS)
+    sims = matcher.similarities(["nusrery", "safety gogles", "zzzz"])
+    assert sims.shape == (3, len(TEXTS))
+    assert int(np.argmax(sims[0])) == 0 and int(np.argmax(sims[1])) == 4
+    assert lexical_distribution(sims[2], k=3, temperature=0.05) == {}  # no shared n-gram: no CI
+
+
+def test_lexical_distribution_is_a_sharp_softmax_over_the_top_k():
+    row = np.array([0.9, 0.8, 0.0, 0.1, 0.5], dtype=np.float32)
+    dist = lexical_distribution(row, k=3, temperature=0.1)
+    assert set(dist) == {0, 1, 4} and sum(dist.values()) == pytest.approx(1.0)
+    assert dist[0] > dist[1] > dist[4]
+
+
+def test_fuse_mixes_model_and_lexical_probabilities():
+    model, lexical = {0: 0.8, 1: 0.2}, {1: 0.5, 2: 0.5}
+    assert fuse(model, lexical, 0.0) == model and fuse(model, lexical, 1.0) == lexical
+    mixed = fuse(model, lexical, 0.5)
+    assert mixed == pytest.approx({0: 0.4, 1: 0.35, 2: 0.25}) and sum(mixed.values()) == pytest.approx(1.0)
+    assert fuse({}, lexical, 0.3) == lexical  # the model returned nothing: lexical alone
+
+
+def test_rank_ads_sums_ci_evidence_and_query_ad_match_orders_ads_inside_a_ci():
+    index = CIIndex(CI_SET, version="t")
+    index.set_ad("crib", {0: 1.0})
+    index.set_ad("pillow", {0: 1.0, 1: 1.0})
+    index.set_ad("house", {2: 1.0})
+    assert rank_ads(index, {0: 0.6, 2: 0.4}, top_n=10) == [("crib", 0.6), ("pillow", 0.6), ("house", 0.4)]
+    matched = rank_ads(index, {0: 1.0}, top_n=10, ci_match={1: 0.9}, ad_match_weight=0.5)
+    assert [a for a, _ in matched] == ["pillow", "crib"]  # its other CI shares the query's words
+    assert rank_ads(index, {0: 1.0}, top_n=1) == [("crib", 1.0)]
+
+
+def test_rank_ads_without_query_ad_match_is_the_index_ranking_of_one_view():
+    index = CIIndex(CI_SET, version="t")
+    index.update({f"ad{i}": {i % 5: 1.0 / (1 + i % 3), (i + 1) % 5: 0.5} for i in range(40)})
+    scores = {0: 0.5, 1: 0.3, 3: 0.2}
+    assert rank_ads(index, scores, top_n=25) == index.rank(scores, 25)
+    before = index.view
+    index.update(removals=["ad0", "ad1"])
+    assert index.view is not before and "ad0" in before.ad_cis  # the old view a reader holds is untouched
+    assert "ad0" not in {a for a, _ in rank_ads(index, scores, top_n=40)}
+
+
+def test_ad_weights_keep_catalogue_cis_and_the_top_model_cis():
+    generated = [(3, -0.1), (0, -1.0), (4, -3.0)]
+    weights = ad_ci_weights([1], generated, cis_per_ad=2, model_weight=0.5)
+    assert weights[1] == 1.0 and set(weights) == {1, 3, 0} and weights[3] > weights[0]
+    assert ad_ci_weights([1], generated, cis_per_ad=0, model_weight=0.5) == {1: 1.0}
+    assert set(ad_ci_weights([], generated, cis_per_ad=0, model_weight=0.5)) == {3}  # never unreachable
+
+
+def test_catalogue_cis_are_a_lookup_of_the_ads_own_phrases():
+    item = Item(item_id="g", title="Acme goggles", categories=("Lab", "Safety Goggles"), brand="Acme")
+    assert catalogue_cis(item, CI_SET) == [4]
+
+
+def test_serving_config_round_trips_and_defaults_without_a_file(tmp_path):
+    assert ServingConfig.load(tmp_path) == ServingConfig()
+    tuned = ServingConfig(lexical_weight=0.5, templates=["top rated {}"], strip_templates=True)
+    tuned.save(tmp_path)
+    assert ServingConfig.load(tmp_path) == tuned

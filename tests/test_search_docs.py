@@ -1,0 +1,150 @@
+"""docs/search.md's and README's search tables come from the committed evaluation JSON: they render from
+it, a changed figure makes the documents stale, and without the JSON they say 'not measured' with the
+command (the shared owed-run mechanism, adgen/figures/sources.py PENDING) and show no figure.
+That the committed documents are up to date is tests/test_docs_figures.py's check of every region."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from adgen.figures.regions import render_text
+from adgen.figures.search import COMMAND, RESULT
+from adgen.figures.sources import Sources
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKS = ("search-setup", "search-quality", "search-variants", "search-levers")
+
+
+def _row(key: str, method: str, ndcg: float, hr50: float) -> dict[str, object]:
+    return {
+        "key": key,
+        "method": method,
+        "hr": {"HR@10": hr50 - 0.2, "HR@50": hr50},
+        "ndcg10": ndcg,
+        "map": ndcg - 0.1,
+        "acr": 1.0,
+        "avg_cis_per_query": 4.0,
+        "avg_ads_per_query": 120.0,
+        "ms_p50": 3.5,
+    }
+
+
+PAYLOAD: dict[str, object] = {
+    "command": "adgen ci experiment --world w",
+    "data": "w",
+    "ads": 1000,
+    "split": "test",
+    "queries": 200,
+    "split_sizes": {"train": 600, "valid": 200, "test": 200},
+    "split_leaks": [],
+    "min_grade": 2,
+    "build": {
+        "cis": 900,
+        "avg_cis_per_ad": 7.5,
+        "query_targets": 400,
+        "templates": ["best {}"],
+        "epochs_trained": 5,
+        "best_epoch": 3,
+    },
+    "serving": {
+        "beams": 20,
+        "score_floor": None,
+        "top_cis": 10,
+        "cis_per_ad": 15,
+        "model_weight": 0.5,
+        "lexical_weight": 0.5,
+        "lexical_top": 10,
+        "strip_templates": True,
+        "ad_match_weight": 0.0,
+    },
+    "valid": {"hybrid": {"k": 60.0, "lexical_weight": 0.5}},
+    "rows": [
+        _row("pure", "CI path, model only (pure)", 0.41, 0.80),
+        _row("served", "CI path as served (model + lexical CI matching)", 0.634, 0.97),
+        _row("bm25", "BM25 (rank-bm25)", 0.60, 0.96),
+    ],
+    "verdict": {
+        "best_baseline_ndcg10": "BM25 (rank-bm25)",
+        "best_baseline_hr50": "BM25 (rank-bm25)",
+        "served_ndcg10_at_least_best_baseline": True,
+        "served_hr50_at_least_best_baseline": True,
+    },
+    "tuning_rows": [
+        {
+            "stage": "decoding",
+            "settings": {"beams": 20, "score_floor": None},
+            "objective": 0.5,
+            "ndcg10": 0.4,
+            "hr50": 0.6,
+        },
+        {"stage": "fusion", "settings": {"lexical_weight": 0.5}, "objective": 0.7, "ndcg10": 0.6, "hr50": 0.8},
+    ],
+    "variants": [
+        {
+            "name": "default",
+            "cis": 900,
+            "epochs_trained": 5,
+            "best_epoch": 3,
+            "pure_valid": {"ndcg10": 0.4, "hr": {"HR@50": 0.8}},
+            "served_valid": {"ndcg10": 0.6, "hr": {"HR@50": 0.9}},
+        }
+    ],
+    "chosen_variant": "default",
+    "loadavg_start": [0.1, 0.2, 0.3],
+    "loadavg_end": [1.0, 0.5, 0.4],
+}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    (tmp_path / "docs").mkdir()
+    readme_block = "<!-- generated: search-readme -->\n<!-- end generated: search-readme -->\n"
+    text = (ROOT / "docs" / "search.md").read_text() + "\n" + readme_block
+    (tmp_path / "docs" / "search.md").write_text(text)
+    return tmp_path
+
+
+def _write(repo: Path, payload: object) -> None:
+    (repo / RESULT).parent.mkdir(parents=True, exist_ok=True)
+    (repo / RESULT).write_text(json.dumps(payload))
+
+
+def test_every_search_block_is_in_the_documents():
+    text = (ROOT / "docs" / "search.md").read_text()
+    assert all(f"<!-- generated: {name} -->" in text for name in BLOCKS)
+    assert "<!-- generated: search-readme -->" in (ROOT / "README.md").read_text()
+
+
+def test_without_the_json_the_blocks_say_not_measured_and_show_no_figure(repo: Path):
+    text, problems = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
+    assert not [p for p in problems if not p.stale]
+    bodies = [text.split(f"<!-- generated: {name} -->\n")[1].split("<!-- end generated")[0] for name in BLOCKS]
+    assert all(b.startswith("*Not measured yet") and RESULT in b for b in bodies)
+    assert COMMAND in bodies[0] and all("see above" in b for b in bodies[1:])  # the command is named once
+    assert not any(ch.isdigit() for b in bodies[1:] for ch in b.replace(RESULT, ""))  # no figure stands in
+
+
+def test_the_blocks_render_the_json_and_a_changed_figure_makes_them_stale(repo: Path):
+    _write(repo, PAYLOAD)
+    rendered, _ = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
+    assert "| CI path as served (model + lexical CI matching) | 0.634 | 0.970 |" in rendered  # README table
+    assert "NDCG@10 **yes** (best baseline: BM25 (rank-bm25))" in rendered
+    assert "Not measured" not in rendered
+    assert render_text(rendered, Sources(repo))[1] == []  # up to date with its JSON
+
+    changed = copy.deepcopy(PAYLOAD)
+    changed["rows"][1]["ndcg10"] = 0.5  # type: ignore[index]
+    _write(repo, changed)
+    _, problems = render_text(rendered, Sources(repo))
+    assert {p.region for p in problems if p.stale} == {"search-quality", "search-readme"}
+
+
+def test_a_broken_json_is_an_error_not_a_silent_not_measured(repo: Path):
+    (repo / RESULT).parent.mkdir(parents=True)
+    (repo / RESULT).write_text("{not json")
+    _, problems = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
+    assert problems and all("not valid JSON" in p.detail for p in problems)
