@@ -20,7 +20,8 @@ MAIN = "leadre"
 METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
 LABELS = {
     "leadre": "LEADRE (sequence prompt + ad-ID tokens + SASRec distillation; the chosen config)",
-    "no_distill": "LEADRE without distillation (the recipe before it)",
+    "distill16": "LEADRE as above, 16 epochs instead of 24",
+    "no_distill": "LEADRE without distillation (16 epochs; the recipe before it)",
     "tiger": "same LM, S-ID sequence only (TIGER-style input; no distillation)",
     "no_adtok": "LEADRE without ad-ID tokens (no distillation)",
 }
@@ -215,14 +216,17 @@ def ad_head(sources: Sources) -> str:
     return "".join(lines)
 
 
+BUCKET_ABLATIONS = {"distill16": "LEADRE, 16 epochs", "no_distill": "LEADRE without distillation"}
+
+
 @region("amazon-full-buckets")
 def buckets(sources: Sources) -> str:
     """NDCG@10 of LEADRE and SASRec per target-frequency bucket, mean over the diagnosed seeds: the chosen recipe
-    (buckets.json), then the recipe without distillation (buckets_no_distill.json) when it is committed."""
+    (buckets.json), then each committed ablation (buckets_<variant>.json) in BUCKET_ABLATIONS' order."""
     parts = [_bucket_table(sources.data(str(DATA / "buckets.json")), "LEADRE")]
-    if (sources.root / DATA / "buckets_no_distill.json").exists():
-        old = sources.data(str(DATA / "buckets_no_distill.json"))
-        parts.append(_bucket_table(old, "LEADRE without distillation"))
+    for variant, name in BUCKET_ABLATIONS.items():
+        if (sources.root / DATA / f"buckets_{variant}.json").exists():
+            parts.append(_bucket_table(sources.data(str(DATA / f"buckets_{variant}.json")), name))
     return "\n".join(parts)
 
 
