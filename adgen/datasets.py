@@ -95,25 +95,26 @@ def clean_text(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- JSONL
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+def _iter_lines(path: Path, error: type[ValueError] = DatasetFormatError) -> Iterator[tuple[int, str]]:
     """(1-based line number, line) for every non-blank line."""
     if not path.is_file():
-        raise DatasetFormatError(f"{path}: file not found")
+        raise error(f"{path}: file not found")
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if line.strip():
                 yield line_no, line
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based line number, JSON object) for every non-blank line; a bad line raises with its number."""
-    for line_no, line in _iter_lines(path):
+def iter_jsonl(path: Path, error: type[ValueError] = DatasetFormatError) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, JSON object) for every non-blank line; a bad line raises `error` with its number
+    (other loaders of JSONL, such as the query log, pass their own error type)."""
+    for line_no, line in _iter_lines(path, error):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DatasetFormatError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+            raise error(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
         if not isinstance(row, dict):
-            raise DatasetFormatError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            raise error(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
         yield line_no, row
 
 
@@ -137,7 +138,7 @@ def load_items_jsonl(path: str | Path) -> dict[str, Item]:
     """Items file: one `adgen.core.catalogue.Item` JSON object per line; duplicate ids are an error."""
     path = Path(path)
     items: dict[str, Item] = {}
-    for line_no, row in _iter_jsonl(path):
+    for line_no, row in iter_jsonl(path):
         item = _validate(Item, row, path, line_no)
         if item.item_id in items:
             raise DatasetFormatError(f"{path}:{line_no}: field 'item_id': duplicate id {item.item_id!r}")
@@ -164,7 +165,7 @@ def load_jsonl(
     users: dict[str, list[HistoryEvent]] = {}
     if events_path is not None:
         events_path = Path(events_path)
-        for line_no, row in _iter_jsonl(events_path):
+        for line_no, row in iter_jsonl(events_path):
             event = _validate(JsonlEvent, row, events_path, line_no)
             title, category = event.title, event.category
             if event.kind in AD_KINDS:
@@ -181,7 +182,7 @@ def load_jsonl(
     profiles: dict[str, UserProfile] = {}
     if users_path is not None:
         users_path = Path(users_path)
-        for line_no, row in _iter_jsonl(users_path):
+        for line_no, row in iter_jsonl(users_path):
             user = _validate(UserRow, row, users_path, line_no)
             if user.user_id in profiles:
                 raise DatasetFormatError(f"{users_path}:{line_no}: field 'user_id': duplicate id {user.user_id!r}")
@@ -320,12 +321,12 @@ def load_world(directory: str | Path, name: str | None = None) -> Dataset:
 
     content_path = directory / "catalogue" / "content.jsonl"
     content = {
-        c.content_id: c for c in (_validate(ContentItem, r, content_path, n) for n, r in _iter_jsonl(content_path))
+        c.content_id: c for c in (_validate(ContentItem, r, content_path, n) for n, r in iter_jsonl(content_path))
     }
     users_path = directory / "users.jsonl"
     histories = {
         u.user_id: UserHistory(user_id=u.user_id, profile=u.profile)
-        for u in (_validate(UserRow, r, users_path, n) for n, r in _iter_jsonl(users_path))
+        for u in (_validate(UserRow, r, users_path, n) for n, r in iter_jsonl(users_path))
     }
 
     behavior_path = directory / "events" / "user-behavior.jsonl"
@@ -350,7 +351,7 @@ def load_world(directory: str | Path, name: str | None = None) -> Dataset:
 def load_query_labels(directory: str | Path) -> list[QueryLabel]:
     """The world's labelled search queries (queries/labels.jsonl), for RARE evaluation."""
     path = Path(directory) / "queries" / "labels.jsonl"
-    return [_validate(QueryLabel, row, path, line_no) for line_no, row in _iter_jsonl(path)]
+    return [_validate(QueryLabel, row, path, line_no) for line_no, row in iter_jsonl(path)]
 
 
 def _validate_event(adapter: Any, line: str, path: Path, line_no: int) -> Any:

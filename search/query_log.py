@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from adgen.datasets import iter_jsonl
 from adgen.search.ci_index import normalise_text
 
 MAX_QUERY_CHARS = 512
@@ -141,20 +142,8 @@ def merge_rows(rows: Iterable[tuple[str, QueryLogRow]], catalogue: Collection[st
 
 def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(`file:line`, JSON object) for every non-blank line; a bad line raises naming its number."""
-    if not path.is_file():
-        raise QueryLogError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise QueryLogError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-            if not isinstance(row, dict):
-                raise QueryLogError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
+    for line_no, row in iter_jsonl(path, QueryLogError):
+        yield f"{path}:{line_no}", row
 
 
 def _validated(where: str, row: dict[str, Any]) -> QueryLogRow:
