@@ -8,13 +8,12 @@ really spread over all three masters, so none of them could pass against one nod
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import redis
+from feature_store_docs import AD, python_snippet, write_user_list
 from redis.cluster import RedisCluster
 
 from adgen.core.config import BudgetSettings, RedisSettings
@@ -178,31 +177,11 @@ def test_the_shared_budget_script_runs_on_the_cluster(settings: RedisSettings) -
 def test_docs_cluster_reader_snippet_reads_what_the_worker_wrote(
     cluster: LocalRedisCluster, settings: RedisSettings
 ) -> None:
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "feature-store.md").read_text()
-    snippet = re.search(r"### Reading from a Redis Cluster.*?```python\n(.*?)\n```", doc, flags=re.S).group(1)
-    now = T0
-    record = UserAds(
-        user_id="u00000018",
-        ads=[GeneratedAd(ad_id="ad00000043", sid=[27, 33, 7, 0], score=-2.9)],
-        model_version="m",
-        index_version="i",
-        request_time=now,
-        window_fingerprint="f",
-        generated_at=now,
-    )
-
-    async def write() -> None:
-        store = FeatureStore(settings.model_copy(update={"env": "dev"}))
-        try:
-            await store.write_user_ads([record])
-            await store.write_ads([AdRecord(ad_id="ad00000043", status="active", sid=[27, 33, 7, 0], event_time=now)])
-        finally:
-            await store.close()
-
-    asyncio.run(write())
+    snippet = python_snippet("### Reading from a Redis Cluster")
+    write_user_list(settings.model_copy(update={"env": "dev"}), T0)
     host, port = cluster_nodes(cluster.url)[0]
     code = snippet.replace('host="10.0.0.5", port=7000', f'host="{host}", port={port}')
     scope: dict = {}
     exec(compile(code, "feature-store.md", "exec"), scope)
-    assert [g["ad_id"] for g in scope["generated"]] == ["ad00000043"]
-    assert scope["live"]["ad00000043"]["status"] == "active"
+    assert [g["ad_id"] for g in scope["generated"]] == [AD]
+    assert scope["live"][AD]["status"] == "active"
