@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import uuid
@@ -27,6 +26,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from adgen.core.checksums import file_sha256
+from adgen.core.fsync import fsync_dir, fsync_file
 from adgen.index.semantic_ids import SemanticIdMap
 from adgen.index.trie_arrays import TrieArrays
 
@@ -55,19 +55,6 @@ class SnapshotManifest(BaseModel):
     model_version: str
     files: dict[str, FileEntry]
     meta: dict[str, Any] = {}
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -133,7 +120,7 @@ class SnapshotStore:
                 (tmp / self._checked(name)).write_bytes(data)
             entries = {}
             for path in sorted(tmp.iterdir()):
-                _fsync_file(path)
+                fsync_file(path)
                 entries[path.name] = FileEntry(sha256=file_sha256(path), bytes=path.stat().st_size)
             while True:
                 version = max(self.versions(), default=0) + 1
@@ -146,15 +133,15 @@ class SnapshotStore:
                     meta=dict(meta or {}),
                 )
                 (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=1))
-                _fsync_file(tmp / MANIFEST)
-                _fsync_dir(tmp)
+                fsync_file(tmp / MANIFEST)
+                fsync_dir(tmp)
                 try:
                     tmp.rename(self.path_of(version))  # fails if a concurrent writer took this version
                 except OSError:
                     if self.path_of(version).exists():
                         continue
                     raise
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 return Snapshot(self.path_of(version), manifest)
         except OSError as exc:  # disk full, unwritable: say where, and that the published versions are intact
             shutil.rmtree(tmp, ignore_errors=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 import shutil
 import uuid
@@ -34,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from adgen.core.checksums import file_sha256
+from adgen.core.fsync import fsync_dir, fsync_file
 
 VERSION_FILE = "version.json"
 INDEX_ADS_FILE = "index_ads.txt"  # the live ads of the index a version was trained against, one id a line
@@ -95,17 +95,8 @@ class Pointer(BaseModel):
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_file(path)
+    fsync_dir(root)
 
 
 def _checksums(root: Path) -> dict[str, str]:
@@ -119,10 +110,9 @@ def _checksums(root: Path) -> dict[str, str]:
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(text)
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
+    fsync_file(tmp)
     tmp.replace(path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class ModelRegistry:
@@ -226,7 +216,7 @@ class ModelRegistry:
                 (tmp / VERSION_FILE).write_text(record.model_dump_json(indent=1))
                 _fsync_tree(tmp)
                 tmp.rename(self.root / version)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             if make_current:
