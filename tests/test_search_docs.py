@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adgen.figures.regions import render_text
-from adgen.figures.search import COMMAND, RESULT
+from adgen.figures.search import COMMAND, RESULT, SEED_RESULTS
 from adgen.figures.sources import Sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_the_blocks_render_the_json_and_a_changed_figure_makes_them_stale(repo: 
     changed["rows"][1]["ndcg10"] = 0.5  # type: ignore[index]
     _write(repo, changed)
     _, problems = render_text(rendered, Sources(repo))
-    assert {p.region for p in problems if p.stale} == {"search-quality", "search-readme"}
+    assert {p.region for p in problems if p.stale} == {"search-quality", "search-readme", "search-seeds"}
 
 
 def test_a_broken_json_is_an_error_not_a_silent_not_measured(repo: Path):
@@ -148,3 +148,17 @@ def test_a_broken_json_is_an_error_not_a_silent_not_measured(repo: Path):
     (repo / RESULT).write_text("{not json")
     _, problems = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
     assert problems and all("not valid JSON" in p.detail for p in problems)
+
+
+def test_the_seeds_table_shows_every_committed_seed_its_spread_and_the_owed_ones(repo: Path):
+    _write(repo, PAYLOAD)
+    losing = copy.deepcopy(PAYLOAD)
+    losing["rows"][1]["ndcg10"] = 0.55  # type: ignore[index]  # below BM25's 0.60 on this seed
+    (repo / SEED_RESULTS[1]).write_text(json.dumps(losing))
+    rendered, problems = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
+    assert not [p for p in problems if not p.stale]
+    block = rendered.split("<!-- generated: search-seeds -->\n")[1].split("<!-- end generated")[0]
+    assert "| 0 | 200 | 0.634 | 0.600 | 0.970 | 0.960 | yes |" in block
+    assert "| 1 | 200 | 0.550 | 0.600 | 0.970 | 0.960 | **no** |" in block
+    assert "| mean ± sd (2 seeds) | | 0.592 ± 0.059 | 0.600 ± 0.000 |" in block
+    assert "World seed 2: not measured yet" in block and "bench/search_quality.py --seed 2" in block
