@@ -21,7 +21,6 @@ what a second process buys here, not what a second machine would. The JSON recor
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import random
@@ -143,6 +142,25 @@ def _first(samples: list[tuple[float, float]], threshold: float) -> float:
     return next(t for t, v in samples if v >= threshold)
 
 
+#: an overlap shorter than this is a few metric steps (workers publish counts per batch): too short to be a rate
+MIN_OVERLAP_S = 2.0
+
+
+def all_consuming(samples: list[tuple[float, dict[str, tuple[float, float]]]], names: list[str]) -> tuple[float, float]:
+    """(seconds, events) of the stretch in which every worker was consuming: from the sample where the last of
+    them had counted its first event to the sample where the first of them had counted all it would count.
+    Bounding by each worker's first and last count, not by sample-to-sample rises, makes the stretch immune to
+    counts that move in per-batch steps (a worker between two batches has not stopped consuming)."""
+    final = samples[-1][1]
+    starts = [next(t for t, c in samples if c[n][0] >= 1) for n in names]
+    ends = [next(t for t, c in samples if c[n][0] >= final[n][0]) for n in names]
+    begin, end = max(starts), min(ends)
+    if end <= begin:
+        return 0.0, 0.0
+    total = {t: sum(c[n][0] for n in names) for t, c in samples}
+    return end - begin, total[end] - total[begin]
+
+
 def summarise(
     samples: list[tuple[float, dict[str, tuple[float, float]]]], names: list[str], events: int, users: int
 ) -> dict[str, Any]:
@@ -150,27 +168,15 @@ def summarise(
     total_gen = [(t, sum(c[n][1] for n in names)) for t, c in samples]
     start, done = _first(total_events, 1), _first(total_events, events)
     gen_start, gen_done = _first(total_gen, 1), _first(total_gen, users)
-    # the stretch in which every worker's count rose from one sample to the next (all of them consuming)
-    best = (0.0, 0.0)
-    run_start = None
-    for (t0, c0), (t1, c1) in itertools.pairwise(samples):
-        all_up = all(c1[n][0] > c0[n][0] for n in names)
-        if all_up and run_start is None:
-            run_start = (t0, sum(c0[n][0] for n in names))
-        if run_start is not None and (not all_up or (t1, c1) == samples[-1]):
-            end_t, end_v = (t0, sum(c0[n][0] for n in names)) if not all_up else (t1, sum(c1[n][0] for n in names))
-            span, count = end_t - run_start[0], end_v - run_start[1]
-            if span > 0 and count > best[1]:
-                best = (span, count)
-            run_start = None
+    span, count = all_consuming(samples, names)
     return {
         "workers": len(names),
         "events": events,
         "events_per_s": events / max(done - start, 1e-9),
         "drain_s": done - start,
-        "events_per_s_all_consuming": best[1] / best[0] if best[0] else None,
-        "all_consuming_s": best[0],
-        "all_consuming_events": best[1],
+        "events_per_s_all_consuming": count / span if span >= MIN_OVERLAP_S else None,
+        "all_consuming_s": span,
+        "all_consuming_events": count,
         "users_generated": users,
         "generations_per_s": (users - 1) / max(gen_done - gen_start, 1e-9),
         "generation_s": gen_done - gen_start,

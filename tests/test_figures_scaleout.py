@@ -41,3 +41,30 @@ def test_the_table_shows_both_phases_the_ratios_and_the_load(tmp_path: Path) -> 
 def test_without_a_result_the_section_names_the_command_instead_of_a_number(tmp_path: Path) -> None:
     text = scaleout_table(Sources(tmp_path))
     assert text.startswith("Not measured yet:") and "bench/bench_scaleout.py" in text
+
+
+def _scaleout_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_scaleout.py"
+    spec = importlib.util.spec_from_file_location("scaleout_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_all_consuming_spans_from_the_last_worker_to_start_to_the_first_to_finish() -> None:
+    bench = _scaleout_module()
+    # counts move in 10k steps; worker b starts at t=1, worker a finishes at t=5, b at t=6; a pause between two
+    # of a's batches (t=2 -> t=3) must not cut the stretch
+    a = [0, 10_000, 20_000, 20_000, 30_000, 40_000, 40_000]
+    b = [0, 0, 10_000, 20_000, 30_000, 40_000, 50_000]
+    samples = [(float(t), {"a": (a[t], 0.0), "b": (b[t], 0.0)}) for t in range(7)]
+    span, count = bench.all_consuming(samples, ["a", "b"])
+    assert span == 3.0  # t=2 (b's first count) to t=5 (a's last)
+    assert count == (40_000 + 40_000) - (20_000 + 10_000)
+    one = [(float(t), {"a": (a[t], 0.0)}) for t in range(7)]
+    assert bench.all_consuming(one, ["a"]) == (4.0, 30_000)  # t=1 to t=5
+    apart = [(float(t), {"a": (min(a[t], 10_000), 0.0), "b": (b[t], 0.0)}) for t in range(7)]  # a done before b
+    assert bench.all_consuming(apart, ["a", "b"]) == (0.0, 0.0)
