@@ -46,6 +46,8 @@ class SequenceExample:
     labels: Sequence[int]
     #: a teacher's distribution over each labelled token's trie siblings ([labelled tokens, width]; model/distill.py)
     soft: np.ndarray | None = None
+    #: a weight per labelled token (the loss is their weighted mean; model/target_weights.py), or None for 1
+    weights: np.ndarray | None = None
 
 
 Example = tuple[Sequence[int], Sequence[int]] | SequenceExample  # (prompt_ids, response_ids) or a labelled sequence
@@ -134,6 +136,8 @@ class Batch:
     ad_targets: torch.Tensor | None = None
     #: teacher targets of the labelled tokens after the first position, in `labels[:, 1:] != IGNORE` order
     soft: torch.Tensor | None = None
+    #: per-token loss weights of the labelled tokens after the first position, in the same order as `soft`
+    token_weight: torch.Tensor | None = None
 
 
 def labelled_row(example: Example, max_len: int) -> tuple[list[int], list[int]]:
@@ -179,7 +183,8 @@ def collate(
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     parents = torch.full((len(rows), width), -1, dtype=torch.long) if trie is not None else None
     ad_targets = torch.full((len(rows), width), -1, dtype=torch.long) if ad_block is not None else None
-    soft = _soft_rows(examples, rows)
+    soft = _kept_rows(examples, rows, "soft")
+    token_weight = _kept_rows(examples, rows, "weights")
     for i, (ids, lab) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         labels[i, : len(lab)] = torch.tensor(lab)
@@ -195,24 +200,31 @@ def collate(
         real_tokens=sum(len(ids) for ids, _ in rows),
         ad_targets=ad_targets,
         soft=soft,
+        token_weight=token_weight,
     )
 
 
-def _soft_rows(examples: Sequence[Example], rows: Sequence[tuple[list[int], list[int]]]) -> torch.Tensor | None:
-    """The examples' teacher rows for the labels their (left-cut) rows kept, stacked in loss order."""
-    given = [e.soft for e in examples if isinstance(e, SequenceExample) and e.soft is not None]
+def _kept_rows(
+    examples: Sequence[Example], rows: Sequence[tuple[list[int], list[int]]], field: Literal["soft", "weights"]
+) -> torch.Tensor | None:
+    """The examples' per-labelled-token `field` (teacher rows [n, width] or weights [n]) for the labels their
+    (left-cut) rows kept, stacked in loss order; a missing value is a zero teacher row or a weight of 1."""
+    given = [getattr(e, field) for e in examples if isinstance(e, SequenceExample) and getattr(e, field) is not None]
     if not given:
         return None
-    width = max(s.shape[1] for s in given)
+    width = max(g.shape[1] for g in given) if field == "soft" else None
     parts = []
     for example, (_, lab) in zip(examples, rows, strict=True):
         kept = sum(label != IGNORE for label in lab[1:])
-        soft = example.soft if isinstance(example, SequenceExample) else None
-        if soft is None or len(soft) < kept:
-            parts.append(np.zeros((kept, width), dtype=np.float32))
-        else:
-            part = soft[len(soft) - kept :]
+        value = getattr(example, field) if isinstance(example, SequenceExample) else None
+        if value is None or len(value) < kept:
+            shape = (kept, width) if width is not None else (kept,)
+            parts.append(np.zeros(shape, np.float32) if width is not None else np.ones(shape, np.float32))
+        elif width is not None:
+            part = value[len(value) - kept :]
             parts.append(np.pad(part, ((0, 0), (0, width - part.shape[1]))))
+        else:
+            parts.append(np.asarray(value[len(value) - kept :], dtype=np.float32))
     return torch.from_numpy(np.concatenate(parts)) if parts else None
 
 
@@ -255,7 +267,9 @@ def response_loss(
         if batch.parents is None:
             raise ValueError("trie scoring needs a batch collated with the trie (its targets' parents)")
         parents = batch.parents[:, 1:][select]
-        loss = trie.loss(states, weight, targets[select], parents, label_smoothing, batch.soft, distill_weight)
+        loss = trie.loss(
+            states, weight, targets[select], parents, label_smoothing, batch.soft, distill_weight, batch.token_weight
+        )
     if ad_head is None:
         return loss
     if batch.ad_targets is None:

@@ -37,6 +37,7 @@ from adgen.model.lm_training import LMTrainConfig, Scoring, SequenceExample, tra
 from adgen.model.metrics import channel_value, ranking_metrics
 from adgen.model.prompts import PromptBuilder, PromptOptions, fixed_texts
 from adgen.model.recipe import ServingRecipe, save_recipe
+from adgen.model.target_weights import with_target_weights
 from adgen.model.tasks import TaskOptions, curriculum_stages, stage_examples
 from adgen.model.tokenizer import build_tokenizer, extend_tokenizer, load_tokenizer, save_tokenizer, token_offset
 from adgen.model.trie_loss import TrieSoftmax
@@ -126,6 +127,12 @@ class TrainSection(BaseModel):
         description="Sequence layouts with trie scoring: weight of SASRec's soft targets (model/distill.py); the "
         "teacher is eval.sasrec fitted on the training part (reused by the evaluation); 0 = off.",
     )
+    target_weight_power: float = Field(
+        0.0,
+        ge=0,
+        description="Sequence layouts with trie scoring: each target ad's tokens weigh (training count + 1) ** -power "
+        "in the loss (model/target_weights.py), moving gradient to rarely seen ads; 0 = unweighted.",
+    )
     eval_every: int = Field(1, ge=1)
     patience: int = 2
     torch_threads: int = 2
@@ -196,6 +203,11 @@ class PipelineConfig(BaseModel):
             raise ValueError(
                 "train.distill_weight needs train.scoring: trie and a sequence layout (prompts.layout: sequence or "
                 "sid_only): the teacher speaks in trie siblings, at every target of a sequence"
+            )
+        if self.train.target_weight_power > 0 and (self.train.scoring != "trie" or self.prompts.layout == "per_target"):
+            raise ValueError(
+                "train.target_weight_power needs train.scoring: trie and a sequence layout (prompts.layout: sequence "
+                "or sid_only): weights follow each target ad's tokens through the trie"
             )
         return self
 
@@ -524,6 +536,8 @@ class Run:
             )
             if t.distill_weight > 0 and "main" in stage:
                 examples = self.with_teacher_targets(examples)
+            if t.target_weight_power > 0 and "main" in stage:
+                examples = self.with_target_weights(examples, t.target_weight_power)
             eval_fn = self.valid_ndcg if "main" in stage else None
             started = time.perf_counter()
             trie = self.training_trie() if t.scoring == "trie" else None
@@ -558,6 +572,15 @@ class Run:
             is_seq = isinstance(e, SequenceExample)
             out.append(replace(e, soft=soft_targets(teacher, e.labels, softmax, paths)) if is_seq else e)
         return out
+
+    def with_target_weights(self, examples: Sequence[Any], power: float) -> list[Any]:
+        """The sequence examples with frequency-aware loss weights (model/target_weights.py); others unchanged."""
+        trie, leaf_items = self.training_trie_and_items()
+        softmax = TrieSoftmax(trie)
+        paths = TriePaths(trie, leaf_items, softmax, leaf_items)
+        sequences = [e for e in examples if isinstance(e, SequenceExample)]
+        weighted = iter(with_target_weights(sequences, softmax, paths, power))
+        return [next(weighted) if isinstance(e, SequenceExample) else e for e in examples]
 
     def load_trained(self) -> None:
         path = self.out / "model"

@@ -104,11 +104,13 @@ class TrieSoftmax:
         label_smoothing: float = 0.0,
         soft: torch.Tensor | None = None,
         soft_weight: float = 0.0,
+        token_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy of `targets` [T] among the children of `parents` [T], from hidden states [T, d].
 
         `soft` [T, width] (rows over the same child slots, summing to 1; all-zero rows = none) mixes in a teacher's
-        distribution (model/distill.py): (1 - soft_weight) * hard + soft_weight * cross-entropy to the teacher."""
+        distribution (model/distill.py): (1 - soft_weight) * hard + soft_weight * cross-entropy to the teacher.
+        `token_weight` [T] makes it a weighted mean (model/target_weights.py)."""
         logp, valid, pick = self._children_logprobs(hidden, output_weight, targets, parents)
         nll = -logp.gather(1, pick[:, None]).squeeze(1)
         if label_smoothing > 0:  # smoothing spread over the valid children only
@@ -118,4 +120,7 @@ class TrieSoftmax:
             soft = soft[:, : logp.shape[1]].to(logp.dtype)
             taught = -(soft * logp.masked_fill(~valid, 0.0)).sum(1)
             nll = torch.where(soft.sum(1) > 0, (1 - soft_weight) * nll + soft_weight * taught, nll)
+        if token_weight is not None:
+            token_weight = token_weight.to(nll.dtype)
+            return (nll * token_weight).sum() / token_weight.sum().clamp(min=1e-12)
         return nll.mean()
