@@ -173,6 +173,8 @@ PIPELINE_EXPLORATION = {
     "a6_distill08": "the same at weight 0.8 (configs/amazon_full_distill08.yaml); stopped after epoch 11 of 16, "
     "below weight 0.5 at both scored epochs",
     "a7_distill24": "the chosen recipe (weight 0.5) with 24 epochs instead of 16 (configs/amazon_full_distill24.yaml)",
+    "a8_tw025": "the chosen recipe (24 epochs) + frequency-aware target weights, power 0.25 "
+    "(configs/amazon_full_tw025.yaml)",
 }
 
 
