@@ -50,7 +50,8 @@ def main() -> None:
         default=None,
         help="Variant whose work dir (same seed) already holds the fitted SASRec: it is copied into each new run, "
         "which then loads it (the baseline row and a distilled model's teacher) instead of fitting it again; the "
-        "fit is the same config, seed and split. Recorded in summary.json.",
+        "fit is the same config, seed and split. An ensemble teacher's other seeds (train.distill_teacher_seeds) "
+        "are copied from that variant's runs of those seeds. Recorded in summary.json.",
     )
     parser.add_argument(
         "--reuse-sasrec",
@@ -73,9 +74,13 @@ def main() -> None:
             work = args.work / name / f"seed{seed}"
             if work.exists():
                 shutil.rmtree(work)  # a fresh run: no stage is resumed from an older config
+            cfg = load_config(Path(config), seed=seed, out_dir=str(work))
             if args.sasrec_from is not None:
                 shutil.copytree(args.work / args.sasrec_from / f"seed{seed}" / "sasrec", work / "sasrec")
-            cfg = load_config(Path(config), seed=seed, out_dir=str(work))
+                for other in cfg.train.distill_teacher_seeds or []:  # an ensemble teacher's other members
+                    source = args.work / args.sasrec_from / f"seed{other}" / "sasrec"
+                    if other != seed and source.is_dir():
+                        shutil.copytree(source, work / f"sasrec_seed{other}")
             if args.sasrec_from is not None:
                 cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"reuse_fitted_sasrec": True})})
             if args.torch_threads is not None:

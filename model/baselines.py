@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,20 @@ class SASRecNet(nn.Module):
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over items 1..N (index i-1 = item index i)."""
         return hidden @ self.item_emb.weight[1:].T
+
+
+def top_items(
+    probs: Callable[[Sequence[SplitExample]], torch.Tensor],
+    items: Sequence[str],
+    examples: Sequence[SplitExample],
+    k: int,
+) -> list[list[str]]:
+    """The k most probable of `items` per example, from `probs` (a [chunk, items] scorer) in chunks of 256."""
+    out: list[list[str]] = []
+    for start in range(0, len(examples), 256):
+        top = probs(examples[start : start + 256]).topk(min(k, len(items)), dim=-1).indices
+        out.extend([items[i] for i in row] for row in top.tolist())
+    return out
 
 
 class SASRecRecommender:
@@ -214,14 +228,11 @@ class SASRecRecommender:
         return torch.softmax(self.net.scores(self.net(seq)[0]), dim=-1)
 
     @torch.no_grad()
-    def recommend(self, examples: Sequence[SplitExample], k: int) -> list[list[str]]:
+    def last_probs(self, examples: Sequence[SplitExample]) -> torch.Tensor:
+        """[len(examples), candidates]: each user's next-ad distribution after their whole history."""
         self.net.eval()
-        out: list[list[str]] = []
-        for start in range(0, len(examples), 256):
-            chunk = examples[start : start + 256]
-            seq = self._encode([ad_ids(e.history) for e in chunk], self.config.max_len)
-            logits = self.net.scores(self.net(seq)[:, -1])
-            top = logits.topk(min(k, len(self.items)), dim=-1).indices
-            out.extend([self.items[i] for i in row] for row in top.tolist())
-        self.net.train(False)
-        return out
+        seq = self._encode([ad_ids(e.history) for e in examples], self.config.max_len)
+        return torch.softmax(self.net.scores(self.net(seq)[:, -1]), dim=-1)
+
+    def recommend(self, examples: Sequence[SplitExample], k: int) -> list[list[str]]:
+        return top_items(self.last_probs, self.items, examples, k)

@@ -19,9 +19,39 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from adgen.core.catalogue import SplitExample
 from adgen.index.trie_arrays import TrieArrays
-from adgen.model.baselines import SASRecRecommender
+from adgen.model.baselines import SASRecRecommender, top_items
 from adgen.model.trie_loss import IGNORE, TrieSoftmax
+
+
+class EnsembleTeacher:
+    """Several fitted SASRecs over the same candidates as one teacher: the mean of their next-ad distributions.
+
+    Why: a student distilled from an ensemble learns the ensemble's better-calibrated mass, not one fit's noise,
+    while serving stays one LM. Every member must rank the same candidates in the same order."""
+
+    def __init__(self, members: Sequence[SASRecRecommender]) -> None:
+        if not members:
+            raise ValueError("an ensemble teacher needs at least one SASRec")
+        self.items = members[0].items
+        if any(m.items != self.items for m in members):
+            raise ValueError("ensemble teachers must share their candidate list, in the same order")
+        self.members = list(members)
+
+    @torch.no_grad()
+    def next_probs(self, sequence: Sequence[str]) -> torch.Tensor:
+        """[L, candidates]: the members' `next_probs`, averaged (the same rows as one SASRec's)."""
+        return torch.stack([m.next_probs(sequence) for m in self.members]).mean(0)
+
+    @torch.no_grad()
+    def last_probs(self, examples: Sequence[SplitExample]) -> torch.Tensor:
+        """[len(examples), candidates]: the members' next-ad distributions after each whole history, averaged."""
+        return torch.stack([m.last_probs(examples) for m in self.members]).mean(0)
+
+    def recommend(self, examples: Sequence[SplitExample], k: int) -> list[list[str]]:
+        """The ensemble as a recommender (reported next to the student, so what it learnt from is visible)."""
+        return top_items(self.last_probs, self.items, examples, k)
 
 
 class TriePaths:
@@ -72,7 +102,7 @@ def target_ads(labels: Sequence[int], softmax: TrieSoftmax, paths: TriePaths) ->
 
 @torch.no_grad()
 def soft_targets(
-    teacher: SASRecRecommender, labels: Sequence[int], softmax: TrieSoftmax, paths: TriePaths
+    teacher: SASRecRecommender | EnsembleTeacher, labels: Sequence[int], softmax: TrieSoftmax, paths: TriePaths
 ) -> np.ndarray:
     """[labelled tokens, width] float32: the teacher's mass over each labelled token's sibling slots (rows sum to
     1), zero rows where there is no teacher (the sequence's first ad, or no candidate under the prefix)."""

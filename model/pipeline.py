@@ -30,7 +30,7 @@ from adgen.index.semantic_ids import SemanticIdMap, global_leaf_map, sid_vocabul
 from adgen.model.ad_tokens import ad_token_names
 from adgen.model.baselines import PopularityRecommender, SASRecConfig, SASRecRecommender, ad_ids
 from adgen.model.collaborative import CollaborativeConfig, catalogue_vectors
-from adgen.model.distill import TriePaths, soft_targets
+from adgen.model.distill import EnsembleTeacher, TriePaths, soft_targets
 from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, sample_examples, write_report
 from adgen.model.lm import LMConfig, build_lm, count_parameters, load_lm, save_lm
 from adgen.model.lm_training import LMTrainConfig, Scoring, SequenceExample, train_causal_lm
@@ -127,6 +127,12 @@ class TrainSection(BaseModel):
         description="Sequence layouts with trie scoring: weight of SASRec's soft targets (model/distill.py); the "
         "teacher is eval.sasrec fitted on the training part (reused by the evaluation); 0 = off.",
     )
+    distill_teacher_seeds: list[int] | None = Field(
+        None,
+        description="With distill_weight > 0: the teacher is the mean next-ad distribution of eval.sasrec fitted "
+        "with each of these seeds on the training part (out/sasrec_seed<n>; the run's own seed reuses out/sasrec); "
+        "None = the run's own SASRec alone.",
+    )
     target_weight_power: float = Field(
         0.0,
         ge=0,
@@ -204,6 +210,8 @@ class PipelineConfig(BaseModel):
                 "train.distill_weight needs train.scoring: trie and a sequence layout (prompts.layout: sequence or "
                 "sid_only): the teacher speaks in trie siblings, at every target of a sequence"
             )
+        if self.train.distill_teacher_seeds and self.train.distill_weight == 0:
+            raise ValueError("train.distill_teacher_seeds needs train.distill_weight > 0 (it names the teachers)")
         if self.train.target_weight_power > 0 and (self.train.scoring != "trie" or self.prompts.layout == "per_target"):
             raise ValueError(
                 "train.target_weight_power needs train.scoring: trie and a sequence layout (prompts.layout: sequence "
@@ -551,19 +559,29 @@ class Run:
         save_recipe(self.recipe, self.out / "model")
         return reports
 
-    def sasrec(self, reuse: bool) -> tuple[SASRecRecommender, dict[str, Any], bool]:
-        """eval.sasrec with this run's seed, fitted on the training part (or the fit saved in out/sasrec when
-        `reuse` and it matches); (model, fit metrics, reused)."""
+    def sasrec(self, reuse: bool, seed: int | None = None) -> tuple[SASRecRecommender, dict[str, Any], bool]:
+        """eval.sasrec with this run's seed (or `seed`), fitted on the training part (or the fit saved in
+        out/sasrec, out/sasrec_seed<seed> for another seed, when `reuse` and it matches); (model, fit metrics,
+        reused)."""
         cfg = self.cfg
-        sas_cfg = cfg.eval.sasrec.model_copy(update={"torch_threads": cfg.train.torch_threads, "seed": cfg.seed})
+        seed = cfg.seed if seed is None else seed
+        sas_cfg = cfg.eval.sasrec.model_copy(update={"torch_threads": cfg.train.torch_threads, "seed": seed})
         sas = SASRecRecommender(sorted(self.data.active_items()), sas_cfg)
-        fitted = sas.load_fitted(self.out / "sasrec") if reuse else None
-        fit = fitted or sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, self.out / "sasrec")
+        out = self.out / ("sasrec" if seed == cfg.seed else f"sasrec_seed{seed}")
+        fitted = sas.load_fitted(out) if reuse else None
+        fit = fitted or sas.fit([ad_ids(e.history) for e in self.split.valid], self.valid, out)
         return sas, fit, fitted is not None
 
+    def teacher(self) -> SASRecRecommender | EnsembleTeacher:
+        """The distillation teacher: this run's SASRec, or the mean of the SASRecs of train.distill_teacher_seeds."""
+        seeds = self.cfg.train.distill_teacher_seeds
+        if not seeds:
+            return self.sasrec(reuse=True)[0]
+        return EnsembleTeacher([self.sasrec(reuse=True, seed=s)[0] for s in seeds])
+
     def with_teacher_targets(self, examples: Sequence[Any]) -> list[Any]:
-        """The sequence examples with SASRec's soft targets attached (model/distill.py)."""
-        teacher, _, _ = self.sasrec(reuse=True)
+        """The sequence examples with the teacher's soft targets attached (model/distill.py)."""
+        teacher = self.teacher()
         trie, leaf_items = self.training_trie_and_items()
         softmax = TrieSoftmax(trie)
         paths = TriePaths(trie, leaf_items, softmax, teacher.items)
@@ -611,6 +629,9 @@ class Run:
             # a distilled model's teacher is this same fit: reuse it rather than fit a second one
             reuse = cfg.eval.reuse_fitted_sasrec or cfg.train.distill_weight > 0
             recommenders["sasrec"], fit, self.timings["sasrec_reused"] = self.sasrec(reuse)
+            if cfg.train.distill_weight > 0 and cfg.train.distill_teacher_seeds:
+                # what an ensemble-distilled LM learnt from, scored beside it (a reference row, not the baseline)
+                recommenders["sasrec_ensemble"] = self.teacher()
         rankings: dict[str, list[list[str]]] = {}
         for name, rec in recommenders.items() if cfg.eval.test else []:
             results[name], rankings[name] = evaluate_recommender(

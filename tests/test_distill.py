@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from adgen.core.catalogue import HistoryEvent, SplitExample
 from adgen.index.semantic_ids import SemanticIdMap
 from adgen.model.baselines import SASRecConfig, SASRecRecommender
-from adgen.model.distill import TriePaths, soft_targets
+from adgen.model.distill import EnsembleTeacher, TriePaths, soft_targets
 from adgen.model.lm_training import IGNORE, SequenceExample, collate
 from adgen.model.trie_loss import TrieSoftmax
 
@@ -88,3 +89,31 @@ def test_an_ad_the_teacher_does_not_know_keeps_its_place_in_the_sequence(setup) 
     probs = teacher.next_probs(["a", "unknown", "d"])
     assert probs.shape == (3, len(teacher.items)) and torch.allclose(probs.sum(1), torch.ones(3))
     assert not torch.allclose(probs[2], teacher.next_probs(["a", "d"])[1])  # the gap is padding, not dropped
+
+
+def test_an_ensemble_teacher_is_the_mean_of_its_members_distributions(setup) -> None:
+    sid_map, softmax, teacher, paths = setup
+    other = SASRecRecommender([*ADS, "gone"], SASRecConfig(hidden=8, blocks=1, heads=1, max_len=4, seed=4))
+    other.net.eval()
+    ensemble = EnsembleTeacher([teacher, other])
+    sequence = ["a", "d", "c"]
+    expected = (teacher.next_probs(sequence) + other.next_probs(sequence)) / 2
+    assert torch.allclose(ensemble.next_probs(sequence), expected)
+    _, labels = labelled(sid_map, [*sequence, "e"])
+    soft = soft_targets(ensemble, labels, softmax, paths)  # usable wherever one SASRec is
+    assert np.allclose(soft[3:].sum(1), 1.0, atol=1e-5)
+    assert not np.allclose(soft, soft_targets(teacher, labels, softmax, paths))
+    histories = [["a", "d"], ["c"]]
+    users = [
+        SplitExample(
+            user_id=f"u{n}", history=[HistoryEvent(ts=t, kind="ad_click", ref=ad) for t, ad in enumerate(h)], target="a"
+        )
+        for n, h in enumerate(histories)
+    ]
+    mean = (teacher.last_probs(users) + other.last_probs(users)) / 2
+    assert torch.allclose(ensemble.last_probs(users), mean)
+    best = [[ensemble.items[i] for i in row] for row in mean.topk(3, dim=-1).indices.tolist()]
+    assert ensemble.recommend(users, 3) == best
+    shuffled = SASRecRecommender(["gone", *ADS], SASRecConfig(hidden=8, blocks=1, heads=1, max_len=4, seed=4))
+    with pytest.raises(ValueError, match="candidate list"):
+        EnsembleTeacher([teacher, shuffled])
