@@ -115,7 +115,15 @@ class ModelSettings(BaseModel):
         description="Model registry dir (model/registry.py): the worker serves its current version, ignores "
         "`checkpoint`, and swaps in newly published versions (checked against the live index) while it runs.",
     )
-    reload_interval_s: float = Field(30.0, gt=0, description="How often a worker checks the registry's pointer.")
+    ci_registry: Path | None = Field(
+        None,
+        description="CI model registry dir (the same layout, `adgen model publish --kind ci`): the worker's search "
+        "path serves its current version instead of the CI build's own model, and swaps in newly published "
+        "versions (checked against the live CI set) while it runs.",
+    )
+    reload_interval_s: float = Field(
+        30.0, gt=0, description="How often a worker checks the registry's pointer (and the CI registry's)."
+    )
     encoder: str = Field("all-MiniLM-L6-v2", description="Package default or a local sentence-transformers path.")
     backend: Literal["torch", "tensorrt_llm"] = "torch"
     device: str = "cpu"

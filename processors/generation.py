@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from adgen.core.checksums import weights_label
 from adgen.core.clock import utc_now
 from adgen.core.config import BudgetSettings, ModelSettings, WindowSettings
 from adgen.model.ad_head import AdPrior
@@ -95,10 +95,7 @@ class LeadreGenerator:
         if self.recipe.ad_prior_weight > 0 and self.ad_tokens is None:
             raise ValueError(f"{layout.recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
         self._prior: tuple[str, AdPrior] | None = None  # the next-ad prior of the last index version decoded
-        digest = hashlib.blake2b(digest_size=6)
-        for path in sorted(layout.lm_dir.glob("*.safetensors")):
-            digest.update(path.read_bytes())
-        self.model_version = f"{checkpoint.name}-{digest.hexdigest()}"
+        self.model_version = weights_label(checkpoint.name, layout.lm_dir.glob("*.safetensors"))
 
     def token_offset(self, sid_vocabulary: Sequence[str]) -> int:
         from adgen.model.tokenizer import token_offset

@@ -89,6 +89,20 @@ class WorkerMetrics:
             ["outcome"],
             registry=r,
         )
+        # the search path's CI model has metrics of its own: a label on the two above would change the label
+        # set every existing LEADRE series and query is written against
+        self.ci_model_version = Gauge(
+            "adgen_ci_model_version",
+            "1 for the CI model version the search path serves (0 for ones it served before).",
+            ["version"],
+            registry=r,
+        )
+        self.ci_model_reloads = Counter(
+            "adgen_ci_model_reloads",
+            "CI registry versions swapped in (loaded) or refused, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
 
     def observe_redis_write(self, kind: str, seconds: float, keys: int) -> None:
         self.redis_write_seconds.labels(kind).observe(seconds)

@@ -16,29 +16,27 @@ once with the reason (`adgen_model_reloads_total{outcome="refused"}`) and the cu
 reloader tries again only when the pointer moves (a new publish, `adgen model use`, `adgen model rollback`).
 `adgen_model_version{version}` is 1 for the version being served, under the name every list it generates
 carries in Redis (`UserAds.model_version`: the registry version and a digest of its weights, e.g. v0002-3f2a9c01b7d4).
+The polling, refusing and swapping are `RegistryFollower`'s (processors/registry_follower.py, shared with the
+CI model's reloader); this module holds what is LEADRE's: the checks and the generator swap.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from adgen.core.catalogue import UserProfile
-from adgen.model.registry import ModelRegistry, RegistryError
+from adgen.model.registry import ModelRegistry
 from adgen.processors.ad_indexer import LiveAdIndex
 from adgen.processors.generation import GenerationService, Generator, LeadreGenerator
 from adgen.processors.metrics import WorkerMetrics
+from adgen.processors.registry_follower import RegistryFollower, VersionRefused
 from adgen.processors.window_state import UserWindow, WindowEntry
-from adgen.processors.worker_parts import Component
-
-log = logging.getLogger(__name__)
 
 GeneratorLoader = Callable[[Path], Generator]
 
 
-class ModelRefused(RuntimeError):
+class ModelRefused(VersionRefused):
     """A version the live index cannot be served with (the message says why)."""
 
 
@@ -89,8 +87,8 @@ def check_compatible(generator: Generator, registry: ModelRegistry, version: str
         raise ModelRefused(f"its probe list is not distinct live ads: {ids[:5]}")
 
 
-class ModelReloader(Component):
-    """Follows the registry's pointer; loads, checks and swaps in new versions (see the module docstring)."""
+class ModelReloader(RegistryFollower):
+    """Follows the registry's pointer; loads, checks and swaps in new LEADRE versions (see the module docstring)."""
 
     def __init__(
         self,
@@ -102,59 +100,17 @@ class ModelReloader(Component):
         metrics: WorkerMetrics,
         interval_s: float,
     ) -> None:
-        super().__init__()
-        self.registry = registry
-        self.serving = serving
+        label = generation.generator.model_version
+        super().__init__(registry, serving, label, metrics.model_version, metrics.model_reloads, interval_s)
         self.generation = generation
         self.live = live
         self.load = load
-        self.metrics = metrics
-        self.interval_s = interval_s
-        self.refused: dict[str, str] = {}
-        metrics.model_version.labels(generation.generator.model_version).set(1)
 
-    @Component.task
-    async def _watch(self) -> None:
-        while not self.should_stop:
-            await self.sleep(self.interval_s)
-            if not self.should_stop:
-                await self.check()
-
-    async def check(self) -> str | None:
-        """Swap to the pointer's version if it is new and passes every check; returns the version swapped in."""
-        try:
-            wanted = self.registry.current()
-        except (OSError, ValueError) as exc:  # a pointer being replaced, or garbage: try again next time
-            log.warning(
-                "model registry %s: cannot read its pointer (%s); still serving %s",
-                self.registry.root,
-                exc,
-                self.serving,
-            )
-            return None
-        if wanted is None or wanted == self.serving or wanted in self.refused:
-            return None
-        try:
-            generator = await asyncio.to_thread(self._load_checked, wanted)
-        except Exception as exc:  # any failure to load or check refuses the version, never the worker
-            self.refused[wanted] = str(exc)
-            self.metrics.model_reloads.labels("refused").inc()
-            log.error("model version %s refused: %s; still serving %s", wanted, exc, self.serving)
-            return None
-        before = self.generation.generator.model_version
-        self.generation.swap_generator(generator)
-        self.metrics.model_version.labels(before).set(0)
-        self.metrics.model_version.labels(generator.model_version).set(1)
-        self.metrics.model_reloads.labels("loaded").inc()
-        log.warning("model version %s serving from the next batch (was %s)", wanted, self.serving)
-        self.serving = wanted
-        return wanted
-
-    def _load_checked(self, version: str) -> Generator:
-        try:
-            path = self.registry.verify(version)
-        except RegistryError as exc:
-            raise ModelRefused(str(exc)) from exc
+    def load_checked(self, version: str, path: Path) -> Generator:
         generator = self.load(path)
         check_compatible(generator, self.registry, version, self.live)
         return generator
+
+    def swap(self, loaded: Generator) -> str:
+        self.generation.swap_generator(loaded)
+        return loaded.model_version

@@ -18,6 +18,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -101,11 +102,34 @@ class SearchResult(BaseModel):
     cis: list[ScoredCI]
     ads: list[ScoredAd]
     index_version: str
+    model_version: str = ""  # the CI model whose CIs these are (a cache hit: the model that filled the cache)
     latency_ms: float
 
 
+@dataclass(frozen=True)
+class ServingState:
+    """What one query batch or ad upsert decodes with: a CI model, its trie over the CI set, the mapper over
+    both and the head cache that model answered. The worker replaces it whole (`SearchService.swap_model`)
+    and never changes it in place, so no batch mixes one model with another's trie or cached answers."""
+
+    model: CIModel
+    trie: TrieArrays
+    mapper: CIQueryMapper
+    head_cache: dict[str, dict[int, float]]
+
+
+def _answers(mapper: CIQueryMapper, queries: Sequence[str], batch_size: int) -> dict[str, dict[int, float]]:
+    """Each normalised query's CI distribution by `mapper`, in batches."""
+    out: dict[str, dict[int, float]] = {}
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        out.update(zip(chunk, mapper(chunk), strict=True))
+    return out
+
+
 class SearchService:
-    """The query path over one CI index, CI trie, CI model and head cache (CI id -> prob per query)."""
+    """The query path over one CI index and a serving state (CI model, CI trie, mapper, head cache of CI id ->
+    prob per query). Each batch reads the state once; `swap_model` replaces it between batches."""
 
     def __init__(
         self,
@@ -116,17 +140,58 @@ class SearchService:
         config: SearchConfig | None = None,
     ) -> None:
         self.index = index
-        self.model = model
-        self.trie = trie if trie is not None else model.ci_trie(index.ci_set)
-        self.head_cache: dict[str, dict[int, float]] = {q: dict(c) for q, c in (head_cache or {}).items()}
         self.config = config or SearchConfig()
-        self.mapper = CIQueryMapper(model, self.trie, index.ci_set, self.config)
+        trie = trie if trie is not None else model.ci_trie(index.ci_set)
+        mapper = CIQueryMapper(model, trie, index.ci_set, self.config)
+        self.state = ServingState(model, trie, mapper, {q: dict(c) for q, c in (head_cache or {}).items()})
         self.stats: Counter[str] = Counter()
+
+    # the served state's parts, read-only (a caller holding one of them across a swap keeps the old one)
+    @property
+    def model(self) -> CIModel:
+        return self.state.model
+
+    @property
+    def trie(self) -> TrieArrays:
+        return self.state.trie
+
+    @property
+    def mapper(self) -> CIQueryMapper:
+        return self.state.mapper
+
+    @property
+    def head_cache(self) -> dict[str, dict[int, float]]:
+        """The served head cache (offline tools may clear it; the worker only ever swaps whole states)."""
+        return self.state.head_cache
+
+    @property
+    def model_version(self) -> str:
+        return self.state.model.model_version
+
+    # -- the served model ---------------------------------------------------------------------------------
+    def state_for(
+        self, model: CIModel, trie: TrieArrays | None = None, head_queries: Sequence[str] | None = None
+    ) -> ServingState:
+        """A state serving `model` over this index's CI set: its trie (given, or built), a mapper, and the head
+        queries (default: the served head cache's) answered by `model`, so cached answers always come from the
+        model being served. Decodes every head query: build it off the serving path."""
+        trie = trie if trie is not None else model.ci_trie(self.index.ci_set)
+        mapper = CIQueryMapper(model, trie, self.index.ci_set, self.config)
+        queries = list(self.state.head_cache if head_queries is None else head_queries)
+        return ServingState(model, trie, mapper, _answers(mapper, queries, batch_size=64))
+
+    def swap_model(self, state: ServingState) -> ServingState:
+        """Serve `state` from the next query batch or ad upsert on (one under way finishes with the state it
+        read); returns the state it replaces."""
+        if state.trie.num_values != self.index.num_cis:
+            raise ValueError(f"the state's trie holds {state.trie.num_values} CIs, the index {self.index.num_cis}")
+        previous, self.state = self.state, state
+        return previous
 
     # -- queries ------------------------------------------------------------------------------------------
     def generate_cis(self, normalised: Sequence[str]) -> list[dict[int, float]]:
         """Each already-normalised query's CI distribution (CI model fused with lexical matching, per config)."""
-        return self.mapper(normalised)
+        return self.state.mapper(normalised)
 
     def search(self, raw: object, top_n: int | None = None) -> SearchResult:
         """Answer one raw query (raises QueryError for bad input)."""
@@ -135,23 +200,24 @@ class SearchService:
     def search_batch(self, raws: Sequence[object], top_n: int | None = None) -> list[SearchResult]:
         """Answer several valid queries; cache misses share one batched model call."""
         started = time.perf_counter()
+        state = self.state  # once: a swap meanwhile never mixes two models in one batch
         normalised = [validate_query(r) for r in raws]
-        misses = sorted({q for q in normalised if q not in self.head_cache})
-        generated = dict(zip(misses, self.generate_cis(misses), strict=True)) if misses else {}
+        misses = sorted({q for q in normalised if q not in state.head_cache})
+        generated = dict(zip(misses, state.mapper(misses), strict=True)) if misses else {}
         elapsed_ms = 1000 * (time.perf_counter() - started)
         out = []
         for raw, q in zip(raws, normalised, strict=True):
             t0 = time.perf_counter()
-            hit = q in self.head_cache
-            cis = self.head_cache[q] if hit else generated[q]
+            hit = q in state.head_cache
+            cis = state.head_cache[q] if hit else generated[q]
             self.stats["cache_hit" if hit else "cache_miss"] += 1
-            out.append(
-                self._answer(str(raw), q, "cache" if hit else "model", cis, top_n, t0, 0.0 if hit else elapsed_ms)
-            )
+            source: Literal["cache", "model"] = "cache" if hit else "model"
+            out.append(self._answer(state, str(raw), q, source, cis, top_n, t0, 0.0 if hit else elapsed_ms))
         return out
 
     def _answer(
         self,
+        state: ServingState,
         raw: str,
         normalised: str,
         source: Literal["cache", "model"],
@@ -160,7 +226,7 @@ class SearchService:
         t0: float,
         shared_ms: float,
     ) -> SearchResult:
-        ranked = self.mapper.rank(self.index, normalised, cis, top_n or self.config.top_n)
+        ranked = state.mapper.rank(self.index, normalised, cis, top_n or self.config.top_n)
         texts = self.index.ci_set.texts
         return SearchResult(
             query=raw,
@@ -171,6 +237,7 @@ class SearchService:
             # constructing each model in Python (half the cost of a cache hit was that loop).
             ads=[{"ad_id": a, "score": s} for a, s in ranked],
             index_version=self.index.version,
+            model_version=state.model.model_version,
             latency_ms=shared_ms + 1000 * (time.perf_counter() - t0),
         )
 
@@ -183,19 +250,19 @@ class SearchService:
             if q and len(q) <= MAX_QUERY_CHARS:
                 counts[q] += n
         head = [q for q, _ in counts.most_common(size)]
-        for start in range(0, len(head), batch_size):
-            chunk = head[start : start + batch_size]
-            self.head_cache.update(zip(chunk, self.generate_cis(chunk), strict=True))
+        state = self.state
+        self.state = replace(state, head_cache={**state.head_cache, **_answers(state.mapper, head, batch_size)})
         return len(head)
 
     def head_cache_json(self) -> dict[str, dict[str, float]]:
-        return {q: {str(ci): p for ci, p in cis.items()} for q, cis in self.head_cache.items()}
+        return _head_cache_json(self.state)
 
     # -- ads ----------------------------------------------------------------------------------------------
     def upsert_ads(self, items: Sequence[Item]) -> dict[str, dict[int, float]]:
         """New or changed ads get their catalogue CIs and CIs by constrained inference into the existing set,
         weighted as in the build; the index updates as one change (queries see all of these ads' CIs or none)."""
-        assigned = assign_ads(self.model, self.trie, self.index.ci_set, items, self.config)
+        state = self.state  # once: the model and the trie of one version
+        assigned = assign_ads(state.model, state.trie, self.index.ci_set, items, self.config)
         if assigned:
             self.index.update(assigned)
         return assigned
@@ -204,21 +271,35 @@ class SearchService:
         return self.index.remove_ad(ad_id)
 
     def save_snapshot(self, root: Path, keep: int = 5) -> Path:
-        """Publish the index as it is now (new ads' CIs included) as the next CI snapshot; prune to `keep`."""
-        sequences = self.model.ci_sequences(self.index.ci_set)
-        path = save_snapshot(root, self.index, sequences, self.head_cache_json(), self.model.fingerprint())
+        """Publish the index as it is now (new ads' CIs included) as the next CI snapshot, with the served
+        model's CI token ids, head cache, fingerprint and version; prune to `keep`."""
+        state = self.state
+        model = state.model
+        path = save_snapshot(
+            root,
+            self.index,
+            model.ci_sequences(self.index.ci_set),
+            _head_cache_json(state),
+            model.fingerprint(),
+            model.model_version,
+        )
         SnapshotStore(root, CI_KIND).prune(keep)
         return path
 
     @classmethod
     def from_build(
-        cls, build_dir: Path, model_settings: ModelSettings | None = None, **overrides: Any
+        cls,
+        build_dir: Path,
+        model_settings: ModelSettings | None = None,
+        model_dir: Path | None = None,
+        **overrides: Any,
     ) -> SearchService:
         """Load an `adgen ci build` directory with the serving settings it chose on validation (serving.json),
-        decoding on `model_settings.backend`; `overrides` replace single settings (e.g. top_n)."""
+        decoding on `model_settings.backend` with its own model or the CI model in `model_dir` (e.g. a registry
+        version); `overrides` replace single settings (e.g. top_n)."""
         build_dir = Path(build_dir)
         config = ServingConfig.load(build_dir).model_copy(update=overrides)
-        return cls.from_snapshot(build_dir / "snapshots", build_dir / "model", config, model_settings)
+        return cls.from_snapshot(build_dir / "snapshots", model_dir or build_dir / "model", config, model_settings)
 
     @classmethod
     def from_snapshot(
@@ -228,16 +309,27 @@ class SearchService:
         config: SearchConfig | None = None,
         model_settings: ModelSettings | None = None,
     ) -> SearchService:
-        """Load the newest valid CI snapshot and the CI model it was built with (on `model_settings.backend`)."""
+        """Load the newest valid CI snapshot with the CI model in `model_dir` (on `model_settings.backend`). The
+        snapshot's head cache is kept when that model answered it (the same version, or an unrecorded one with
+        the same tokenizer), else the model answers its queries again."""
         snap = load_latest_snapshot(snapshot_root)
         model = CIModel.load(model_dir, model_settings)
-        fp = snap.manifest.tokenizer_fingerprint
-        if fp and snap.token_sequences is not None and fp == model.fingerprint():
+        manifest = snap.manifest
+        same_tokenizer = bool(manifest.tokenizer_fingerprint) and manifest.tokenizer_fingerprint == model.fingerprint()
+        if same_tokenizer and snap.token_sequences is not None:
             trie = build_ci_trie(snap.token_sequences)
-        else:
-            trie = model.ci_trie(snap.ci_set)
+        else:  # another tokenizer: it must represent every CI (CIError/CIModelError naming one it cannot)
+            trie = build_ci_trie(model.checked_ci_sequences(snap.ci_set))
         head = {q: {int(ci): float(p) for ci, p in cis.items()} for q, cis in (snap.head_cache or {}).items()}
-        return cls(snap.to_index(), model, trie, head, config)
+        answered_by_model = manifest.model_version == model.model_version if manifest.model_version else same_tokenizer
+        service = cls(snap.to_index(), model, trie, head if answered_by_model else None, config)
+        if head and not answered_by_model:
+            service.swap_model(service.state_for(model, trie, list(head)))
+        return service
+
+
+def _head_cache_json(state: ServingState) -> dict[str, dict[str, float]]:
+    return {q: {str(ci): p for ci, p in cis.items()} for q, cis in state.head_cache.items()}
 
 
 def query_frequencies(texts: Iterable[str]) -> Counter[str]:

@@ -2,6 +2,7 @@
 
     settings -> newest valid index snapshot (+ frozen RQ-VAE, encoder) -> LiveAdIndex
              -> generator (checkpoint, model.backend) ;  CI build under <paths.index>/ci -> search service
+                (its CI model: the CI registry's current version with model.ci_registry, else the build's own)
 
     component          input                 owns                                    module
     AdIndexer          ad-updates            broadcast reader, live index updates     processors/ad_updates.py
@@ -12,6 +13,8 @@
     LagReporter        a timer               the consumer-lag gauges                  processors/lag.py
     ModelReloader      the registry pointer  the served model version                 processors/model_reload.py
                        (only with model.registry)
+    CIModelReloader    the CI registry       the search path's served CI model        processors/ci_reload.py
+                       pointer (only with model.ci_registry and a CI build)
 
 Shared explicit objects: one Redis client, the dead-letter sink, readiness flags and the index lock (ad
 batches vs snapshots); with `budget.shared` the generation budget lives in Redis too. Components are mode
@@ -34,6 +37,7 @@ from adgen.model.backends import BackendUnavailable
 from adgen.model.registry import ModelRegistry, RegistryError
 from adgen.processors.ad_indexer import LiveAdIndex
 from adgen.processors.ad_updates import AdIndexer
+from adgen.processors.ci_reload import CIModelRefused, CIModelReloader, check_served
 from adgen.processors.feature_store import FeatureStore
 from adgen.processors.generation import GenerationService, Generator, LeadreGenerator, set_torch_threads
 from adgen.processors.lag import LagReporter
@@ -47,6 +51,7 @@ from adgen.processors.snapshots import Snapshots
 from adgen.processors.window_consumer import BehaviorWindows
 from adgen.processors.worker_parts import Component, DeadLetters, Readiness
 from adgen.search.ci_index import CIError
+from adgen.search.ci_model import CIModel, CIModelError
 from adgen.streams.app import create_app, declare_topics, raw_topic
 from adgen.streams.topics import INDEX_SNAPSHOTS
 
@@ -80,7 +85,7 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
                 f"model version {version} of {registry.root} cannot serve this index: {exc}. "
                 "Serve another one (`adgen model use VERSION` or `adgen model rollback`)"
             ) from exc
-    search = load_search(settings)
+    ci_registry, ci_version, search = load_served_search(settings)
     app = create_app(settings, web_enabled=search is not None)
     topics = declare_topics(app, settings)
     metrics = WorkerMetrics()
@@ -105,24 +110,61 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
         settings.worker.snapshot_interval_s, live, snapshots, notices, metrics, readiness, index_lock, ci=retrieval
     )
     lag = LagReporter(metrics, [c for c in (windows, ad_index, retrieval) if c is not None])
-    reloader = None
-    if registry is not None and version is not None:
-        reloader = ModelReloader(
-            registry,
-            version,
-            generation,
-            live,
-            lambda path: LeadreGenerator(path, settings.model, settings.window),
-            metrics,
-            settings.model.reload_interval_s,
-        )
-    else:
-        metrics.model_version.labels(generator.model_version).set(1)
+    reloaders = [
+        model_reloader(settings, registry, version, generation, live, metrics),
+        ci_model_reloader(settings, ci_registry, ci_version, search, metrics),
+    ]
     components: list[Component] = [
-        c for c in (retrieval, ad_index, generation, windows, snapshotter, lag, reloader) if c is not None
+        c for c in (retrieval, ad_index, generation, windows, snapshotter, lag, *reloaders) if c is not None
     ]
     start_with_app(app, components)
     return Worker(settings, app, metrics, live, components)
+
+
+def model_reloader(
+    settings: Settings,
+    registry: ModelRegistry | None,
+    version: str | None,
+    generation: GenerationService,
+    live: LiveAdIndex,
+    metrics: WorkerMetrics,
+) -> ModelReloader | None:
+    """The LEADRE model's reloader when the generator came from a registry (else only its version gauge)."""
+    if registry is None or version is None:
+        metrics.model_version.labels(generation.generator.model_version).set(1)
+        return None
+    return ModelReloader(
+        registry,
+        version,
+        generation,
+        live,
+        lambda path: LeadreGenerator(path, settings.model, settings.window),
+        metrics,
+        settings.model.reload_interval_s,
+    )
+
+
+def ci_model_reloader(
+    settings: Settings,
+    registry: ModelRegistry | None,
+    version: str | None,
+    search: SearchService | None,
+    metrics: WorkerMetrics,
+) -> CIModelReloader | None:
+    """The CI model's reloader when the search path runs with a CI registry (else only its version gauge)."""
+    if search is None:
+        return None
+    if registry is None:
+        metrics.ci_model_version.labels(search.model_version).set(1)
+        return None
+    return CIModelReloader(
+        registry,
+        version,
+        search,
+        lambda path: CIModel.load(path, settings.model),
+        metrics,
+        settings.model.reload_interval_s,
+    )
 
 
 def start_with_app(app: faust.App, components: list[Component]) -> None:
@@ -188,14 +230,35 @@ def load_live_index(settings: Settings, generator: Generator) -> tuple[SnapshotS
 
 def load_search(settings: Settings) -> SearchService | None:
     """The RARE search service when a CI build exists under <paths.index>/ci (from `adgen ci build`), else None."""
+    return load_served_search(settings)[2]
+
+
+def load_served_search(settings: Settings) -> tuple[ModelRegistry | None, str | None, SearchService | None]:
+    """(CI registry, the version served, search service) when a CI build exists under <paths.index>/ci, else
+    Nones. The CI model is the CI registry's current version (settings.model.ci_registry), else the build's own
+    (<paths.index>/ci/model, version None); either must represent the newest CI snapshot's CI set."""
     root = settings.paths.index / "ci"
     if not ((root / "snapshots").is_dir() and (root / "model").is_dir()):
-        return None
+        return None, None, None
+    registry = ModelRegistry(settings.model.ci_registry) if settings.model.ci_registry is not None else None
+    version = registry.current() if registry is not None else None
+    model_dir = root / "model"
+    hint = ""
+    if registry is not None and version is not None:
+        hint = ". Serve another CI model version: `adgen model rollback --kind ci` or `adgen model use --kind ci`"
+        try:
+            model_dir = registry.verify(version)
+        except RegistryError as exc:
+            raise WorkerSetupError(f"{exc}{hint}") from exc
     try:
         # the serving settings the build chose on validation (serving.json), decoded on model.backend
-        return SearchService.from_build(root, settings.model)
-    except (CIError, BackendUnavailable) as exc:
-        raise WorkerSetupError(f"the search path cannot start from {root}: {exc}") from exc
+        service = SearchService.from_build(root, settings.model, model_dir=model_dir)
+        check_served(service)
+    except (CIError, CIModelError, CIModelRefused, BackendUnavailable) as exc:
+        raise WorkerSetupError(
+            f"the search path cannot start from {root} with the CI model {model_dir}: {exc}{hint}"
+        ) from exc
+    return registry, version, service
 
 
 def run_worker(settings: Settings, generator: Generator | None = None) -> None:

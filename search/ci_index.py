@@ -437,6 +437,7 @@ class CISnapshotManifest(BaseModel):
     num_cis: int
     num_ads: int
     tokenizer_fingerprint: str = ""
+    model_version: str = Field("", description="The CI model that answered its head cache ('' when not recorded).")
     files: dict[str, str] = Field(description="file name -> sha256")
 
 
@@ -446,11 +447,13 @@ def save_snapshot(
     token_sequences: Sequence[Sequence[int]] | None = None,
     head_cache: Mapping[str, object] | None = None,
     tokenizer_fingerprint: str = "",
+    model_version: str = "",
 ) -> Path:
     """Publish the next version under `root` atomically (index/snapshot.py's store); returns its path.
 
     JSON for the CI set and ad -> CIs (CI -> ads is derived on load, so the two can never disagree on disk),
-    npy for the CI token sequences (flat tokens + offsets).
+    npy for the CI token sequences (flat tokens + offsets). `model_version`: the CI model that answered
+    `head_cache` (`CIModel.model_version`), so a loader serving another model knows to answer it again.
     """
     view = index.view
     view.check_consistency(index.num_cis)
@@ -473,6 +476,7 @@ def save_snapshot(
         "num_cis": index.num_cis,
         "num_ads": len(view.ad_cis),
         "tokenizer_fingerprint": tokenizer_fingerprint,
+        "ci_model_version": model_version,
     }
     try:
         snapshot = SnapshotStore(root, CI_KIND).write(
@@ -518,6 +522,7 @@ def _read(snapshot: Snapshot) -> CISnapshot:
             num_cis=int(meta["num_cis"]),
             num_ads=int(meta["num_ads"]),
             tokenizer_fingerprint=str(meta.get("tokenizer_fingerprint", "")),
+            model_version=str(meta.get("ci_model_version", "")),
             files={name: entry.sha256 for name, entry in files.items()},
         ),
         ci_set=CISet.model_validate(snapshot.document("ci_set")),

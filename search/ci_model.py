@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from adgen.core.checksums import weights_label
 from adgen.core.config import ModelSettings
 from adgen.index.trie_arrays import TrieArrays
 from adgen.model.backends import GenerationBackend, TorchBackend, load_backend
@@ -68,12 +69,15 @@ class CIModel:
         model: PreTrainedModel,
         config: CIModelConfig,
         backend: GenerationBackend | None = None,
+        model_version: str = "",
     ) -> None:
         """`backend`: the decoder that generates CIs (`load_backend`, as `model.backend` says); None: the torch
-        decoder over `model`, created at the first generation (training never needs one)."""
+        decoder over `model`, created at the first generation (training never needs one). `model_version`: the
+        label every search result it answers carries (`load` sets it: directory name + weights digest)."""
         self.tokenizer = tokenizer
         self.model = model.eval()
         self.config = config
+        self.model_version = model_version
         self.eos_id = int(tokenizer.eos_token_id)
         self.bos_id = int(tokenizer.bos_token_id)
         self._backend = backend
@@ -101,6 +105,25 @@ class CIModel:
 
     def ci_trie(self, ci_set: CISet) -> TrieArrays:
         return build_ci_trie(self.ci_sequences(ci_set))
+
+    def checked_ci_sequences(self, ci_set: CISet) -> list[list[int]]:
+        """`ci_sequences` once this model can represent every CI of the set: no two alike, none holding the
+        tokenizer's unknown token, every id within the LM's embeddings (CIError/CIModelError naming a CI that
+        fails). What a model must pass before it serves a CI set it was not built with."""
+        sequences = self.ci_sequences(ci_set)  # CIError: two CIs tokenize identically, or EOS inside one
+        unk = self.tokenizer.unk_token_id
+        rows = self.model.get_input_embeddings().num_embeddings
+        for text, sequence in zip(ci_set.texts, sequences, strict=True):
+            if len(sequence) < 2:
+                raise CIModelError(f"CI {text!r} tokenizes to no token")
+            if unk is not None and unk in sequence:
+                raise CIModelError(f"CI {text!r} holds text its tokenizer does not know (tokens {sequence[:-1]})")
+            if max(sequence) >= rows:
+                raise CIModelError(
+                    f"CI {text!r} has token id {max(sequence)}, beyond the LM's {rows} embeddings: the tokenizer "
+                    "and the LM do not belong together"
+                )
+        return sequences
 
     def fingerprint(self) -> str:
         """Identifies the tokenizer, so a snapshot's stored CI token ids are only used with the same one."""
@@ -139,7 +162,8 @@ class CIModel:
         backend = None
         if settings is not None:  # the CI model is tiny and its prompts never repeat: no prefix cache
             backend = load_backend(settings, directory / "lm", model=lm, prefix_cache_mb=0)
-        return cls(load_tokenizer(directory / "tokenizer"), lm, config, backend)
+        version = weights_label(directory.name, (directory / "lm").glob("*.safetensors"))
+        return cls(load_tokenizer(directory / "tokenizer"), lm, config, backend, version)
 
 
 def probabilities(scored: Sequence[tuple[int, float]]) -> dict[int, float]:

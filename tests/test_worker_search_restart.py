@@ -2,7 +2,7 @@
 are written, and the CIs survive a restart through the snapshots (not by re-reading the ad's event).
 
 Harness: tests/reliability/stack.py (seeded world, built index, untrained LEADRE checkpoint, dedicated Tansu
-and redis-server); the CI build under <paths.index>/ci is a tiny CI model trained here in seconds.
+and redis-server); the CI build under <paths.index>/ci is tests/ci_builds.py's tiny CI model, trained in seconds.
 """
 
 from __future__ import annotations
@@ -11,58 +11,23 @@ import json
 import signal
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # the shared harness
 
+from ci_builds import CIS, T0, VERSION, lab_ad, write_ci_build
 from stack import Stack, build_assets, wait_for
 
-from adgen.datasets import item_from_upsert
 from adgen.index.snapshot import INDEX_KIND, SnapshotStore
 from adgen.processors.query_retrieval import SearchResult
-from adgen.search.ci_data import AD_PROMPT, QUERY_PROMPT, TextPair, ad_prompt_text
-from adgen.search.ci_index import CIIndex, CISet, load_latest_snapshot, save_snapshot
-from adgen.search.ci_model import CIModelConfig, train_ci_model
-from adgen.streams.events import AdUpsert, SearchQuery
+from adgen.search.ci_index import load_latest_snapshot
+from adgen.streams.events import SearchQuery
 
 pytestmark = pytest.mark.integration
 
-CIS = ["nitrile gloves", "glass beakers", "digital multimeter"]
-VERSION = "restart-test"
-T0 = datetime(2026, 11, 2, tzinfo=UTC)
 NEW_AD = "ad-new-beakers"
-
-
-def lab_ad(ad_id: str, ci_text: str, seconds: int = 0) -> AdUpsert:
-    return AdUpsert(
-        event_id=f"up-{ad_id}",
-        event_time=T0.replace(second=seconds),
-        ad_id=ad_id,
-        name=f"acme {ci_text} pro",
-        category_path=["Lab", ci_text],
-        ecpm=1.0,
-    )
-
-
-def write_ci_build(ci_root: Path) -> None:
-    """A CI model that maps these queries and ad texts onto their CI, and a CI index of three seed ads."""
-    ci_set = CISet(texts=CIS, support=[1] * len(CIS), aliases={t: i for i, t in enumerate(CIS)})
-    fmt = [TextPair(prompt=QUERY_PROMPT.format(text=t), response=t, stage="format") for t in CIS]
-    fmt += [
-        TextPair(
-            prompt=AD_PROMPT.format(text=ad_prompt_text(item_from_upsert(lab_ad("x", t)))), response=t, stage="format"
-        )
-        for t in CIS
-    ]
-    config = CIModelConfig(vocab_size=320, hidden_size=32, num_layers=1, num_heads=2, format_epochs=40, batch_size=16)
-    model, _ = train_ci_model([], fmt, ci_set, ci_root / "train", config)
-    model.save(ci_root / "model")
-    index = CIIndex(ci_set, version=VERSION)
-    index.update({f"seed-{i}": {i: 1.0} for i in range(len(CIS))})
-    save_snapshot(ci_root / "snapshots", index, model.ci_sequences(ci_set), {}, model.fingerprint())
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,15 @@
 """`adgen retrain` (daily retraining from what the system stored) and `adgen model list|publish|use|rollback`.
 
 The registry is `model.registry` (default `<paths.models>/registry`); workers started with
-`ADGEN_MODEL__REGISTRY` serve its current version and swap in whatever it points to next.
+`ADGEN_MODEL__REGISTRY` serve its current version and swap in whatever it points to next. `--kind ci` picks
+the search path's CI model registry instead: `model.ci_registry` (default `<paths.models>/ci-registry`),
+followed by workers started with `ADGEN_MODEL__CI_REGISTRY`.
 
     adgen retrain                      # once: stored windows + live index -> gated candidate -> maybe v000N
     adgen retrain --every 24h          # in the foreground, on a schedule (or cron: docs/operations.md)
     adgen model list                   # versions, gates, scores; * = served
     adgen model rollback               # serve the previous version again
+    adgen model publish --kind ci var/index/ci/model   # a CI model (checked against the newest CI snapshot)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -37,6 +41,22 @@ out = Console()
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="JSON or YAML settings file.")]
+
+
+class ModelKind(StrEnum):
+    """Which registry an `adgen model` command acts on."""
+
+    leadre = "leadre"
+    ci = "ci"
+
+
+KindOpt = Annotated[
+    ModelKind,
+    typer.Option(
+        "--kind", help="Which registry: the LEADRE model's (model.registry) or the CI model's (model.ci_registry)."
+    ),
+]
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -49,9 +69,11 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
-def registry_of(settings: Settings) -> ModelRegistry:
+def registry_of(settings: Settings, kind: ModelKind = ModelKind.leadre) -> ModelRegistry:
     from adgen.model.registry import ModelRegistry
 
+    if kind is ModelKind.ci:
+        return ModelRegistry(settings.model.ci_registry or settings.paths.models / "ci-registry")
     return ModelRegistry(settings.model.registry or settings.paths.models / "registry")
 
 
@@ -102,6 +124,32 @@ def publish_checkpoint(
         },
         make_current=make_current,
         extra={INDEX_ADS_FILE: "\n".join(sorted(index.sid_map.items())) + "\n"},
+    )
+    return record.version
+
+
+def publish_ci_model(registry: ModelRegistry, model_dir: Path, settings: Settings, make_current: bool = True) -> str:
+    """Import a CI model directory (`adgen ci build` writes one under <build>/model) as the next CI version,
+    after checking it loads and represents the CI set of the newest CI snapshot under <paths.index>/ci, when
+    there is one; returns the version name. The version records its tokenizer fingerprint and that CI set."""
+    from adgen.search.ci_index import CIError, load_latest_snapshot
+    from adgen.search.ci_model import CIModel, CIModelError
+
+    try:
+        model = CIModel.load(model_dir)
+    except (CIModelError, OSError, ValueError) as exc:
+        raise typer.BadParameter(f"no loadable CI model in {model_dir}: {exc}") from exc
+    data: dict[str, Any] = {"model": "ci", "tokenizer_fingerprint": model.fingerprint()}
+    snapshots = settings.paths.index / "ci" / "snapshots"
+    if snapshots.is_dir():
+        try:
+            snapshot = load_latest_snapshot(snapshots)
+            model.checked_ci_sequences(snapshot.ci_set)
+        except (CIError, CIModelError) as exc:
+            raise typer.BadParameter(f"{model_dir} cannot serve the CI set under {snapshots}: {exc}") from exc
+        data.update(ci_version=snapshot.manifest.version, num_cis=len(snapshot.ci_set.texts))
+    record = registry.publish(
+        model_dir, {"source": str(Path(model_dir).resolve()), "data": data}, make_current=make_current
     )
     return record.version
 
@@ -228,50 +276,67 @@ def retrain(
 
 
 @model_app.command("list")
-def list_versions(config_file: ConfigOpt = None) -> None:
-    """Every version: when, from what, its gate and scores; * marks the one workers serve."""
+def list_versions(kind: KindOpt = ModelKind.leadre, config_file: ConfigOpt = None) -> None:
+    """Every version: when, from what, its gate and scores (a CI model: its tokenizer and CI set); * marks the
+    one workers serve."""
     settings = load_settings(config_file)
-    registry = registry_of(settings)
+    registry = registry_of(settings, kind)
     current = registry.current()
-    table = Table(title=f"model registry {registry.root}")
-    for column in ("", "version", "created", "parent", "source", "gate", "parent score", "candidate score"):
+    table = Table(title=f"{'CI ' if kind is ModelKind.ci else ''}model registry {registry.root}")
+    details = ("tokenizer", "CI set") if kind is ModelKind.ci else ("gate", "parent score", "candidate score")
+    for column in ("", "version", "created", "parent", "source", *details):
         table.add_column(column)
     for version in registry.versions():
         info = registry.info(version)
         gate = info.gate
+        if kind is ModelKind.ci:
+            cis = info.data.get("num_cis")
+            row = (str(info.data.get("tokenizer_fingerprint", "-")), f"{info.data.get('ci_version')} ({cis} CIs)")
+        else:
+            row = (
+                ("passed" if gate.passed else "refused") + f" ({gate.metric})" if gate else "-",
+                f"{gate.parent:.4f}" if gate and gate.parent is not None else "-",
+                f"{gate.candidate:.4f}" if gate and gate.candidate is not None else "-",
+            )
         table.add_row(
             "*" if version == current else "",
             version,
             f"{info.created_at:%Y-%m-%d %H:%M}",
             info.parent or "-",
             info.source if len(info.source) < 40 else "…" + info.source[-39:],
-            ("passed" if gate.passed else "refused") + f" ({gate.metric})" if gate else "-",
-            f"{gate.parent:.4f}" if gate and gate.parent is not None else "-",
-            f"{gate.candidate:.4f}" if gate and gate.candidate is not None else "-",
+            *row,
         )
     out.print(table)
 
 
 @model_app.command("publish")
 def publish(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint dir (from `adgen train`: <out_dir>/model).")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Checkpoint dir (from `adgen train`: <out_dir>/model; --kind ci: <ci build>/model).")
+    ],
     no_current: Annotated[bool, typer.Option("--no-current", help="Publish without serving it yet.")] = False,
+    kind: KindOpt = ModelKind.leadre,
     config_file: ConfigOpt = None,
 ) -> None:
-    """Import a trained checkpoint as the next version (checked against the newest index snapshot)."""
+    """Import a trained checkpoint as the next version (checked against the newest index snapshot, or for a CI
+    model the newest CI snapshot)."""
     settings = load_settings(config_file)
+    registry = registry_of(settings, kind)
     try:
-        version = publish_checkpoint(registry_of(settings), checkpoint, latest_index(settings), not no_current)
+        if kind is ModelKind.ci:
+            version = publish_ci_model(registry, checkpoint, settings, not no_current)
+        else:
+            version = publish_checkpoint(registry, checkpoint, latest_index(settings), not no_current)
     except typer.BadParameter as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
     out.print(json.dumps({"published": version, "current": not no_current}))
 
 
-def _point(action: str, settings: Settings, version: str | None = None) -> None:
+def _point(action: str, settings: Settings, kind: ModelKind, version: str | None = None) -> None:
     from adgen.model.registry import RegistryError
 
-    registry = registry_of(settings)
+    registry = registry_of(settings, kind)
     try:
         pointer = registry.rollback() if version is None else registry.use(version)
     except RegistryError as exc:
@@ -282,13 +347,15 @@ def _point(action: str, settings: Settings, version: str | None = None) -> None:
 
 @model_app.command("use")
 def use(
-    version: Annotated[str, typer.Argument(help="Version to serve, e.g. v0003.")], config_file: ConfigOpt = None
+    version: Annotated[str, typer.Argument(help="Version to serve, e.g. v0003.")],
+    kind: KindOpt = ModelKind.leadre,
+    config_file: ConfigOpt = None,
 ) -> None:
     """Serve VERSION (verified first); running workers swap to it at their next check."""
-    _point("serving", load_settings(config_file), version)
+    _point("serving", load_settings(config_file), kind, version)
 
 
 @model_app.command("rollback")
-def rollback(config_file: ConfigOpt = None) -> None:
+def rollback(kind: KindOpt = ModelKind.leadre, config_file: ConfigOpt = None) -> None:
     """Serve the version served before the current one; running workers swap back at their next check."""
-    _point("serving", load_settings(config_file))
+    _point("serving", load_settings(config_file), kind)
