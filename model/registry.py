@@ -72,7 +72,7 @@ class VersionInfo(BaseModel):
     """version.json: what a version is, where it came from and why it was published."""
 
     version: str
-    kind: Literal["leadre"] = "leadre"
+    kind: Literal["leadre", "ci"] = Field("leadre", description="The model kind: LEADRE's LM or RARE's CI model.")
     created_at: datetime
     parent: str | None = None
     source: str = Field(description="'retrain', or the path a checkpoint was imported from.")

@@ -75,6 +75,7 @@ class CIModelReloader(RegistryFollower):
     """Follows the CI registry's pointer; loads, checks and swaps in new CI model versions (module docstring)."""
 
     what = "CI model"
+    kind = "ci"
 
     def __init__(
         self,

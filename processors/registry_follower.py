@@ -35,6 +35,7 @@ class RegistryFollower(Component):
     """Follows `registry`'s pointer and swaps checked versions in (see the module docstring)."""
 
     what = "model"  # how log lines name a version: "<what> version v0003 refused: ..."
+    kind = "leadre"  # the VersionInfo.kind this follower serves; a version of another kind is refused
 
     def __init__(
         self,
@@ -112,6 +113,11 @@ class RegistryFollower(Component):
     def _load_checked(self, version: str) -> Any:
         try:
             path = self.registry.verify(version)
+            kind = self.registry.info(version).kind
         except RegistryError as exc:
             raise VersionRefused(str(exc)) from exc
+        if kind != self.kind:
+            raise VersionRefused(
+                f"it is a {kind} model, this registry serves {self.kind} models (published to the wrong one?)"
+            )
         return self.load_checked(version, path)

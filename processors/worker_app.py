@@ -248,8 +248,11 @@ def load_served_search(settings: Settings) -> tuple[ModelRegistry | None, str | 
         hint = ". Serve another CI model version: `adgen model rollback --kind ci` or `adgen model use --kind ci`"
         try:
             model_dir = registry.verify(version)
+            kind = registry.info(version).kind
         except RegistryError as exc:
             raise WorkerSetupError(f"{exc}{hint}") from exc
+        if kind != "ci":
+            raise WorkerSetupError(f"CI registry version {version} is a {kind} model, not a CI model{hint}")
     try:
         # the serving settings the build chose on validation (serving.json), decoded on model.backend
         service = SearchService.from_build(root, settings.model, model_dir=model_dir)

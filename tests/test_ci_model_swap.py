@@ -69,7 +69,7 @@ def service(built: dict[str, Path]) -> SearchService:
 def registry(tmp_path: Path, built: dict[str, Path]) -> ModelRegistry:
     """A CI registry whose v0001 is the build's model (served, like a worker that started on it)."""
     registry = ModelRegistry(tmp_path / "ci-registry")
-    registry.publish(built["ci"] / "model", {"source": "build", "data": {"model": "ci"}})
+    registry.publish(built["ci"] / "model", {"kind": "ci", "source": "build"})
     return registry
 
 
@@ -125,7 +125,7 @@ def test_a_good_version_is_swapped_in_with_a_head_cache_it_answered_and_snapshot
     reloader = reloader_for(registry, service, metrics)
     v1_label = service.model_version
     assert v1_label.startswith("model-") and set(service.head_cache) == set(HEAD)
-    registry.publish(built["v2"], {"source": "v2", "data": {"model": "ci"}})
+    registry.publish(built["v2"], {"kind": "ci", "source": "v2"})
     assert asyncio.run(reloader.check()) == "v0002"
     v2 = service.model
     assert service.model_version.startswith("v0002-") and v2.fingerprint() == CIModel.load(built["v2"]).fingerprint()
@@ -151,7 +151,7 @@ def test_a_corrupted_version_is_refused_by_sha256_once_and_the_current_one_keeps
     metrics = WorkerMetrics()
     reloader = reloader_for(registry, service, metrics)
     before = service.state
-    bad = registry.publish(built["v2"], {"source": "v2", "data": {"model": "ci"}}).version
+    bad = registry.publish(built["v2"], {"kind": "ci", "source": "v2"}).version
     weights = registry.path_of(bad) / "lm" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -175,10 +175,21 @@ def test_a_model_whose_tokenizer_cannot_write_a_live_ci_is_refused_with_the_ci_n
 ) -> None:
     reloader = reloader_for(registry, service, WorkerMetrics())
     before = service.state
-    bad = registry.publish(built["unknown_words"], {"source": "unknown words", "data": {"model": "ci"}}).version
+    bad = registry.publish(built["unknown_words"], {"kind": "ci", "source": "unknown words"}).version
     assert asyncio.run(reloader.check()) is None
     reason = reloader.refused[bad]
     assert "cannot represent the live CI set" in reason and "'glass beakers'" in reason, reason
+    assert service.state is before
+
+
+def test_a_version_of_another_kind_is_refused_by_the_ci_reloader(
+    service: SearchService, registry: ModelRegistry, built
+) -> None:
+    reloader = reloader_for(registry, service, WorkerMetrics())
+    before = service.state
+    wrong = registry.publish(built["v2"], {"source": "v2 published as a LEADRE model"}).version  # kind: leadre
+    assert asyncio.run(reloader.check()) is None
+    assert "it is a leadre model, this registry serves ci models" in reloader.refused[wrong]
     assert service.state is before
 
 
@@ -191,12 +202,12 @@ def test_a_restarted_worker_serves_the_ci_registrys_current_version_or_refuses_t
     own = load_search(settings(None))
     assert own is not None and own.model_version.startswith("model-")
     assert own.head_cache == fresh_answers(own.model, own, list(HEAD))  # the build's cache, v1's answers
-    registry.publish(built["v2"], {"source": "v2", "data": {"model": "ci"}})
+    registry.publish(built["v2"], {"kind": "ci", "source": "v2"})
     restarted = load_search(settings(registry.root))
     assert restarted is not None and restarted.model_version.startswith("v0002-")
     # the snapshot's head cache was v1's: the restarted worker's comes from the version it serves
     assert restarted.head_cache == fresh_answers(restarted.model, restarted, list(HEAD))
-    registry.publish(built["unknown_words"], {"source": "unknown words", "data": {"model": "ci"}})
+    registry.publish(built["unknown_words"], {"kind": "ci", "source": "unknown words"})
     with pytest.raises(WorkerSetupError, match=r"'glass beakers'.*adgen model rollback --kind ci"):
         load_search(settings(registry.root))
 
@@ -216,8 +227,7 @@ def test_adgen_model_publishes_lists_and_rolls_back_ci_versions(built, tmp_path:
     assert registry.versions() == ["v0001", "v0002"] and registry.current() == "v0002"
     info = registry.info("v0002")
     v2 = CIModel.load(built["v2"])
-    assert info.data == {
-        "model": "ci",
+    assert info.kind == "ci" and info.data == {
         "tokenizer_fingerprint": v2.fingerprint(),
         "ci_version": "restart-test",
         "num_cis": len(CIS),

@@ -140,7 +140,7 @@ def test_under_a_query_stream_the_worker_swaps_ci_models_refuses_a_corrupt_one_a
         refused = run_adgen_model(stack, "publish", "--kind", "ci", str(corrupt_dir))
         assert refused.returncode == 2 and "sha256" in " ".join(refused.stderr.split())  # the CLI loads it first
         # a publisher that skipped that check: the registry's own sha256s agree, the LM's checksums do not
-        assert registry.publish(corrupt_dir, {"source": "corrupt", "data": {"model": "ci"}}).version == "v0003"
+        assert registry.publish(corrupt_dir, {"kind": "ci", "source": "corrupt"}).version == "v0003"
         wait_for(
             lambda: stack.workers["w1"].metrics().get('adgen_ci_model_reloads_total{outcome="refused"}', 0) >= 1,
             120,

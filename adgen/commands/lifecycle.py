@@ -139,7 +139,7 @@ def publish_ci_model(registry: ModelRegistry, model_dir: Path, settings: Setting
         model = CIModel.load(model_dir)
     except (CIModelError, OSError, ValueError) as exc:
         raise typer.BadParameter(f"no loadable CI model in {model_dir}: {exc}") from exc
-    data: dict[str, Any] = {"model": "ci", "tokenizer_fingerprint": model.fingerprint()}
+    data: dict[str, Any] = {"tokenizer_fingerprint": model.fingerprint()}
     snapshots = settings.paths.index / "ci" / "snapshots"
     if snapshots.is_dir():
         try:
@@ -149,7 +149,7 @@ def publish_ci_model(registry: ModelRegistry, model_dir: Path, settings: Setting
             raise typer.BadParameter(f"{model_dir} cannot serve the CI set under {snapshots}: {exc}") from exc
         data.update(ci_version=snapshot.manifest.version, num_cis=len(snapshot.ci_set.texts))
     record = registry.publish(
-        model_dir, {"source": str(Path(model_dir).resolve()), "data": data}, make_current=make_current
+        model_dir, {"kind": "ci", "source": str(Path(model_dir).resolve()), "data": data}, make_current=make_current
     )
     return record.version
 
