@@ -20,7 +20,7 @@ MAIN = "leadre"
 METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
 LABELS = {
     "leadre": "LEADRE (sequence prompt + ad-ID tokens + distillation from 3 SASRec fits; the chosen config)",
-    "single_teacher": "LEADRE as above, distilled from the run's own SASRec alone",
+    "single_teacher": "LEADRE distilled from its own SASRec alone (24 epochs; the recipe before the ensemble teacher)",
     "distill16": "LEADRE distilled from its own SASRec, 16 epochs instead of 24",
     "no_distill": "LEADRE without distillation (16 epochs; the recipe before it)",
     "tiger": "same LM, S-ID sequence only (TIGER-style input; no distillation)",
@@ -29,7 +29,8 @@ LABELS = {
 
 BASELINE_LABELS = {
     "sasrec": "SASRec (tuned on validation)",
-    "sasrec_ensemble": "mean of the SASRec fits of seeds 0-2 (the distillation teacher; a reference, not the baseline)",
+    "sasrec_ensemble": "mean of the SASRec fits of seeds 0-2 (the distillation teacher, the same in every run; a "
+    "reference, not the baseline)",
 }
 
 
@@ -278,7 +279,7 @@ def aggregate(sources: Sources) -> dict[str, Any]:
     runs = _runs(sources)
     models: dict[str, dict[str, Any]] = {}
     for variant, per_variant in runs.items():
-        names = ["leadre", "sasrec", "popularity"] if variant == MAIN else ["leadre"]
+        names = ["leadre", "sasrec", "sasrec_ensemble", "popularity"] if variant == MAIN else ["leadre"]
         for name in names:
             key = name if variant == MAIN else variant
             got = [r[name] for _, r, _ in per_variant if name in r]
