@@ -21,7 +21,7 @@ import torch
 
 from adgen.model.baselines import SASRecRecommender, ad_ids
 from adgen.model.metrics import ranking_metrics
-from adgen.model.pipeline import Run, load_config
+from adgen.model.pipeline import Run
 
 #: (label, lowest count, highest count) of each bucket of a target's training occurrences
 BUCKETS = [("0", 0, 0), ("1-2", 1, 2), ("3-9", 3, 9), ("10-29", 10, 29), ("30+", 30, None)]
@@ -32,10 +32,8 @@ def bucket_of(count: int) -> str:
 
 
 def diagnose(config: Path, seed: int, work: Path) -> dict[str, dict[str, dict[str, float]]]:
-    cfg = load_config(config, seed=seed, out_dir=str(work))
-    run = Run(cfg)
-    run.load_trained()
-    run.model.eval()
+    run = Run.trained(config, seed, work)
+    cfg = run.cfg
     counts = Counter(ad for e in run.split.valid for ad in ad_ids(e.history))
     sas_cfg = cfg.eval.sasrec.model_copy(update={"seed": cfg.seed, "torch_threads": cfg.train.torch_threads})
     sasrec = SASRecRecommender(sorted(run.data.active_items()), sas_cfg)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from adgen.model.metrics import ranking_metrics
-from adgen.model.pipeline import Run, load_config
+from adgen.model.pipeline import Run
 
 
 def main() -> None:
@@ -31,11 +31,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {"out_dir": str(args.run_dir)} if args.run_dir is not None else {}
-    cfg = load_config(args.config, seed=args.seed, **overrides)
-    run = Run(cfg)
-    run.load_trained()
-    run.model.eval()
+    run = Run.trained(args.config, args.seed, args.run_dir)
+    cfg = run.cfg
     targets = [e.target for e in run.valid]
     rows = []
     for weight in [float(w) for w in args.weights.split(",")]:

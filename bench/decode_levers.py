@@ -24,7 +24,7 @@ import torch
 
 from adgen.model.baselines import ad_ids
 from adgen.model.metrics import ranking_metrics
-from adgen.model.pipeline import Run, load_config
+from adgen.model.pipeline import Run
 
 KS = [1, 5, 10]
 
@@ -41,11 +41,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {"out_dir": str(args.run_dir)} if args.run_dir is not None else {}
-    cfg = load_config(args.config, seed=args.seed, **overrides)
-    run = Run(cfg)
-    run.load_trained()
-    run.model.eval()
+    run = Run.trained(args.config, args.seed, args.run_dir)
+    cfg = run.cfg
     valid = run.valid
     targets = [e.target for e in valid]
     beam_rows = []

@@ -600,6 +600,16 @@ class Run:
         weighted = iter(with_target_weights(sequences, softmax, paths, power))
         return [next(weighted) if isinstance(e, SequenceExample) else e for e in examples]
 
+    @classmethod
+    def trained(cls, config: Path, seed: int, out_dir: Path | None = None) -> Run:
+        """A trained run read back to score it: the config with `seed` (and `out_dir`, when given), its model
+        loaded and in eval mode. FileNotFoundError when nothing was trained there."""
+        overrides = {"out_dir": str(out_dir)} if out_dir is not None else {}
+        run = cls(load_config(config, seed=seed, **overrides))
+        run.load_trained()
+        run.model.eval()
+        return run
+
     def load_trained(self) -> None:
         path = self.out / "model"
         if not (path / "config.json").exists():

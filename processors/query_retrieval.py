@@ -141,9 +141,7 @@ class SearchService:
     ) -> None:
         self.index = index
         self.config = config or SearchConfig()
-        trie = trie if trie is not None else model.ci_trie(index.ci_set)
-        mapper = CIQueryMapper(model, trie, index.ci_set, self.config)
-        self.state = ServingState(model, trie, mapper, {q: dict(c) for q, c in (head_cache or {}).items()})
+        self.state = self._state(model, trie, {q: dict(c) for q, c in (head_cache or {}).items()})
         self.stats: Counter[str] = Counter()
 
     # the served state's parts, read-only (a caller holding one of them across a swap keeps the old one)
@@ -175,10 +173,14 @@ class SearchService:
         """A state serving `model` over this index's CI set: its trie (given, or built), a mapper, and the head
         queries (default: the served head cache's) answered by `model`, so cached answers always come from the
         model being served. Decodes every head query: build it off the serving path."""
-        trie = trie if trie is not None else model.ci_trie(self.index.ci_set)
-        mapper = CIQueryMapper(model, trie, self.index.ci_set, self.config)
         queries = list(self.state.head_cache if head_queries is None else head_queries)
-        return ServingState(model, trie, mapper, _answers(mapper, queries, batch_size=64))
+        state = self._state(model, trie, {})
+        return replace(state, head_cache=_answers(state.mapper, queries, batch_size=64))
+
+    def _state(self, model: CIModel, trie: TrieArrays | None, head_cache: dict[str, dict[int, float]]) -> ServingState:
+        """`model` over this index's CI set: its trie (given, or built) and mapper, with `head_cache` as given."""
+        trie = trie if trie is not None else model.ci_trie(self.index.ci_set)
+        return ServingState(model, trie, CIQueryMapper(model, trie, self.index.ci_set, self.config), head_cache)
 
     def swap_model(self, state: ServingState) -> ServingState:
         """Serve `state` from the next query batch or ad upsert on (one under way finishes with the state it

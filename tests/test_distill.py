@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import sid_sequences
 import torch
 
 from adgen.core.catalogue import HistoryEvent, SplitExample
@@ -27,14 +28,7 @@ def setup():
 
 
 def labelled(sid_map: SemanticIdMap, ads: list[str]) -> tuple[list[int], list[int]]:
-    """A sequence: a text token, then per ad its S-ID tokens (labelled) and one unlabelled text token."""
-    sizes = np.cumsum([0, *sid_map.codebook_sizes[:-1]])
-    ids, labels = [1], [IGNORE]
-    for ad in ads:
-        tokens = [OFFSET + int(sizes[level]) + code for level, code in enumerate(sid_map.sid_of(ad))]
-        ids += [*tokens, 2]
-        labels += [*tokens, IGNORE]
-    return ids, labels
+    return sid_sequences.labelled(sid_map, ads, OFFSET)
 
 
 def test_teacher_rows_are_the_teacher_mass_under_each_sibling_given_the_earlier_ads(setup) -> None:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from sid_sequences import labelled
 
 from adgen.index.semantic_ids import SemanticIdMap
 from adgen.model.distill import TriePaths
@@ -24,13 +25,7 @@ def setup():
 
 
 def sequence(sid_map: SemanticIdMap, ads: list[str]) -> SequenceExample:
-    sizes = np.cumsum([0, *sid_map.codebook_sizes[:-1]])
-    ids, labels = [1], [IGNORE]
-    for ad in ads:
-        tokens = [OFFSET + int(sizes[level]) + code for level, code in enumerate(sid_map.sid_of(ad))]
-        ids += [*tokens, 2]
-        labels += [*tokens, IGNORE]
-    return SequenceExample(ids, labels)
+    return SequenceExample(*labelled(sid_map, ads, OFFSET))
 
 
 def test_each_targets_tokens_weigh_its_count_to_the_minus_power_with_mean_one(setup) -> None:
