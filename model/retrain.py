@@ -158,6 +158,12 @@ def retrain(
         options,
         histories=split.test,  # sequence layouts: each user's behaviour before the hold-out target
     )
+    if recipe.prompts.layout != "per_target" and len(user_samples) < len(split.test) / 2:
+        raise RetrainError(
+            f"only {len(user_samples)} of {len(split.test)} users' sequences keep an ad target within "
+            f"max_prompt_tokens={recipe.prompts.max_prompt_tokens} (newer behaviour fills the budget and the clicks "
+            "are cut): retraining would learn alignment alone; train a model with a larger prompt budget"
+        )
     aligned = [a for a in sid_map.items() if a in data.items] if config.align_ads else []
     alignment = stage_examples(["ex"], builder, data, [], aligned, options) if aligned else []
     examples = user_samples + alignment
