@@ -20,6 +20,8 @@ MAIN = "leadre"
 METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
 LABELS = {
     "leadre": "LEADRE (sequence prompt + ad-ID tokens + distillation from 3 SASRec fits; the chosen config)",
+    "three_layers": "LEADRE with a third layer (chosen on validation, run a10; becomes the recipe when its 3 seeds "
+    "are in)",
     "single_teacher": "LEADRE distilled from its own SASRec alone (24 epochs; the recipe before the ensemble teacher)",
     "distill16": "LEADRE distilled from its own SASRec, 16 epochs instead of 24",
     "no_distill": "LEADRE without distillation (16 epochs; the recipe before it)",
@@ -185,6 +187,8 @@ PIPELINE_EXPLORATION = {
     "(configs/amazon_full_tw025.yaml)",
     "a9_ens3": "the single-teacher recipe (24 epochs), its teacher the mean of the SASRec fits of seeds 0-2 "
     "(configs/amazon_full_ens3.yaml); stopped after epoch 16 of 24 to free the CPU for the 3-seed runs",
+    "a10_l3": "the recipe (ensemble teacher) with a third transformer layer, hidden still 128 "
+    "(configs/amazon_full_l3.yaml)",
 }
 
 
