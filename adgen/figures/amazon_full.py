@@ -20,8 +20,8 @@ MAIN = "leadre"
 METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
 LABELS = {
     "leadre": "LEADRE (sequence prompt + ad-ID tokens + distillation from 3 SASRec fits; the chosen config)",
-    "three_layers": "LEADRE with a third layer (chosen on validation, run a10; becomes the recipe when its 3 seeds "
-    "are in)",
+    "three_layers": "LEADRE with a third layer (run a10's seed-0 validation gain did not repeat on seed 1; not "
+    "adopted; seeds 0-1 only)",
     "single_teacher": "LEADRE distilled from its own SASRec alone (24 epochs; the recipe before the ensemble teacher)",
     "distill16": "LEADRE distilled from its own SASRec, 16 epochs instead of 24",
     "no_distill": "LEADRE without distillation (16 epochs; the recipe before it)",
