@@ -257,8 +257,8 @@ def test_retrain_from_what_the_worker_stored_publishes_a_gated_version(
     assert info.gate.candidate == info.scores["candidate"]["ndcg@10"]
     assert info.data["windows"] == len(stack.expected_windows())  # every stored user, from the changelog
     assert info.data["users_with_holdout"] >= USERS // 2 and info.data["layout"] == "sequence"
-    # each user's sequence keeps ad targets within the prompt budget (at 96 tokens only 6 of 90 did, and the
-    # "retrained" model learnt alignment alone)
+    # each user's sequence keeps ad targets within the prompt budget (with a 96-token budget, 6 of the 96 hold-out
+    # users' sequences did, and the "retrained" model learnt alignment alone)
     assert info.data["user_samples"] >= 0.9 * info.data["users_with_holdout"]
     assert info.data["alignment_examples"] > 0 and info.data["catalogue_entries"] >= ADS
     assert added <= (registry.index_ads(version) or set())  # trained against the live index, new ads included

@@ -1,7 +1,7 @@
 """Retraining refuses data its prompt budget would strip of every ad target (model/retrain.py).
 
 The CI failure this guards against: at a budget where newer content behaviour filled each user's sequence, only
-6 of 90 sequences kept a click to learn from, retraining learnt ad alignment alone, and the gate's verdict against
+6 of 96 sequences kept a click to learn from, retraining learnt ad alignment alone, and the gate's verdict against
 a random parent was a coin flip.
 """
 
