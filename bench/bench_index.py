@@ -358,6 +358,9 @@ def bench_live(
         "mean": float(ms.mean()),
         "share_within_50ms": float((ms <= 50).mean()),
     }
+    # every batch's time in order, so an outlier can be placed (first batch, a compaction adopted, a regrowth)
+    out["batch_ms_series"] = [round(float(x), 2) for x in ms]
+    out["publish_ms_series"] = [round(x * 1000, 2) for x in publish_s]
     out["publish_ms_median"] = float(np.median(publish_s) * 1000)  # live trie + leaf map: part of batch_ms
     out["publish_ms_max"] = float(max(publish_s) * 1000)
     out["compactions"] = sid_index.trie.compactions

@@ -23,9 +23,17 @@ from pathlib import Path
 import torch
 
 from adgen.index.trie_arrays import TrieArrays
-from adgen.model.ad_head import AdPrior
 from adgen.model.backends import BackendUnavailable
-from adgen.model.decoding import Prompt, TrieBeams, check_trie, encode_prompts, resolve_beams, to_results
+from adgen.model.decoding import (
+    Prompt,
+    TrieBeams,
+    check_trie,
+    encode_prompts,
+    rank_pool,
+    resolve_beams,
+    to_results,
+)
+from adgen.model.pool_priors import PoolPrior
 
 NextLogprobs = Callable[[list[list[int]]], torch.Tensor]
 
@@ -58,18 +66,17 @@ class RequestBeamSearch:
         beams: int | None = None,
         score_floor: float | None = None,
         renormalize: bool = False,
-        ad_prior: AdPrior | None = None,
+        ad_prior: PoolPrior | None = None,
     ) -> list[list[tuple[int, float]]]:
-        if ad_prior is not None:  # the engine's first-step logits are not read back here
-            raise BackendUnavailable("the TensorRT-LLM backend does not apply a next-ad prior; use the torch backend")
         beams = resolve_beams(k, beams)
         check_trie(trie, self.vocab_size)
         base = [p.tolist() for p in encode_prompts(prompts, self.vocab_size)]
         trie = trie.to("cpu")
         n = len(base)
-        state = TrieBeams(trie, n, k, beams, score_floor, renormalize)
+        state = TrieBeams(trie, n, max(k, beams) if ad_prior is not None else k, beams, score_floor, renormalize)
         suffix = torch.zeros(n, 1, 0, dtype=torch.long)
-        lp = self._logprobs(base).unsqueeze(1)
+        state.prompt_logprobs = self._logprobs(base)
+        lp = state.prompt_logprobs.unsqueeze(1)
         while (step := state.advance(lp)) is not None:
             parent = step.parent.unsqueeze(-1).expand(-1, -1, suffix.shape[2])
             suffix = torch.cat([suffix.gather(1, parent), step.tokens.unsqueeze(-1)], dim=2)
@@ -78,7 +85,7 @@ class RequestBeamSearch:
             tails = suffix.view(n * b, -1).tolist()
             sequences = [base[i // b] + tail for i, tail in enumerate(tails)]
             lp = self._logprobs(sequences).view(n, b, -1)
-        return to_results(state.pool_scores, state.pool_values, k)
+        return to_results(*rank_pool(state, ad_prior), k)
 
 
 class TensorRTLLMBackend(RequestBeamSearch):

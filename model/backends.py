@@ -20,9 +20,9 @@ from transformers import PreTrainedModel
 
 from adgen.core.config import ModelSettings
 from adgen.index.trie_arrays import TrieArrays
-from adgen.model.ad_head import AdPrior
 from adgen.model.decoding import ConstrainedBeamSearch, Prompt
 from adgen.model.lm import LMError, load_lm, quantize_int8, resolve_dtype
+from adgen.model.pool_priors import PoolPrior
 from adgen.model.prefix_cache import PrefixKVCache
 
 
@@ -44,7 +44,7 @@ class GenerationBackend(Protocol):
         beams: int | None = None,
         score_floor: float | None = None,
         renormalize: bool = False,
-        ad_prior: AdPrior | None = None,
+        ad_prior: PoolPrior | None = None,
     ) -> list[list[tuple[int, float]]]: ...
 
 
@@ -90,7 +90,7 @@ class TorchBackend:
         beams: int | None = None,
         score_floor: float | None = None,
         renormalize: bool = False,
-        ad_prior: AdPrior | None = None,
+        ad_prior: PoolPrior | None = None,
     ) -> list[list[tuple[int, float]]]:
         return self.search.generate(prompts, trie, k, beams, score_floor, renormalize, ad_prior)
 

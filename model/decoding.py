@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from adgen.index.trie_arrays import TrieArrays, TrieError
-from adgen.model.ad_head import AdPrior
 from adgen.model.allocator import tune_allocator
 from adgen.model.lm import check_supported
+from adgen.model.pool_priors import PoolPrior
 from adgen.model.prefix_cache import PrefixKVCache
 
 NEG_INF = float("-inf")
@@ -300,11 +300,22 @@ class TrieBeams:
     """
 
     def __init__(
-        self, trie: TrieArrays, n: int, k: int, beams: int, floor: float | None, renormalize: bool = False
+        self,
+        trie: TrieArrays,
+        n: int,
+        k: int,
+        beams: int,
+        floor: float | None,
+        renormalize: bool = False,
+        track_levels: bool = False,
     ) -> None:
         dev = trie.indptr.device
         self.trie, self.k, self.beams, self.floor = trie, k, beams, floor
         self.renormalize = renormalize
+        # optional: each beam's and pooled item's log-prob per trie level [N, *, depth] (decode-lever studies)
+        depth = max(trie.max_depth, 1)
+        self.levels = torch.zeros(n, 1, depth, device=dev) if track_levels else None
+        self.pool_levels = torch.zeros(n, k, depth, device=dev) if track_levels else None
         self.nodes = torch.full((n, 1), trie.root, dtype=torch.long, device=dev)  # live tries move their root
         self.scores = torch.zeros(n, 1, dtype=torch.float32, device=dev)
         self.pool_scores = torch.full((n, k), NEG_INF, device=dev)
@@ -312,6 +323,7 @@ class TrieBeams:
         self.width = max(trie.max_children, 1)
         self._slot = torch.arange(self.width, device=dev)
         self.steps = 0
+        self.prompt_logprobs: torch.Tensor | None = None  # the prefill's next-token log-probs, when set by a caller
 
     def advance(self, lp: torch.Tensor) -> BeamStep | None:
         trie, nodes, width = self.trie, self.nodes, self.width
@@ -339,6 +351,14 @@ class TrieBeams:
         self.pool_values = torch.cat([self.pool_values, leaf_val], 1).gather(1, idx)
         # live: the best `beams` unfinished candidates become the next beams
         scores, pick = torch.where(is_leaf, NEG_INF, cand).topk(min(self.beams, b * width), dim=1)
+        if self.levels is not None and self.pool_levels is not None:
+            depth = self.levels.shape[-1]
+            cand_levels = self.levels.unsqueeze(2).expand(n, b, width, depth).clone()
+            cand_levels[..., self.steps - 1] = torch.where(valid, tok_lp, NEG_INF)
+            cand_levels = cand_levels.view(n, b * width, depth)
+            both = torch.cat([self.pool_levels, cand_levels], 1)
+            self.pool_levels = both.gather(1, idx.unsqueeze(-1).expand(-1, -1, depth))
+            self.levels = cand_levels.gather(1, pick.unsqueeze(-1).expand(-1, -1, depth))
         alive = torch.isfinite(scores)
         # log-probs only fall as a sequence grows: a prompt is done once its k-th item beats its best beam
         if not bool(alive.any()) or bool((self.pool_scores[:, -1] >= scores[:, 0]).all()):
@@ -391,14 +411,14 @@ class ConstrainedBeamSearch:
         beams: int | None = None,
         score_floor: float | None = None,
         renormalize: bool = False,
-        ad_prior: AdPrior | None = None,
+        ad_prior: PoolPrior | None = None,
     ) -> list[list[tuple[int, float]]]:
         """For each prompt, up to k (item, log-prob) pairs, best first, items distinct and valid in `trie`.
 
         `renormalize` scores each token by its log-probability among the trie's valid children only (for
         models trained with a trie-constrained softmax); by default it is the log-probability over the vocabulary.
-        `ad_prior` (model/ad_head.py) re-ranks the best `beams` finished items by adding the next-ad head's
-        weighted log-prob before the top k are cut.
+        `ad_prior` (a `PoolPrior`: the next-ad head of model/ad_head.py, popularity of model/pool_priors.py, or
+        their sum) re-ranks the best `beams` finished items before the top k are cut.
         """
         beams = resolve_beams(k, beams)
         self._check_trie(trie)
@@ -408,9 +428,27 @@ class ConstrainedBeamSearch:
         out: list[list[tuple[int, float]]] = []
         for start in range(0, len(encoded), self.max_batch_prompts):
             chunk = encoded[start : start + self.max_batch_prompts]
-            scores, items = self._search(chunk, trie, k, beams, score_floor, renormalize, ad_prior)
+            state = self._run_search(chunk, trie, k, beams, score_floor, renormalize, ad_prior)
+            scores, items = rank_pool(state, ad_prior)
             out.extend(to_results(scores, items, k))
         return out
+
+    @torch.inference_mode()
+    def generate_levels(
+        self, prompts: Sequence[Prompt], trie: TrieArrays, k: int, beams: int, renormalize: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each prompt's best k finished items (leaf values [N, k], -1 = empty) and their log-prob at every
+        trie level ([N, k, depth]; the item's score is the sum). For studies that re-weight levels offline."""
+        self._check_trie(trie)
+        trie = trie.to(self.device)
+        encoded = self._encode_prompts(prompts)
+        values, levels = [], []
+        for start in range(0, len(encoded), self.max_batch_prompts):
+            chunk = encoded[start : start + self.max_batch_prompts]
+            state = self._run_search(chunk, trie, k, beams, None, renormalize, None, track_levels=True)
+            values.append(state.pool_values)
+            levels.append(state.pool_levels)
+        return torch.cat(values), torch.cat(levels)
 
     @torch.inference_mode()
     def generate_unconstrained(
@@ -463,20 +501,23 @@ class ConstrainedBeamSearch:
         return _merge_parts(parts, len(prompts), self.device)
 
     # -- the search ---------------------------------------------------------------------------------------
-    def _search(
+    def _run_search(
         self,
         prompts: list[np.ndarray],
         trie: TrieArrays,
         k: int,
         beams: int,
         floor: float | None,
-        renormalize: bool = False,
-        ad_prior: AdPrior | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        renormalize: bool,
+        ad_prior: PoolPrior | None,
+        track_levels: bool = False,
+    ) -> TrieBeams:
         logprobs, prompt_kv = self._prefill(prompts)
         t0 = time.perf_counter()
         runner, n = self.runner, len(prompts)
-        state = TrieBeams(trie, n, max(k, beams) if ad_prior is not None else k, beams, floor, renormalize)
+        pool = max(k, beams) if ad_prior is not None else k
+        state = TrieBeams(trie, n, pool, beams, floor, renormalize, track_levels)
+        state.prompt_logprobs = logprobs
         suffix_k = [runner.empty_suffix(n)] * len(runner.layers)
         suffix_v = list(suffix_k)
         lp = logprobs.unsqueeze(1)  # [N, b, V]
@@ -486,10 +527,7 @@ class ConstrainedBeamSearch:
             lp, suffix_k, suffix_v = runner.beam_step(step.tokens, prompt_kv, suffix_k, suffix_v)
         self.timings.decode_s += time.perf_counter() - t0
         self.timings.steps.append(state.steps)
-        if ad_prior is None:
-            return state.pool_scores, state.pool_values
-        scores, order = ad_prior.rescore(logprobs, state.pool_scores, state.pool_values).sort(dim=1, descending=True)
-        return scores, state.pool_values.gather(1, order)
+        return state
 
     def _search_unconstrained(
         self, prompts: list[np.ndarray], steps: int, beams: int
@@ -629,6 +667,18 @@ def _stack_past(hits: list, cached: list[int], runner: CausalLMRunner, device: t
     lengths = torch.tensor(cached, dtype=torch.long, device=device)
     key_valid = torch.arange(s, device=device)[None, :] < lengths[:, None]
     return PromptKV(keys, values, key_valid, lengths)
+
+
+def rank_pool(state: TrieBeams, prior: PoolPrior | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The finished search's pool (scores, leaf values), re-ranked by `prior` when one is given."""
+    if prior is None:
+        return state.pool_scores, state.pool_values
+    if state.prompt_logprobs is None:
+        raise DecodingError("a pool prior needs the prompts' next-token log-probs (TrieBeams.prompt_logprobs)")
+    scores, order = prior.rescore(state.prompt_logprobs, state.pool_scores, state.pool_values).sort(
+        dim=1, descending=True
+    )
+    return scores, state.pool_values.gather(1, order)
 
 
 def to_results(scores: torch.Tensor, items: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:

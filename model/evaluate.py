@@ -22,7 +22,9 @@ from adgen.core.catalogue import Dataset, Item, SplitExample, UserProfile
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
 from adgen.model.ad_head import AdPrior
 from adgen.model.metrics import list_qualities, mean_dice, ranking_metrics
+from adgen.model.pool_priors import PoolPrior, PopularityPrior, combine
 from adgen.model.prompts import PromptBuilder
+from adgen.model.recipe import PopularitySettings
 from adgen.model.tokenizer import token_offset
 
 
@@ -58,6 +60,7 @@ class GenerativeRecommender:
         name: str = "leadre",
         renormalize: bool = False,
         ad_prior_weight: float = 0.0,
+        popularity: PopularitySettings | None = None,
     ) -> None:
         from adgen.model.decoding import ConstrainedBeamSearch
 
@@ -69,11 +72,15 @@ class GenerativeRecommender:
         offset = token_offset(tokenizer, sid_vocabulary(sid_map.codebook_sizes))
         self.trie, self.leaf_items = sid_map.trie_arrays(offset)
         self.search = ConstrainedBeamSearch(model, max_batch_prompts=batch_size)
-        self.ad_prior = None
+        self.ad_prior: PoolPrior | None = None
         if ad_prior_weight > 0:
             if builder.ad_tokens is None:
                 raise ValueError("ad_prior_weight > 0 needs a PromptBuilder with ad-ID tokens")
             self.ad_prior = AdPrior.build(enumerate(self.leaf_items), builder.ad_tokens, ad_prior_weight)
+        popularity_prior = None
+        if popularity is not None:
+            popularity_prior = PopularityPrior.build(enumerate(self.leaf_items), popularity.counts, popularity.weight)
+        self.ad_prior = combine([self.ad_prior, popularity_prior])
 
     def prompts(self, examples: Sequence[SplitExample]) -> list[list[int]]:
         return [self.builder.user_prompt(e.history, self.profiles.get(e.user_id)).ids for e in examples]

@@ -35,8 +35,9 @@ from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_re
 from adgen.model.lm import LMConfig, build_lm, count_parameters, load_lm, save_lm
 from adgen.model.lm_training import LMTrainConfig, Scoring, SequenceExample, train_causal_lm
 from adgen.model.metrics import channel_value, ranking_metrics
+from adgen.model.pool_priors import ad_counts
 from adgen.model.prompts import PromptBuilder, PromptOptions, fixed_texts
-from adgen.model.recipe import ServingRecipe, save_recipe
+from adgen.model.recipe import PopularitySettings, ServingRecipe, save_recipe
 from adgen.model.target_weights import with_target_weights
 from adgen.model.tasks import TaskOptions, curriculum_stages, stage_examples
 from adgen.model.tokenizer import build_tokenizer, extend_tokenizer, load_tokenizer, save_tokenizer, token_offset
@@ -154,6 +155,13 @@ class EvalSection(EvalOptions):
         ge=0,
         description="Weight of the next-ad head when re-ranking the beam's ads (model/ad_head.py; needs a model "
         "trained with train.ad_head_weight > 0); saved in the recipe, so serving ranks the same way.",
+    )
+    popularity_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the popularity prior (model/pool_priors.py): weight * log(1 + the ad's count in the "
+        "training sequences) is added to each of the beam's finished ads before the top k are cut; 0 = off. Chosen "
+        "on validation users (bench/decode_levers.py); saved in the recipe with the counts, so serving ranks the same.",
     )
     valid_too: bool = Field(False, description="Also score every model on the validation users (results['valid']).")
     reuse_fitted_sasrec: bool = Field(
@@ -473,7 +481,15 @@ class Run:
             scoring=self.cfg.train.scoring,
             ad_vocabulary=self.ad_vocabulary,
             ad_prior_weight=self.cfg.eval.ad_prior_weight,
+            popularity=self.popularity(),
         )
+
+    def popularity(self) -> PopularitySettings | None:
+        """The popularity prior's settings: eval.popularity_weight and each ad's count in the training part."""
+        weight = self.cfg.eval.popularity_weight
+        if weight <= 0:
+            return None
+        return PopularitySettings(weight=weight, counts=ad_counts(ad_ids(e.history) for e in self.split.valid))
 
     def recommender(self, name: str = "leadre") -> GenerativeRecommender:
         return GenerativeRecommender(
@@ -486,6 +502,7 @@ class Run:
             name=name,
             renormalize=self.recipe.renormalize,
             ad_prior_weight=self.recipe.ad_prior_weight,
+            popularity=self.recipe.popularity,
         )
 
     def training_trie(self):

@@ -19,6 +19,15 @@ from adgen.model.prompts import PromptOptions
 RECIPE_FILE = "recipe.json"
 
 
+class PopularitySettings(BaseModel):
+    """The popularity prior a checkpoint is served with: `weight * log(1 + counts[ad])` is added to each pooled ad."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(..., gt=0, description="Chosen on validation users (bench/decode_levers.py).")
+    counts: dict[str, int] = Field(..., description="Ad id -> occurrences in the training sequences.")
+
+
 class ServingRecipe(BaseModel):
     """How to build prompts for, and score the outputs of, one checkpoint."""
 
@@ -35,6 +44,11 @@ class ServingRecipe(BaseModel):
         ge=0,
         description="Weight of the next-ad head's log-prob when re-ranking the beam's ads (model/ad_head.py); "
         "0 = S-ID scores only. Needs the ad vocabulary.",
+    )
+
+    popularity: PopularitySettings | None = Field(
+        None,
+        description="The popularity prior (model/pool_priors.py): weight and the training counts it reads; None = off.",
     )
 
     @model_validator(mode="after")

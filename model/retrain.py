@@ -29,14 +29,16 @@ from pydantic import BaseModel, Field
 
 from adgen.core.catalogue import AD_KINDS, Dataset, Item, UserHistory, leave_one_out
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
+from adgen.model.baselines import ad_ids
 from adgen.model.checkpoint_layout import CheckpointLayout
 from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, sample_examples
 from adgen.model.lm import load_lm, save_lm
 from adgen.model.lm_training import LMTrainConfig, train_causal_lm
+from adgen.model.pool_priors import ad_counts
 from adgen.model.prompts import PromptBuilder
 from adgen.model.recipe import ServingRecipe, load_recipe, save_recipe
 from adgen.model.registry import GateResult
-from adgen.model.tasks import TaskOptions, stage_examples
+from adgen.model.tasks import SequenceBudgetError, TaskOptions, stage_examples
 from adgen.model.tokenizer import load_tokenizer, save_tokenizer, token_offset
 
 
@@ -101,7 +103,14 @@ def _evaluate(
     model.eval()
     profiles = {u: h.profile for u, h in data.users.items()}
     recommender = GenerativeRecommender(
-        model, tokenizer, builder, sid_map, profiles, beams=config.beams, renormalize=recipe.renormalize
+        model,
+        tokenizer,
+        builder,
+        sid_map,
+        profiles,
+        beams=config.beams,
+        renormalize=recipe.renormalize,
+        popularity=recipe.popularity,
     )
     metrics = evaluate_recommender(recommender, holdout, data, EvalOptions(ks=(1, 5, 10), stability=False))
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
@@ -144,26 +153,26 @@ def retrain(
             "nothing to hold out; let the system collect more behaviour first"
         )
     holdout = sample_examples(split.test, config.eval_users, config.seed)
+    if recipe.popularity is not None:  # the prior's counts follow the data the candidate learns from
+        counts = ad_counts(ad_ids(e.history) for e in split.test)  # each user's behaviour before the hold-out
+        recipe = recipe.model_copy(update={"popularity": recipe.popularity.model_copy(update={"counts": counts})})
     # the parent's ad-ID tokens (recipe.ad_vocabulary) stay as they are: ads added since are written as <ad_unk>
     builder = PromptBuilder(
         tokenizer, data.items, sid_map.sid_of, options=recipe.prompts, ad_vocabulary=recipe.ad_vocabulary
     )
     options = TaskOptions(seed=config.seed)
-    user_samples = stage_examples(
-        ["main"],
-        builder,
-        data,
-        split.train + split.valid,  # per_target: every target before the hold-out
-        [],
-        options,
-        histories=split.test,  # sequence layouts: each user's behaviour before the hold-out target
-    )
-    if recipe.prompts.layout != "per_target" and len(user_samples) < len(split.test) / 2:
-        raise RetrainError(
-            f"only {len(user_samples)} of {len(split.test)} users' sequences keep an ad target within "
-            f"max_prompt_tokens={recipe.prompts.max_prompt_tokens} (newer behaviour fills the budget and the clicks "
-            "are cut): retraining would learn alignment alone; train a model with a larger prompt budget"
+    try:
+        user_samples = stage_examples(
+            ["main"],
+            builder,
+            data,
+            split.train + split.valid,  # per_target: every target before the hold-out
+            [],
+            options,
+            histories=split.test,  # sequence layouts: each user's behaviour before the hold-out target
         )
+    except SequenceBudgetError as exc:  # retraining would learn alignment alone
+        raise RetrainError(f"{exc}; the serving model's recipe fixes that budget: train a new model instead") from exc
     aligned = [a for a in sid_map.items() if a in data.items] if config.align_ads else []
     alignment = stage_examples(["ex"], builder, data, [], aligned, options) if aligned else []
     examples = user_samples + alignment

@@ -103,13 +103,26 @@ def sequence_examples(
     """One labelled sequence per user (layouts `sequence`, `sid_only`): every ad in `history` is a target.
 
     Pass each user's behaviour before their validation target (`Split.valid`): the training part, nothing later.
+    A sequence whose ad targets were all cut by the prompt budget (oldest-first truncation keeps the newest
+    behaviour, which may be content only) teaches nothing and is left out; when that leaves fewer than half of
+    the users, `SequenceBudgetError` says so instead of training on alignment alone.
     """
     out: list[SequenceExample] = []
     for example in histories:
         seq = builder.sequence(example.history, dataset.users[example.user_id].profile)
         if any(label >= 0 for label in seq.labels):
             out.append(SequenceExample(seq.ids, seq.labels))
+    if len(out) < len(histories) / 2:
+        raise SequenceBudgetError(
+            f"only {len(out)} of {len(histories)} users' sequences keep an ad target within "
+            f"max_prompt_tokens={builder.options.max_prompt_tokens} (newer behaviour fills the budget and the clicks "
+            "are cut): raise prompts.max_prompt_tokens or lower prompts.max_events"
+        )
     return out
+
+
+class SequenceBudgetError(ValueError):
+    """Too few users' sequences keep an ad target within the prompt budget to train on."""
 
 
 def stage_examples(

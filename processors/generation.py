@@ -30,6 +30,7 @@ from adgen.core.checksums import weights_label
 from adgen.core.clock import utc_now
 from adgen.core.config import BudgetSettings, ModelSettings, WindowSettings
 from adgen.model.ad_head import AdPrior
+from adgen.model.pool_priors import PoolPrior, PopularityPrior, combine
 from adgen.processors.ad_indexer import IndexView, LiveAdIndex
 from adgen.processors.feature_store import FeatureStore, GeneratedAd, UserAds
 from adgen.processors.metrics import WorkerMetrics
@@ -94,7 +95,7 @@ class LeadreGenerator:
             self.ad_tokens = AdTokens(self.tokenizer, self.ad_vocabulary)
         if self.recipe.ad_prior_weight > 0 and self.ad_tokens is None:
             raise ValueError(f"{layout.recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
-        self._prior: tuple[str, AdPrior] | None = None  # the next-ad prior of the last index version decoded
+        self._prior: tuple[str, PoolPrior | None] | None = None  # the pool priors of the last index version decoded
         self.model_version = weights_label(checkpoint.name, layout.lm_dir.glob("*.safetensors"))
 
     def token_offset(self, sid_vocabulary: Sequence[str]) -> int:
@@ -138,14 +139,23 @@ class LeadreGenerator:
             for r in results
         ]
 
-    def _ad_prior(self, view: IndexView) -> AdPrior | None:
-        """The recipe's next-ad prior over this index version's leaves, rebuilt only when the version changes."""
-        if self.recipe.ad_prior_weight <= 0 or self.ad_tokens is None:
+    def _ad_prior(self, view: IndexView) -> PoolPrior | None:
+        """The recipe's pool priors (next-ad head, popularity) over this index version's leaves, rebuilt only when
+        the version changes; an ad added after training has no ad-ID token and a count of 0."""
+        head = self.recipe.ad_prior_weight > 0 and self.ad_tokens is not None
+        popularity = self.recipe.popularity
+        if not head and popularity is None:
             return None
         if self._prior is None or self._prior[0] != view.version:
             leaves = view.leaf_items
-            pairs = ((leaves.leaf_of(a), a) for a in leaves) if hasattr(leaves, "leaf_of") else enumerate(leaves)
-            self._prior = (view.version, AdPrior.build(pairs, self.ad_tokens, self.recipe.ad_prior_weight))
+            pairs = (
+                list((leaves.leaf_of(a), a) for a in leaves) if hasattr(leaves, "leaf_of") else list(enumerate(leaves))
+            )
+            priors: list[PoolPrior | None] = [
+                AdPrior.build(pairs, self.ad_tokens, self.recipe.ad_prior_weight) if head and self.ad_tokens else None,
+                PopularityPrior.build(pairs, popularity.counts, popularity.weight) if popularity else None,
+            ]
+            self._prior = (view.version, combine(priors))
         return self._prior[1]
 
 

@@ -67,6 +67,23 @@ def test_top_k_equals_brute_force_when_beams_cover_all_items(tiny_lm, items_fn):
         assert torch.allclose(torch.tensor([s for _, s in got]), expected.values, atol=1e-4)
 
 
+def test_per_level_log_probs_sum_to_the_item_score_and_match_brute_force(tiny_lm):
+    items = fixed_depth_items()
+    trie = TrieArrays.from_sequences(items, list(range(len(items))))
+    search = ConstrainedBeamSearch(tiny_lm)
+    values, levels = search.generate_levels(PROMPTS, trie, k=5, beams=len(items))
+    scored = search.generate(PROMPTS, trie, k=5, beams=len(items))
+    assert levels.shape == (len(PROMPTS), 5, 3)
+    for prompt, row_values, row_levels, got in zip(PROMPTS, values, levels, scored, strict=True):
+        assert row_values.tolist() == [v for v, _ in got]
+        assert torch.allclose(row_levels.sum(-1), torch.tensor([s for _, s in got]), atol=1e-5)
+        for value, per_level in zip(row_values.tolist(), row_levels, strict=True):
+            seq = items[value]
+            prefixes = [brute_force(tiny_lm, prompt, [seq[: d + 1]])[0] for d in range(3)]
+            expected = torch.tensor([prefixes[0], prefixes[1] - prefixes[0], prefixes[2] - prefixes[1]])
+            assert torch.allclose(per_level, expected, atol=1e-4)
+
+
 # lengths within 25% of each other: one right-padded prefill batch (PROMPTS above are prefilled in groups)
 CLOSE_PROMPTS = [list(range(5, 21)), [4, 9, *range(22, 33)], [*range(1, 10), *range(40, 45)]]  # 16, 13, 14 tokens
 

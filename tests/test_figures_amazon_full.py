@@ -52,3 +52,30 @@ def test_tables_and_aggregate_take_baselines_from_the_main_variant_only(tmp_path
     assert totals["models"]["tiger"]["ndcg@10"]["mean"] == 0.05
     assert abs(totals["ratio_ndcg@10"] - 0.071 / 0.08) < 1e-9 and totals["seeds_with_both"] == 3
     assert totals["goal_met"] is False and totals["channel"]["hr@20_merged"] == 0.15
+
+
+def _decode_run(root: Path, seed: int, ndcg_by_beta: dict[float, float]) -> None:
+    d = root / "docs/data/amazon-full/exploration"
+    d.mkdir(parents=True, exist_ok=True)
+    rows = [{"beta": b, "ndcg@10": v} for b, v in ndcg_by_beta.items()]
+    (d / f"decode_levers_seed{seed}.json").write_text(json.dumps({"seed": seed, "popularity_penalty": {"rows": rows}}))
+
+
+def test_the_popularity_weight_is_the_best_validation_mean_over_seeds(tmp_path: Path) -> None:
+    from adgen.figures.amazon_full import popularity_choice
+
+    _decode_run(tmp_path, 0, {0.0: 0.080, -0.2: 0.083, -0.4: 0.081})
+    _decode_run(tmp_path, 1, {0.0: 0.080, -0.2: 0.079, -0.4: 0.082})  # seed 0 alone would pick 0.2
+    weight, means, seeds = popularity_choice(Sources(tmp_path))
+    assert seeds == [0, 1] and weight == 0.4 and abs(means[-0.4] - 0.0815) < 1e-9
+
+
+def test_the_recipe_uses_the_popularity_weight_chosen_on_validation() -> None:
+    """configs/amazon_full.yaml's eval.popularity_weight is what the committed decode-lever runs choose."""
+    from adgen.figures.amazon_full import popularity_choice
+    from adgen.model.pipeline import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    chosen, _, seeds = popularity_choice(Sources(root))
+    assert len(seeds) >= 2
+    assert load_config(root / "configs/amazon_full.yaml").eval.popularity_weight == chosen

@@ -219,7 +219,7 @@ def test_the_generator_builds_prompts_and_scores_the_way_its_checkpoint_was_trai
 
 
 def serve_with_ad_tokens(
-    tmp_path: Path, beams: int, ad_prior_weight: float = 0.0
+    tmp_path: Path, beams: int, ad_prior_weight: float = 0.0, popularity=None
 ) -> tuple[LeadreGenerator, IndexView, UserWindow, list[str], list[int], list]:
     """An untrained checkpoint whose recipe knows every other ad (the rest stand for ads added after training),
     served by a LeadreGenerator: (generator, view, window, known ads, the prompt training would build, its list)."""
@@ -232,7 +232,9 @@ def serve_with_ad_tokens(
     vocab = [*sid_vocabulary(sid_map.codebook_sizes), *ad_token_names(len(known))]
     ckpt = write_untrained_checkpoint(tmp_path / "ckpt", vocab, ["product ad"])
     trained = PromptOptions(layout="sequence", ad_text="none", ad_id_tokens=True, max_prompt_tokens=300)
-    recipe = ServingRecipe(prompts=trained, scoring="trie", ad_vocabulary=known, ad_prior_weight=ad_prior_weight)
+    recipe = ServingRecipe(
+        prompts=trained, scoring="trie", ad_vocabulary=known, ad_prior_weight=ad_prior_weight, popularity=popularity
+    )
     save_recipe(recipe, ckpt)
     gen = LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=beams), WindowSettings())
     view = make_view(sid_map, gen.token_offset(sid_vocabulary(sid_map.codebook_sizes)), "v1")
@@ -292,3 +294,21 @@ def test_a_recipe_with_a_next_ad_prior_is_served_with_it(tmp_path: Path) -> None
     plain = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True)[0]
     assert [round(s, 4) for _, s in plain] != [round(g.score, 4) for g in got]
     assert gen._ad_prior(view) is gen._ad_prior(view)  # built once per index version
+
+
+def test_a_recipe_with_a_popularity_prior_is_served_with_it(tmp_path: Path) -> None:
+    """The recipe's popularity prior reaches the worker: its lists are the direct search re-ranked by weight x
+    log(1 + count) over this index version's leaves (ads without a count get none), and differ from plain scores."""
+    from adgen.model.decoding import ConstrainedBeamSearch
+    from adgen.model.pool_priors import PopularityPrior
+    from adgen.model.recipe import PopularitySettings
+
+    counts = {ad: 50 * (i % 3) for i, ad in enumerate(ADS)}
+    settings = PopularitySettings(weight=2.0, counts=counts)
+    gen, view, _, _, prompt, got = serve_with_ad_tokens(tmp_path, beams=10, popularity=settings)
+    search = ConstrainedBeamSearch(gen.backend.search.runner.model)
+    prior = PopularityPrior.build(enumerate(view.leaf_items), counts, 2.0)
+    expected = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True, ad_prior=prior)[0]
+    assert [(view.leaf_items[v], round(s, 4)) for v, s in expected] == [(g.ad_id, round(g.score, 4)) for g in got]
+    plain = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True)[0]
+    assert [v for v, _ in plain] != [v for v, _ in expected]

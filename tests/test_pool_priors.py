@@ -1,0 +1,90 @@
+"""Pool priors (model/pool_priors.py): the popularity prior's arithmetic, exactness in both beam-search loops,
+and the recipe that carries it to serving."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adgen.index.trie_arrays import TrieArrays
+from adgen.model.decoding import ConstrainedBeamSearch
+from adgen.model.pool_priors import PopularityPrior, SumPrior, ad_counts, combine
+from adgen.model.recipe import PopularitySettings, ServingRecipe
+from tests.test_ad_head import ITEMS, tiny_lm  # noqa: F401 (fixture)
+from tests.test_decoding import PROMPTS, brute_force
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NEG_INF = float("-inf")
+
+
+def test_ad_counts_count_every_occurrence() -> None:
+    assert ad_counts([["a", "b", "a"], ["b"], []]) == {"a": 2, "b": 2}
+
+
+def test_popularity_adds_weight_times_log1p_count_and_keeps_empty_slots_empty() -> None:
+    prior = PopularityPrior.build([(0, "a"), (1, "b"), (2, "new")], {"a": 9, "b": 0}, weight=0.5)
+    scores = torch.tensor([[-1.0, -2.0, -3.0, NEG_INF]])
+    values = torch.tensor([[0, 1, 2, -1]])
+    got = prior.rescore(torch.zeros(1, 4), scores, values)
+    assert torch.allclose(got[0, :3], torch.tensor([-1.0 + 0.5 * math.log(10), -2.0, -3.0]))
+    assert got[0, 3] == NEG_INF
+
+
+def test_combine_sums_priors_and_drops_absent_ones() -> None:
+    a = PopularityPrior.build([(0, "a")], {"a": 3}, 1.0)
+    b = PopularityPrior.build([(0, "a")], {"a": 3}, 2.0)
+    assert combine([None, None]) is None and combine([a, None]) is a
+    both = combine([a, b])
+    assert isinstance(both, SumPrior)
+    got = both.rescore(torch.zeros(1, 1), torch.tensor([[0.0]]), torch.tensor([[0]]))
+    assert torch.allclose(got, torch.tensor([[3.0 * math.log(4)]]))
+
+
+def _counts() -> dict[str, int]:
+    return {f"a{v}": (v * 7) % 11 for v in range(len(ITEMS))}  # uneven, some zero
+
+
+@pytest.mark.parametrize("weight", [0.5, 3.0])
+def test_the_search_ranks_its_pool_by_s_id_score_plus_popularity(tiny_lm, weight) -> None:  # noqa: F811
+    trie = TrieArrays.from_sequences(ITEMS, list(range(len(ITEMS))))
+    prior = PopularityPrior.build(((v, f"a{v}") for v in range(len(ITEMS))), _counts(), weight)
+    k = 5
+    got = ConstrainedBeamSearch(tiny_lm).generate(PROMPTS, trie, k=k, beams=len(ITEMS), ad_prior=prior)
+    bonus = torch.tensor([weight * math.log1p(_counts()[f"a{v}"]) for v in range(len(ITEMS))])
+    moved = 0
+    for prompt, row in zip(PROMPTS, got, strict=True):
+        sid = brute_force(tiny_lm, prompt, ITEMS)
+        expected = (sid + bonus).topk(k)
+        assert [v for v, _ in row] == expected.indices.tolist()
+        assert torch.allclose(torch.tensor([s for _, s in row]), expected.values, atol=1e-4)
+        moved += [v for v, _ in row] != sid.topk(k).indices.tolist()
+    assert moved > 0  # the prior moves ads here: the check above is not vacuous
+
+
+def test_the_request_level_loop_applies_the_same_prior(tiny_lm) -> None:  # noqa: F811
+    """The loop the TensorRT-LLM backend runs (fed by a plain forward pass) re-ranks exactly as the torch decoder."""
+    from adgen.model.backend_trtllm import RequestBeamSearch
+
+    def next_logprobs(sequences: list[list[int]]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.stack([tiny_lm(torch.tensor([s])).logits[0, -1] for s in sequences])
+
+    trie = TrieArrays.from_sequences(ITEMS, list(range(len(ITEMS))))
+    prior = PopularityPrior.build(((v, f"a{v}") for v in range(len(ITEMS))), _counts(), 2.0)
+    expected = ConstrainedBeamSearch(tiny_lm).generate(PROMPTS, trie, k=5, beams=8, ad_prior=prior)
+    got = RequestBeamSearch(next_logprobs, tiny_lm.config.vocab_size).generate(
+        PROMPTS, trie, k=5, beams=8, ad_prior=prior
+    )
+    assert [[v for v, _ in r] for r in got] == [[v for v, _ in r] for r in expected]
+
+
+def test_the_recipe_carries_the_prior_and_refuses_a_non_positive_weight() -> None:
+    recipe = ServingRecipe(popularity=PopularitySettings(weight=0.2, counts={"a": 3}))
+    again = ServingRecipe.model_validate_json(recipe.model_dump_json())
+    assert again.popularity is not None and again.popularity.counts == {"a": 3}
+    assert ServingRecipe().popularity is None  # older recipes load without it
+    with pytest.raises(ValueError, match="greater than 0"):
+        PopularitySettings(weight=0.0, counts={})
