@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
@@ -59,10 +60,22 @@ class LiveIndex(Protocol):
     def snapshot(self, store: SnapshotStore) -> Snapshot: ...
 
 
-class CIAssigner(Protocol):
-    """The search path's part in an ad batch (`QueryRetrieval.index_ads`)."""
+@dataclass(frozen=True)
+class AssignedCIs:
+    """An ad batch's records with their CIs filled, and each changed ad's CIs before the batch (for `ci:*`)."""
 
-    async def index_ads(self, records: Sequence[AdRecord], items: Mapping[str, Item]) -> list[AdRecord]: ...
+    records: list[AdRecord]
+    before: dict[str, dict[int, float]]
+
+
+class CIAssigner(Protocol):
+    """The search path's part in an ad batch (`QueryRetrieval`): CIs are assigned first, the ad records are
+    written, and only then do the `ci:*` keys name the ads, so a reader who finds an ad through a CI always
+    finds its record."""
+
+    async def index_ads(self, records: Sequence[AdRecord], items: Mapping[str, Item]) -> AssignedCIs: ...
+
+    async def publish_ads(self, assigned: AssignedCIs) -> None: ...
 
 
 class AdUpdatesReader:
@@ -205,9 +218,11 @@ class AdIndexer(Component):
             self.metrics.events.labels(AD_UPDATES.name).inc(len(good))
             if records:
                 view = self.live.view
-                if self.ci is not None:
-                    records = await self.ci.index_ads(records, view.items)
+                assigned = await self.ci.index_ads(records, view.items) if self.ci is not None else None
+                records = assigned.records if assigned is not None else records
                 await self.store.write_ads(records)
+                if self.ci is not None and assigned is not None:
+                    await self.ci.publish_ads(assigned)  # after the records (CIAssigner)
                 self.metrics.index_updates.inc(len(records))
                 self.metrics.index_live_ads.set(len(view.live))
                 version = self.live.snapshot_version

@@ -31,6 +31,7 @@ from adgen.core.catalogue import Item
 from adgen.core.config import ModelSettings, Settings
 from adgen.index.snapshot import SnapshotStore
 from adgen.index.trie_arrays import TrieArrays
+from adgen.processors.ad_updates import AssignedCIs
 from adgen.processors.feature_store import AdRecord
 from adgen.processors.metrics import WorkerMetrics
 from adgen.processors.worker_parts import Component, DeadLetters
@@ -409,8 +410,8 @@ class QueryRetrieval(Component):
       written to Redis by query id and by normalised query; a query that decodes but cannot be searched goes
       to the dead-letter topic like an undecodable one, and both are counted;
     - `index_ads`: the ad index hands it every applied ad batch: new ads get CIs by constrained inference,
-      deleted or paused ads leave the CI index, the change is mirrored to the `ci:*` keys and the ad records
-      come back with their CIs;
+      deleted or paused ads leave the CI index, and the ad records come back with their CIs; once the records
+      are written, `publish_ads` mirrors the change to the `ci:*` keys (so a CI never names an ad without a record);
     - on start the whole CI index is published to Redis (`ci:current` flips to its version), and
       `save_snapshot` (called by the snapshot component) keeps new ads' CIs across restarts;
     - `GET /search?q=...` on the worker's web port.
@@ -471,8 +472,9 @@ class QueryRetrieval(Component):
             return
         await self.store.write_results([(query.query_id, query.event_time.timestamp(), result)])
 
-    async def index_ads(self, records: Sequence[AdRecord], items: Mapping[str, Item]) -> list[AdRecord]:
-        """CIs for an applied ad batch (see the class docstring); returns the records with `cis` filled.
+    async def index_ads(self, records: Sequence[AdRecord], items: Mapping[str, Item]) -> AssignedCIs:
+        """CIs for an applied ad batch (see the class docstring): the records with `cis` filled, and what changed
+        for `publish_ads`, which the ad-updates path calls once the records are written.
 
         A model failure is logged and never stops ad indexing: those records then go out without new CIs."""
         index = self.service.index
@@ -486,12 +488,16 @@ class QueryRetrieval(Component):
                 await asyncio.to_thread(self.service.upsert_ads, new)
         except Exception:
             log.exception("CI assignment failed for %d ad records", len(records))
-        await self.store.write_ads(index, {ad: before.get(ad, {}) for ad in [*gone, *(i.item_id for i in new)]})
         view, texts = index.view, index.ci_set.texts
-        return [
+        filled = [
             r.model_copy(update={"cis": _ci_texts(view.ad_cis.get(r.ad_id, {}), texts)}) if r.status == "active" else r
             for r in records
         ]
+        return AssignedCIs(filled, {ad: dict(before.get(ad, {})) for ad in [*gone, *(i.item_id for i in new)]})
+
+    async def publish_ads(self, assigned: AssignedCIs) -> None:
+        """Mirror the batch's CI changes to the live version's `ci:*` keys (after the ads' records are written)."""
+        await self.store.write_ads(self.service.index, assigned.before)
 
     def save_snapshot(self) -> Path:
         """The CI index with every new ad's CIs, as the next CI snapshot (blocking: run it in a thread)."""
