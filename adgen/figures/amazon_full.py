@@ -136,7 +136,27 @@ def verdict(sources: Sources) -> str:
             f"{', '.join(f'{w / 60:.1f} min' for w in walls)}; 1-minute load average at each start "
             f"{', '.join(f'{x:.1f}' if isinstance(x, float) else '?' for x in loads)}.\n"
         )
+        fits = _teacher_fit_minutes(sources, runs)
+        if fits:
+            lines.append(
+                f"- Not in those times: the distillation teacher's SASRec fits (seeds {', '.join(map(str, fits))}), "
+                f"made once and copied into every run (`--sasrec-from`), took "
+                f"{', '.join(f'{m:.1f}' for m in fits.values())} min. A single seed trained from scratch makes all "
+                f"of them first: {statistics.mean(walls) / 60 + sum(fits.values()):.0f} min with the mean run above.\n"
+            )
     return "".join(lines)
+
+
+def _teacher_fit_minutes(sources: Sources, runs: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> dict[int, float]:
+    """Teacher seed -> minutes its SASRec fit took (each run's own SASRec fit is one member; its history JSON)."""
+    out: dict[int, float] = {}
+    for seed, _, _ in runs:
+        ref = DATA / MAIN / f"seed{seed}" / "sasrec_history.json"
+        if (sources.root / ref).exists():
+            history = sources.data(str(ref))
+            if "train_seconds" in history:
+                out[seed] = history["train_seconds"] / 60
+    return out
 
 
 @region("amazon-full-sasrec-tuning")
