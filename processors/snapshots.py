@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from adgen.core.clock import utc_now
 from adgen.index.snapshot import SnapshotError, SnapshotStore
 from adgen.processors.ad_indexer import LiveAdIndex
+from adgen.processors.gc_policy import freeze_long_lived
 from adgen.processors.metrics import WorkerMetrics
 from adgen.processors.worker_parts import Component, Readiness
 from adgen.search.ci_index import CIError
@@ -125,5 +126,6 @@ class Snapshots(Component):
             log.error("index snapshot failed; still serving, retrying at the next tick: %s", exc)
             return None
         self.metrics.snapshots.inc()
+        freeze_long_lived(collect=False)  # the ads indexed since the last one are long-lived too (gc_policy)
         await self.notices.send(key=notice.kind.encode(), value=notice.model_dump_json().encode())
         return notice

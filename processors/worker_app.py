@@ -39,6 +39,7 @@ from adgen.processors.ad_indexer import LiveAdIndex
 from adgen.processors.ad_updates import AdIndexer
 from adgen.processors.ci_reload import CIModelRefused, CIModelReloader, check_served
 from adgen.processors.feature_store import FeatureStore
+from adgen.processors.gc_policy import freeze_long_lived
 from adgen.processors.generation import GenerationService, Generator, LeadreGenerator, set_torch_threads
 from adgen.processors.lag import LagReporter
 from adgen.processors.metrics import WorkerMetrics
@@ -117,6 +118,7 @@ def build_worker(settings: Settings, generator: Generator | None = None) -> Work
     components: list[Component] = [
         c for c in (retrieval, ad_index, generation, windows, snapshotter, lag, *reloaders) if c is not None
     ]
+    freeze_long_lived(collect=True)  # the restored index and catalogue: never walked by the collector again
     start_with_app(app, components)
     return Worker(settings, app, metrics, live, components)
 
