@@ -193,8 +193,9 @@ def seeds_table(payloads: Mapping[int, Mapping[str, Any]], owed: Mapping[int, st
     whose run is owed is listed with its command rather than left out silently."""
     lines = [
         "| world seed | test queries | served NDCG@10 | best baseline NDCG@10 | served HR@50 | best baseline HR@50 "
-        "| served >= best on both | served ms/query (p50) | load at start |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| served >= best on both | query side: lexical share (chosen on validation) | served ms/query (p50) "
+        "| load at start |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     cols: dict[str, list[float]] = {"sn": [], "bn": [], "sh": [], "bh": []}
     for seed, payload in sorted(payloads.items()):
@@ -204,15 +205,17 @@ def seeds_table(payloads: Mapping[int, Mapping[str, Any]], owed: Mapping[int, st
             cols[key].append(value)
         win = "yes" if sn >= best_ndcg and sh >= best_hr else "**no**"
         ms = f"{served['ms_p50']:.2f}" if "ms_p50" in served else "-"
+        share = payload.get("serving", {}).get("lexical_weight")
+        lexical = f"{share:g}" if share is not None else "-"
         load = payload.get("loadavg_start")
         load_text = f"{load[0]:.1f}" if load else "-"
         lines.append(
             f"| {seed} | {payload['queries']} | {_f(sn)} | {_f(best_ndcg)} | {_f(sh)} | {_f(best_hr)} | {win} "
-            f"| {ms} | {load_text} |"
+            f"| {lexical} | {ms} | {load_text} |"
         )
     if len(payloads) > 1:
         cells = [f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" for v in cols.values()]
-        lines.append(f"| mean ± sd ({len(payloads)} seeds) | | {' | '.join(cells)} | | | |")
+        lines.append(f"| mean ± sd ({len(payloads)} seeds) | | {' | '.join(cells)} | | | | |")
     for seed, note in sorted(owed.items()):
         lines.append("")
         lines.append(f"World seed {seed}: {note}.")
