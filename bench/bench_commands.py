@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_commands.py --out bench/results/commands.json [--skip-demo]
 
-Clones the committed HEAD into a temporary directory (no .venv, no var/), then runs `bash scripts/test.sh`
+Clones the committed HEAD into a temporary directory beside this repository (no .venv, no var/; `../shared` resolves
+as for the repository itself), then runs `bash scripts/test.sh`
 and `bash scripts/demo.sh` there exactly as a user would, one after the other, then the demo a second time
 (cached stages). Records each wall time, pytest's summary counts (passed, skipped, failed) and the load
 average before and after. The pip cache of the machine is used, as on any developer machine.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,11 +51,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/commands.json"))
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument(
+        "--logs", type=Path, default=REPO / "var" / "runs" / "commands", help="Where the commands' logs are kept."
+    )
     args = parser.parse_args()
     info = run_info()
     result: dict[str, Any] = {"run": info}
-    with tempfile.TemporaryDirectory(prefix="adgen-fresh-clone-") as tmp:
-        clone = Path(tmp) / "adgen"
+    # the clone sits beside this repository, so `../shared` (the datasets) resolves for it as for a user's clone
+    with (
+        tempfile.TemporaryDirectory(prefix="adgen-fresh-clone-", dir=REPO.parent) as clone_dir,
+        tempfile.TemporaryDirectory(prefix="adgen-fresh-clone-logs-") as tmp,
+    ):
+        clone = Path(clone_dir)
         subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True)
         result["clone_commit"] = head.stdout.strip()
@@ -67,6 +76,8 @@ def main() -> None:
             print("demo:", result["demo"], flush=True)
             result["demo_again"] = timed(["bash", "scripts/demo.sh"], clone, logs / "demo-again.log")
             print("demo again:", result["demo_again"], flush=True)
+        shutil.copytree(logs, args.logs, dirs_exist_ok=True)  # the demo's summary and pytest's report, kept
+        result["logs"] = str(args.logs)
         failed = [name for name in ("test", "demo", "demo_again") if result.get(name, {}).get("exit_code")]
         if failed:
             for name in failed:
