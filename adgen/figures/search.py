@@ -175,7 +175,39 @@ def search_levers(sources: Sources) -> str:
 
 @region("search-readme")
 def search_readme(sources: Sources) -> str:
-    return readme_table(sources.data(RESULT))
+    table = readme_table(sources.data(RESULT))
+    payloads = _seed_payloads(sources)[0]
+    if len(payloads) < 2:
+        return table
+    served, best = [], []
+    for payload in payloads.values():
+        row, best_ndcg, _ = _served_and_best(payload)
+        served.append(float(row["ndcg10"]))
+        best.append(best_ndcg)
+    wins = sum(1 for payload in payloads.values() if _wins(payload))
+    return table + (
+        f"\n\nOver world seeds {', '.join(map(str, sorted(payloads)))} (docs/search.md): served NDCG@10 "
+        f"{statistics.mean(served):.3f} ± {statistics.stdev(served):.3f} against the best baseline's "
+        f"{statistics.mean(best):.3f} ± {statistics.stdev(best):.3f}; served >= best baseline on NDCG@10 and HR@50 "
+        f"on {wins} of {len(payloads)} seeds.\n"
+    )
+
+
+def _wins(payload: Mapping[str, Any]) -> bool:
+    row, best_ndcg, best_hr = _served_and_best(payload)
+    return float(row["ndcg10"]) >= best_ndcg and float(row["hr"]["HR@50"]) >= best_hr
+
+
+def _seed_payloads(sources: Sources) -> tuple[dict[int, Mapping[str, Any]], dict[int, str]]:
+    """Every committed world seed's experiment (seed 0 is the headline run) and the owed ones' notes."""
+    payloads: dict[int, Mapping[str, Any]] = {0: sources.data(RESULT)}
+    owed: dict[int, str] = {}
+    for seed, path in SEED_RESULTS.items():
+        try:
+            payloads[seed] = sources.data(path)
+        except PendingFigure as exc:
+            owed[seed] = exc.note
+    return payloads, owed
 
 
 def _served_and_best(payload: Mapping[str, Any]) -> tuple[Mapping[str, Any], float, float]:
@@ -224,11 +256,4 @@ def seeds_table(payloads: Mapping[int, Mapping[str, Any]], owed: Mapping[int, st
 
 @region("search-seeds")
 def search_seeds(sources: Sources) -> str:
-    payloads: dict[int, Mapping[str, Any]] = {0: sources.data(RESULT)}
-    owed: dict[int, str] = {}
-    for seed, path in SEED_RESULTS.items():
-        try:
-            payloads[seed] = sources.data(path)
-        except PendingFigure as exc:
-            owed[seed] = exc.note
-    return seeds_table(payloads, owed)
+    return seeds_table(*_seed_payloads(sources))
