@@ -249,6 +249,14 @@ def soak_verdicts(sources: Sources) -> str:
             ),
         ),
         (
+            "bad events dead-lettered/s in the garbage half",
+            lambda r: (
+                f"{r['figures']['dead_letters_per_s_garbage_half']:,.0f}"
+                if "dead_letters_per_s_garbage_half" in r["figures"]
+                else "not recorded"
+            ),
+        ),
+        (
             "good events consumed/s, clean half → garbage half",
             lambda r: (
                 f"{r['figures']['good_consumed_per_s_clean_half']:.1f} →"
