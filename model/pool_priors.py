@@ -50,8 +50,10 @@ class PopularityPrior:
 
     def rescore(self, logprobs: torch.Tensor, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         table = self.log_count_of_value.to(values.device)
+        if table.numel() == 0:  # no leaf has a count: nothing to add
+            table = torch.zeros(1, device=values.device)
         inside = (values >= 0) & (values < table.numel())
-        prior = torch.where(inside, table[values.clamp(min=0, max=max(table.numel() - 1, 0))], 0.0)
+        prior = torch.where(inside, table[values.clamp(min=0, max=table.numel() - 1)], 0.0)
         return torch.where(torch.isfinite(scores) & (values >= 0), scores + self.weight * prior, NEG_INF)
 
 

@@ -116,7 +116,8 @@ def sequence_examples(
         raise SequenceBudgetError(
             f"only {len(out)} of {len(histories)} users' sequences keep an ad target within "
             f"max_prompt_tokens={builder.options.max_prompt_tokens} (newer behaviour fills the budget and the clicks "
-            "are cut): raise prompts.max_prompt_tokens or lower prompts.max_events"
+            "are cut): raise prompts.max_prompt_tokens, or write less per behaviour (prompts.ad_text, "
+            "prompts.title_words)"
         )
     return out
 

@@ -33,6 +33,13 @@ def test_popularity_adds_weight_times_log1p_count_and_keeps_empty_slots_empty() 
     assert got[0, 3] == NEG_INF
 
 
+def test_a_prior_over_no_leaves_changes_nothing() -> None:
+    prior = PopularityPrior.build([], {"a": 3}, weight=1.0)
+    scores = torch.tensor([[-1.0, NEG_INF]])
+    got = prior.rescore(torch.zeros(1, 2), scores, torch.tensor([[5, -1]]))
+    assert got[0, 0] == -1.0 and got[0, 1] == NEG_INF
+
+
 def test_combine_sums_priors_and_drops_absent_ones() -> None:
     a = PopularityPrior.build([(0, "a")], {"a": 3}, 1.0)
     b = PopularityPrior.build([(0, "a")], {"a": 3}, 2.0)
