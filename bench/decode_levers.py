@@ -23,18 +23,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from adgen.model.baselines import ad_ids
 from adgen.model.metrics import ranking_metrics
 from adgen.model.pipeline import Run
+from adgen.model.pool_priors import PopularityPrior
 
 KS = [1, 5, 10]
 
@@ -113,8 +111,8 @@ def main() -> None:
     grid_rows.sort(key=lambda r: r["ndcg@10"], reverse=True)
     print(json.dumps({"unweighted_pool": unweighted, "best": grid_rows[0]}), flush=True)
 
-    counts = Counter(ad for e in run.split.valid for ad in ad_ids(e.history))  # the training sequences
-    log_count = torch.tensor([math.log1p(counts.get(ad, 0)) for ad in rec.leaf_items])
+    # the product's own counts and table (model/pool_priors.py), so the grid measures what serving would add
+    log_count = PopularityPrior.build(enumerate(rec.leaf_items), run.training_ad_counts, 1.0).log_count_of_value
     penalty_rows = []
     base = torch.where(empty, float("-inf"), levels.sum(-1))
     for beta in [float(b) for b in args.betas.split(",")]:

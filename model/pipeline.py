@@ -10,6 +10,7 @@ best/), model/ (final safetensors + config + tokenizer), eval/ (eval.json, eval.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -489,7 +490,12 @@ class Run:
         weight = self.cfg.eval.popularity_weight
         if weight <= 0:
             return None
-        return PopularitySettings(weight=weight, counts=ad_counts(ad_ids(e.history) for e in self.split.valid))
+        return PopularitySettings(weight=weight, counts=self.training_ad_counts)
+
+    @functools.cached_property
+    def training_ad_counts(self) -> dict[str, int]:
+        """Each ad's occurrences in the training part (fixed by the split; read by every validation decode)."""
+        return ad_counts(ad_ids(e.history) for e in self.split.valid)
 
     def recommender(self, name: str = "leadre") -> GenerativeRecommender:
         return GenerativeRecommender(

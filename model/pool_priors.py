@@ -15,8 +15,10 @@ training has n = 0 (no boost, no penalty). The counts and the weight are saved i
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Protocol
 
 import torch
@@ -79,8 +81,4 @@ def combine(priors: Sequence[PoolPrior | None]) -> PoolPrior | None:
 
 def ad_counts(sequences: Iterable[Sequence[str]]) -> dict[str, int]:
     """Occurrences of each ad id in training sequences (what `PopularityPrior` reads)."""
-    counts: dict[str, int] = {}
-    for sequence in sequences:
-        for ad in sequence:
-            counts[ad] = counts.get(ad, 0) + 1
-    return counts
+    return dict(Counter(chain.from_iterable(sequences)))

@@ -95,6 +95,28 @@ def test_a_distilled_run_fits_its_teacher_once_and_the_evaluation_scores_that_sa
         load_config(workdir / "bad.yaml")
 
 
+def test_a_popularity_prior_is_saved_in_the_recipe_with_the_training_parts_counts(workdir: Path):
+    """eval.popularity_weight reaches the checkpoint's recipe.json with each ad's count in the training part (every
+    user's behaviour before the validation target: 3 of the 5 ads each here), so serving ranks as evaluated."""
+    from adgen.model.recipe import load_recipe
+
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    config.update(out_dir=str(workdir / "popular"), tasks={"curriculum": "main_only"})
+    config["train"].update(stage_epochs={"main": 1})
+    config["eval"].update(popularity_weight=0.3, baselines=[])
+    (workdir / "popular.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["train", "--config", str(workdir / "popular.yaml")])
+    assert result.exit_code == 0, result.output
+    saved = load_recipe(workdir / "popular" / "model").popularity
+    assert saved is not None and saved.weight == 0.3
+    expected: dict[str, int] = {}
+    for u in range(16):
+        for j in range(3):
+            item = f"i{(u + j) % N_ITEMS}"
+            expected[item] = expected.get(item, 0) + 1
+    assert saved.counts == expected
+
+
 def test_rerun_resumes_finished_stages_and_eval_reloads_the_model(workdir: Path):
     run = workdir / "run"
     before = (run / "stage2_main" / "metrics.json").read_text()
