@@ -26,6 +26,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -51,6 +52,21 @@ def ranked_metrics(scores: torch.Tensor, values: torch.Tensor, target_values: to
         gain = torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2), torch.zeros_like(rank, dtype=torch.float))
         out[f"ndcg@{k}"] = float(gain.mean())
     return out
+
+
+def cached_pool(run: Run, rec: Any, examples: list[Any], pool: int, cache_dir: Path) -> tuple[torch.Tensor, ...]:
+    """Each example's best `pool` finished ads of a `pool`-wide beam (leaf values [U, P], per-level log-probs
+    [U, P, depth]), decoded once and then read from a safetensors file named after the run and the width."""
+    cache = cache_dir / f"{Path(run.out).resolve().as_posix().replace('/', '_')}_pool{pool}.safetensors"
+    if cache.exists():
+        saved = load_file(cache)
+        return saved["values"], saved["levels"]
+    values, levels = rec.search.generate_levels(
+        rec.prompts(examples), rec.trie, pool, pool, renormalize=rec.renormalize
+    )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"values": values.contiguous(), "levels": levels.contiguous()}, cache)
+    return values, levels
 
 
 def main() -> None:
@@ -83,17 +99,8 @@ def main() -> None:
     run.cfg = cfg
 
     rec = run.recommender()
-    cache = args.pool_cache / f"{Path(run.out).resolve().as_posix().replace('/', '_')}_pool{args.pool}.safetensors"
     started = time.perf_counter()
-    if cache.exists():
-        saved = load_file(cache)
-        values, levels = saved["values"], saved["levels"]
-    else:
-        values, levels = rec.search.generate_levels(
-            rec.prompts(valid), rec.trie, args.pool, args.pool, renormalize=rec.renormalize
-        )
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"values": values.contiguous(), "levels": levels.contiguous()}, cache)
+    values, levels = cached_pool(run, rec, valid, args.pool, args.pool_cache)
     pool_seconds = time.perf_counter() - started
     value_of = {ad: v for v, ad in enumerate(rec.leaf_items)}
     target_values = torch.tensor([value_of.get(t, -2) for t in targets])

@@ -16,7 +16,7 @@ included) and starts a new list; older versions keep the old one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Set
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,11 @@ class LeafItems:
 
     def leaf_of(self, ad_id: str) -> int:
         return self._leaf_of[ad_id]
+
+    @property
+    def leaf_values(self) -> Mapping[str, int]:
+        """Live ad id -> its leaf value (read-only; what per-prompt pool priors look ads up in)."""
+        return self._leaf_of
 
     @property
     def live(self) -> LiveAds:

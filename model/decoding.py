@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 from adgen.index.trie_arrays import TrieArrays, TrieError
 from adgen.model.allocator import tune_allocator
 from adgen.model.lm import check_supported
-from adgen.model.pool_priors import PoolPrior
+from adgen.model.pool_priors import PoolPrior, for_rows
 from adgen.model.prefix_cache import PrefixKVCache
 
 NEG_INF = float("-inf")
@@ -417,8 +417,9 @@ class ConstrainedBeamSearch:
 
         `renormalize` scores each token by its log-probability among the trie's valid children only (for
         models trained with a trie-constrained softmax); by default it is the log-probability over the vocabulary.
-        `ad_prior` (a `PoolPrior`: the next-ad head of model/ad_head.py, popularity of model/pool_priors.py, or
-        their sum) re-ranks the best `beams` finished items before the top k are cut.
+        `ad_prior` (a `PoolPrior`: the next-ad head of model/ad_head.py, popularity or transitions of
+        model/pool_priors.py, or their sum) re-ranks the best `beams` finished items before the top k are cut; a
+        per-prompt prior (transitions) has one row per prompt of this call and is sliced with each chunk.
         """
         beams = resolve_beams(k, beams)
         self._check_trie(trie)
@@ -428,8 +429,9 @@ class ConstrainedBeamSearch:
         out: list[list[tuple[int, float]]] = []
         for start in range(0, len(encoded), self.max_batch_prompts):
             chunk = encoded[start : start + self.max_batch_prompts]
-            state = self._run_search(chunk, trie, k, beams, score_floor, renormalize, ad_prior)
-            scores, items = rank_pool(state, ad_prior)
+            chunk_prior = for_rows(ad_prior, start, start + len(chunk))
+            state = self._run_search(chunk, trie, k, beams, score_floor, renormalize, chunk_prior)
+            scores, items = rank_pool(state, chunk_prior)
             out.extend(to_results(scores, items, k))
         return out
 

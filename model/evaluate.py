@@ -21,10 +21,11 @@ from adgen.core.ad_text import meaningful_categories
 from adgen.core.catalogue import Dataset, Item, SplitExample, UserProfile
 from adgen.index.semantic_ids import SemanticIdMap, sid_vocabulary
 from adgen.model.ad_head import AdPrior
+from adgen.model.baselines import ad_ids
 from adgen.model.metrics import list_qualities, mean_dice, ranking_metrics
 from adgen.model.pool_priors import PoolPrior, PopularityPrior, combine
 from adgen.model.prompts import PromptBuilder
-from adgen.model.recipe import PopularitySettings
+from adgen.model.recipe import PopularitySettings, TransitionSettings
 from adgen.model.tokenizer import token_offset
 
 
@@ -61,6 +62,7 @@ class GenerativeRecommender:
         renormalize: bool = False,
         ad_prior_weight: float = 0.0,
         popularity: PopularitySettings | None = None,
+        transitions: TransitionSettings | None = None,
     ) -> None:
         from adgen.model.decoding import ConstrainedBeamSearch
 
@@ -81,6 +83,9 @@ class GenerativeRecommender:
         if popularity is not None:
             popularity_prior = PopularityPrior.build(enumerate(self.leaf_items), popularity.counts, popularity.weight)
         self.ad_prior = combine([self.ad_prior, popularity_prior])
+        self.transitions = transitions
+        self.transition_counts = transitions.counts() if transitions is not None else None
+        self.value_of = {ad: v for v, ad in enumerate(self.leaf_items)}
 
     def prompts(self, examples: Sequence[SplitExample]) -> list[list[int]]:
         return [self.builder.user_prompt(e.history, self.profiles.get(e.user_id)).ids for e in examples]
@@ -91,12 +96,25 @@ class GenerativeRecommender:
         k_eff = min(k, self.trie.num_values)
         beams = max(self.beams or k_eff, k_eff)
         results = self.search.generate(
-            self.prompts(examples), self.trie, k_eff, beams=beams, renormalize=self.renormalize, ad_prior=self.ad_prior
+            self.prompts(examples),
+            self.trie,
+            k_eff,
+            beams=beams,
+            renormalize=self.renormalize,
+            ad_prior=self.prior(examples),
         )
         return [[(self.leaf_items[v], s) for v, s in row] for row in results]
 
     def recommend(self, examples: Sequence[SplitExample], k: int) -> list[list[str]]:
         return [[item for item, _ in row] for row in self.recommend_scored(examples, k)]
+
+    def prior(self, examples: Sequence[SplitExample]) -> PoolPrior | None:
+        """The global priors plus, with a transition prior, one row per example built from its own history."""
+        if self.transitions is None or self.transition_counts is None:
+            return self.ad_prior
+        recents = [ad_ids(e.history) for e in examples]
+        rows = self.transition_counts.prior(self.value_of, recents, self.transitions.weight)
+        return combine([self.ad_prior, rows])
 
 
 def top_category(item: Item | None) -> str:

@@ -36,9 +36,9 @@ from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_re
 from adgen.model.lm import LMConfig, build_lm, count_parameters, load_lm, save_lm
 from adgen.model.lm_training import LMTrainConfig, Scoring, SequenceExample, train_causal_lm
 from adgen.model.metrics import channel_value, ranking_metrics
-from adgen.model.pool_priors import ad_counts
+from adgen.model.pool_priors import TransitionCounts, ad_counts
 from adgen.model.prompts import PromptBuilder, PromptOptions, fixed_texts
-from adgen.model.recipe import PopularitySettings, ServingRecipe, save_recipe
+from adgen.model.recipe import PopularitySettings, ServingRecipe, TransitionSettings, save_recipe
 from adgen.model.target_weights import with_target_weights
 from adgen.model.tasks import TaskOptions, curriculum_stages, stage_examples
 from adgen.model.tokenizer import build_tokenizer, extend_tokenizer, load_tokenizer, save_tokenizer, token_offset
@@ -164,6 +164,14 @@ class EvalSection(EvalOptions):
         "training sequences) is added to each of the beam's finished ads before the top k are cut; 0 = off. Chosen "
         "on validation users (bench/decode_levers.py); saved in the recipe with the counts, so serving ranks the same.",
     )
+    transition_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the transition prior (model/pool_priors.py): weight * log(1 + how often the ad "
+        "followed the user's last `transition_window` ads in the training sequences) is added to each of the beam's "
+        "finished ads; 0 = off. Chosen on validation users (bench/transition_levers.py); saved in the recipe.",
+    )
+    transition_window: int = Field(1, ge=1, description="How many of the user's last ads the transition prior reads.")
     valid_too: bool = Field(False, description="Also score every model on the validation users (results['valid']).")
     reuse_fitted_sasrec: bool = Field(
         False,
@@ -483,6 +491,7 @@ class Run:
             ad_vocabulary=self.ad_vocabulary,
             ad_prior_weight=self.cfg.eval.ad_prior_weight,
             popularity=self.popularity(),
+            transitions=self.transitions(),
         )
 
     def popularity(self) -> PopularitySettings | None:
@@ -491,6 +500,17 @@ class Run:
         if weight <= 0:
             return None
         return PopularitySettings(weight=weight, counts=self.training_ad_counts)
+
+    def transitions(self) -> TransitionSettings | None:
+        """The transition prior's settings: eval.transition_weight/_window and the training part's ad successions."""
+        weight = self.cfg.eval.transition_weight
+        if weight <= 0:
+            return None
+        window = self.cfg.eval.transition_window
+        counts = TransitionCounts.from_sequences((ad_ids(e.history) for e in self.split.valid), window)
+        return TransitionSettings(
+            weight=weight, window=window, following={a: dict(r) for a, r in counts.following.items()}
+        )
 
     @functools.cached_property
     def training_ad_counts(self) -> dict[str, int]:
@@ -509,6 +529,7 @@ class Run:
             renormalize=self.recipe.renormalize,
             ad_prior_weight=self.recipe.ad_prior_weight,
             popularity=self.recipe.popularity,
+            transitions=self.recipe.transitions,
         )
 
     def training_trie(self):

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adgen.model.lm_training import Scoring
+from adgen.model.pool_priors import TransitionCounts
 from adgen.model.prompts import PromptOptions
 
 RECIPE_FILE = "recipe.json"
@@ -26,6 +27,22 @@ class PopularitySettings(BaseModel):
 
     weight: float = Field(..., gt=0, description="Chosen on validation users (bench/decode_levers.py).")
     counts: dict[str, int] = Field(..., description="Ad id -> occurrences in the training sequences.")
+
+
+class TransitionSettings(BaseModel):
+    """The transition prior a checkpoint is served with: `weight * log(1 + t)`, t = how often the pooled ad followed
+    the user's last `window` ads in the training sequences (model/pool_priors.py `TransitionCounts`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(..., gt=0, description="Chosen on validation users (bench/transition_levers.py).")
+    window: int = Field(..., ge=1, description="How many of the user's most recent ads it reads.")
+    following: dict[str, dict[str, float]] = Field(
+        ..., description="Earlier ad id -> later ad id -> count within `window` steps (1/gap each)."
+    )
+
+    def counts(self) -> TransitionCounts:
+        return TransitionCounts(self.window, self.following)
 
 
 class ServingRecipe(BaseModel):
@@ -49,6 +66,11 @@ class ServingRecipe(BaseModel):
     popularity: PopularitySettings | None = Field(
         None,
         description="The popularity prior (model/pool_priors.py): weight and the training counts it reads; None = off.",
+    )
+
+    transitions: TransitionSettings | None = Field(
+        None,
+        description="The transition prior (model/pool_priors.py): weight, window and the training counts; None = off.",
     )
 
     @model_validator(mode="after")

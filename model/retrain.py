@@ -34,7 +34,7 @@ from adgen.model.checkpoint_layout import CheckpointLayout
 from adgen.model.evaluate import EvalOptions, GenerativeRecommender, evaluate_recommender, sample_examples
 from adgen.model.lm import load_lm, save_lm
 from adgen.model.lm_training import LMTrainConfig, train_causal_lm
-from adgen.model.pool_priors import ad_counts
+from adgen.model.pool_priors import TransitionCounts, ad_counts
 from adgen.model.prompts import PromptBuilder
 from adgen.model.recipe import ServingRecipe, load_recipe, save_recipe
 from adgen.model.registry import GateResult
@@ -111,6 +111,7 @@ def _evaluate(
         beams=config.beams,
         renormalize=recipe.renormalize,
         popularity=recipe.popularity,
+        transitions=recipe.transitions,
     )
     metrics = evaluate_recommender(recommender, holdout, data, EvalOptions(ks=(1, 5, 10), stability=False))
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
@@ -156,6 +157,10 @@ def retrain(
     if recipe.popularity is not None:  # the prior's counts follow the data the candidate learns from
         counts = ad_counts(ad_ids(e.history) for e in split.test)  # each user's behaviour before the hold-out
         recipe = recipe.model_copy(update={"popularity": recipe.popularity.model_copy(update={"counts": counts})})
+    if recipe.transitions is not None:  # so do the transition prior's successions
+        following = TransitionCounts.from_sequences((ad_ids(e.history) for e in split.test), recipe.transitions.window)
+        transitions = recipe.transitions.model_copy(update={"following": dict(following.following)})
+        recipe = recipe.model_copy(update={"transitions": transitions})
     # the parent's ad-ID tokens (recipe.ad_vocabulary) stay as they are: ads added since are written as <ad_unk>
     builder = PromptBuilder(
         tokenizer, data.items, sid_map.sid_of, options=recipe.prompts, ad_vocabulary=recipe.ad_vocabulary

@@ -30,6 +30,7 @@ from adgen.core.checksums import weights_label
 from adgen.core.clock import utc_now
 from adgen.core.config import BudgetSettings, ModelSettings, WindowSettings
 from adgen.model.ad_head import AdPrior
+from adgen.model.baselines import ad_ids
 from adgen.model.pool_priors import PoolPrior, PopularityPrior, combine
 from adgen.processors.ad_indexer import IndexView, LiveAdIndex
 from adgen.processors.feature_store import FeatureStore, GeneratedAd, UserAds
@@ -96,6 +97,8 @@ class LeadreGenerator:
         if self.recipe.ad_prior_weight > 0 and self.ad_tokens is None:
             raise ValueError(f"{layout.recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
         self._prior: tuple[str, PoolPrior | None] | None = None  # the pool priors of the last index version decoded
+        transitions = self.recipe.transitions
+        self._transitions = transitions.counts() if transitions is not None else None
         self.model_version = weights_label(checkpoint.name, layout.lm_dir.glob("*.safetensors"))
 
     def token_offset(self, sid_vocabulary: Sequence[str]) -> int:
@@ -115,13 +118,14 @@ class LeadreGenerator:
             options=self.options,
             ad_vocabulary=self.ad_tokens or self.ad_vocabulary,
         )
-        prompts = []
+        prompts, recents = [], []
         for w in windows:
             history = w.to_history()
             # behaviour on ads this index never saw has no S-ID to show: leave it out of the prompt
             events = [e for e in history.events if not e.kind.startswith("ad_") or e.ref in view.sids]
             now = w.last_request_ts if w.last_request_ts > NO_TIME else None
             prompts.append(builder.user_prompt(events, history.profile, now=now).ids)
+            recents.append(ad_ids(events))
         k = min(self.k, len(view.leaf_items))
         results = self.backend.generate(
             prompts,
@@ -129,7 +133,7 @@ class LeadreGenerator:
             k=k,
             beams=max(self.beams, k),
             renormalize=self.recipe.renormalize,
-            ad_prior=self._ad_prior(view),
+            ad_prior=combine([self._ad_prior(view), self._transition_prior(recents, view)]),
         )
         return [
             [
@@ -157,6 +161,14 @@ class LeadreGenerator:
             ]
             self._prior = (view.version, combine(priors))
         return self._prior[1]
+
+    def _transition_prior(self, recents: Sequence[Sequence[str]], view: IndexView) -> PoolPrior | None:
+        """The recipe's transition prior, one row per window from its own recent ads (None when the recipe has none)."""
+        if self._transitions is None or self.recipe.transitions is None:
+            return None
+        leaves = view.leaf_items
+        value_of = leaves.leaf_values if hasattr(leaves, "leaf_values") else {a: v for v, a in enumerate(leaves)}
+        return self._transitions.prior(value_of, recents, self.recipe.transitions.weight)
 
 
 def serving_options(

@@ -10,8 +10,8 @@ import torch
 
 from adgen.index.trie_arrays import TrieArrays
 from adgen.model.decoding import ConstrainedBeamSearch
-from adgen.model.pool_priors import PopularityPrior, SumPrior, ad_counts, combine
-from adgen.model.recipe import PopularitySettings, ServingRecipe
+from adgen.model.pool_priors import PopularityPrior, SumPrior, TransitionCounts, ad_counts, combine
+from adgen.model.recipe import PopularitySettings, ServingRecipe, TransitionSettings
 from tests.test_ad_head import ITEMS, tiny_lm  # noqa: F401 (fixture)
 from tests.test_decoding import PROMPTS, brute_force
 
@@ -95,3 +95,65 @@ def test_the_recipe_carries_the_prior_and_refuses_a_non_positive_weight() -> Non
     assert ServingRecipe().popularity is None  # older recipes load without it
     with pytest.raises(ValueError, match="greater than 0"):
         PopularitySettings(weight=0.0, counts={})
+
+
+def test_transition_counts_weight_each_later_ad_by_one_over_its_gap() -> None:
+    counts = TransitionCounts.from_sequences([["a", "b", "c"], ["a", "c"]], window=2)
+    assert counts.following["a"] == {"b": 1.0, "c": 0.5 + 1.0}
+    assert counts.following["b"] == {"c": 1.0}
+    assert "c" not in counts.following  # nothing followed it
+    with pytest.raises(ValueError, match="window"):
+        TransitionCounts.from_sequences([], window=0)
+
+
+def test_transition_bonus_reads_the_last_window_ads_the_older_weighted_less() -> None:
+    counts = TransitionCounts.from_sequences([["x", "a"], ["y", "a"], ["y", "b"], ["z", "c"]], window=2)
+    # most recent "y" (1/1), then "x" (1/2); "z" is outside the window of 2
+    assert counts.bonus(["z", "x", "y"]) == {"a": 1.0 + 0.5, "b": 1.0}
+    assert counts.bonus([]) == {}
+
+
+def test_transition_prior_adds_weight_times_log1p_bonus_row_by_row() -> None:
+    counts = TransitionCounts.from_sequences([["a", "b"], ["a", "b"], ["b", "c"]], window=1)
+    leaf_value = {"a": 0, "b": 1, "c": 2}
+    prior = counts.prior(leaf_value, [["a"], ["b"]], weight=0.5)
+    scores = torch.tensor([[-1.0, -2.0, NEG_INF], [-1.0, -2.0, -3.0]])
+    values = torch.tensor([[1, 2, -1], [1, 2, 0]])
+    got = prior.rescore(torch.zeros(2, 3), scores, values)
+    expected = torch.tensor([[-1.0 + 0.5 * math.log(3), -2.0, NEG_INF], [-1.0, -2.0 + 0.5 * math.log(2), -3.0]])
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    assert torch.allclose(got[torch.isfinite(got)], expected[torch.isfinite(expected)])
+    with pytest.raises(ValueError, match="prompts"):
+        prior.rescore(torch.zeros(1, 3), scores[:1], values[:1])
+
+
+def test_the_search_slices_a_per_prompt_prior_with_its_chunks(tiny_lm) -> None:  # noqa: F811
+    """Decoded in chunks of 2 prompts, each prompt is still re-ranked by its own row (exact against brute force)."""
+    trie = TrieArrays.from_sequences(ITEMS, list(range(len(ITEMS))))
+    ads = {f"a{v}": v for v in range(len(ITEMS))}
+    recents = [[f"a{(3 * i) % len(ITEMS)}"] for i in range(len(PROMPTS))]
+    sequences = [[f"a{(3 * i) % len(ITEMS)}", f"a{(5 * i + 1) % len(ITEMS)}"] for i in range(len(PROMPTS))]
+    counts = TransitionCounts.from_sequences(sequences * 3, window=1)
+    prior = counts.prior(ads, recents, weight=2.0)
+    k = 5
+    got = ConstrainedBeamSearch(tiny_lm, max_batch_prompts=2).generate(
+        PROMPTS, trie, k=k, beams=len(ITEMS), ad_prior=prior
+    )
+    assert len(PROMPTS) > 2  # more than one chunk
+    moved = 0
+    for prompt, recent, row in zip(PROMPTS, recents, got, strict=True):
+        sid = brute_force(tiny_lm, prompt, ITEMS)
+        bonus = counts.bonus(recent)
+        expected = (sid + torch.tensor([2.0 * math.log1p(bonus.get(f"a{v}", 0.0)) for v in range(len(ITEMS))])).topk(k)
+        assert [v for v, _ in row] == expected.indices.tolist()
+        moved += [v for v, _ in row] != sid.topk(k).indices.tolist()
+    assert moved > 0  # the prior moves ads here: the check above is not vacuous
+
+
+def test_the_recipe_carries_the_transition_prior() -> None:
+    settings = TransitionSettings(weight=0.3, window=2, following={"a": {"b": 1.5}})
+    again = ServingRecipe.model_validate_json(ServingRecipe(transitions=settings).model_dump_json())
+    assert again.transitions is not None and again.transitions.counts().bonus(["a"]) == {"b": 1.5}
+    assert ServingRecipe().transitions is None  # older recipes load without it
+    with pytest.raises(ValueError, match="greater than 0"):
+        TransitionSettings(weight=0.0, window=1, following={})
