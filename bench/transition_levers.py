@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_levers import cached_pool, ranked_metrics
 
 from adgen.model.baselines import ad_ids
+from adgen.model.metrics import ranking_metrics
 from adgen.model.pipeline import Run
 from adgen.model.pool_priors import PopularityPrior, TransitionCounts
 
@@ -81,6 +82,19 @@ def main() -> None:
         best = max((r for r in rows if r["pool"] == pool), key=lambda r: r["ndcg@10"])
         print(json.dumps({"pool": pool, "seconds": pool_seconds[pool], "best": best}), flush=True)
     rows.sort(key=lambda r: r["ndcg@10"], reverse=True)
+    # the control: the same counts with no LM at all (each window's successions, ties and the rest by popularity),
+    # ranked over the whole catalogue, so what the LM adds over the counts it is fused with stays visible
+    counts_alone = []
+    by_count = sorted(rec.leaf_items, key=lambda ad: -run.training_ad_counts.get(ad, 0))
+    for window in (int(w) for w in args.windows.split(",") if w):
+        counts = TransitionCounts.from_sequences(training, window)
+        lists = []
+        for recent in recents:
+            bonus = counts.bonus(recent)
+            head = sorted(bonus, key=lambda ad: (-bonus[ad], -run.training_ad_counts.get(ad, 0)))[:10]
+            lists.append(head + [ad for ad in by_count[:20] if ad not in bonus][: 10 - len(head)])
+        counts_alone.append({"window": window, **ranking_metrics(lists, [e.target for e in valid], [1, 5, 10])})
+    print(json.dumps({"counts_alone": counts_alone}), flush=True)
     out = {
         "config": str(args.config),
         "run_dir": str(run.out),
@@ -89,6 +103,7 @@ def main() -> None:
         "users": len(valid),
         "pool_seconds": pool_seconds,
         "best": rows[0],
+        "counts_alone": counts_alone,
         "rows": rows,
         "loadavg": os.getloadavg(),
     }
