@@ -219,7 +219,7 @@ def test_the_generator_builds_prompts_and_scores_the_way_its_checkpoint_was_trai
 
 
 def serve_with_ad_tokens(
-    tmp_path: Path, beams: int, ad_prior_weight: float = 0.0, popularity=None
+    tmp_path: Path, beams: int, ad_prior_weight: float = 0.0, popularity=None, transitions=None
 ) -> tuple[LeadreGenerator, IndexView, UserWindow, list[str], list[int], list]:
     """An untrained checkpoint whose recipe knows every other ad (the rest stand for ads added after training),
     served by a LeadreGenerator: (generator, view, window, known ads, the prompt training would build, its list)."""
@@ -233,7 +233,12 @@ def serve_with_ad_tokens(
     ckpt = write_untrained_checkpoint(tmp_path / "ckpt", vocab, ["product ad"])
     trained = PromptOptions(layout="sequence", ad_text="none", ad_id_tokens=True, max_prompt_tokens=300)
     recipe = ServingRecipe(
-        prompts=trained, scoring="trie", ad_vocabulary=known, ad_prior_weight=ad_prior_weight, popularity=popularity
+        prompts=trained,
+        scoring="trie",
+        ad_vocabulary=known,
+        ad_prior_weight=ad_prior_weight,
+        popularity=popularity,
+        transitions=transitions,
     )
     save_recipe(recipe, ckpt)
     gen = LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=beams), WindowSettings())
@@ -308,6 +313,29 @@ def test_a_recipe_with_a_popularity_prior_is_served_with_it(tmp_path: Path) -> N
     gen, view, _, _, prompt, got = serve_with_ad_tokens(tmp_path, beams=10, popularity=settings)
     search = ConstrainedBeamSearch(gen.backend.search.runner.model)
     prior = PopularityPrior.build(enumerate(view.leaf_items), counts, 2.0)
+    expected = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True, ad_prior=prior)[0]
+    assert [(view.leaf_items[v], round(s, 4)) for v, s in expected] == [(g.ad_id, round(g.score, 4)) for g in got]
+    plain = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True)[0]
+    assert [v for v, _ in plain] != [v for v, _ in expected]
+
+
+def test_a_recipe_with_a_transition_prior_is_served_with_it(tmp_path: Path) -> None:
+    """The recipe's transition prior reaches the worker: the window's own recent ads pick its row, and the list is
+    the direct search re-ranked by weight x log(1 + how often each ad followed them), unlike plain scores."""
+    from adgen.model.baselines import ad_ids
+    from adgen.model.decoding import ConstrainedBeamSearch
+    from adgen.model.pool_priors import TransitionCounts
+    from adgen.model.recipe import TransitionSettings
+
+    events = window("u1", arpu=5.0, request_minutes=30).to_history().events  # the window serve_with_ad_tokens serves
+    recent = ad_ids([e for e in events if e.ref in ADS or not e.kind.startswith("ad_")])
+    assert recent  # the window holds ads the prior can read
+    following = {recent[-1]: {ad: 30.0 for ad in ADS[3::4]}}  # what followed the window's last ad in "training"
+    settings = TransitionSettings(weight=2.0, window=1, following=following)
+    gen, view, _, _, prompt, got = serve_with_ad_tokens(tmp_path, beams=10, transitions=settings)
+    search = ConstrainedBeamSearch(gen.backend.search.runner.model)
+    value_of = {ad: v for v, ad in enumerate(view.leaf_items)}
+    prior = TransitionCounts(1, following).prior(value_of, [recent], 2.0)
     expected = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True, ad_prior=prior)[0]
     assert [(view.leaf_items[v], round(s, 4)) for v, s in expected] == [(g.ad_id, round(g.score, 4)) for g in got]
     plain = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True)[0]
