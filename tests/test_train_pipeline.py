@@ -95,15 +95,16 @@ def test_a_distilled_run_fits_its_teacher_once_and_the_evaluation_scores_that_sa
         load_config(workdir / "bad.yaml")
 
 
-def test_a_popularity_prior_is_saved_in_the_recipe_with_the_training_parts_counts(workdir: Path):
-    """eval.popularity_weight reaches the checkpoint's recipe.json with each ad's count in the training part (every
-    user's behaviour before the validation target: 3 of the 5 ads each here), so serving ranks as evaluated."""
+def test_the_pool_priors_are_saved_in_the_recipe_with_the_training_parts_counts(workdir: Path):
+    """eval.popularity_weight and eval.transition_weight reach the checkpoint's recipe.json with each ad's count and
+    each succession in the training part (every user's behaviour before the validation target: 3 of the 5 ads each
+    here), so serving ranks as evaluated."""
     from adgen.model.recipe import load_recipe
 
     config = yaml.safe_load((workdir / "tiny.yaml").read_text())
     config.update(out_dir=str(workdir / "popular"), tasks={"curriculum": "main_only"})
     config["train"].update(stage_epochs={"main": 1})
-    config["eval"].update(popularity_weight=0.3, baselines=[])
+    config["eval"].update(popularity_weight=0.3, transition_weight=0.4, transition_window=1, baselines=[])
     (workdir / "popular.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(app, ["train", "--config", str(workdir / "popular.yaml")])
     assert result.exit_code == 0, result.output
@@ -115,6 +116,15 @@ def test_a_popularity_prior_is_saved_in_the_recipe_with_the_training_parts_count
             item = f"i{(u + j) % N_ITEMS}"
             expected[item] = expected.get(item, 0) + 1
     assert saved.counts == expected
+    transitions = load_recipe(workdir / "popular" / "model").transitions
+    assert transitions is not None and (transitions.weight, transitions.window) == (0.4, 1)
+    following: dict[str, dict[str, float]] = {}
+    for u in range(16):
+        for j in range(2):
+            row = following.setdefault(f"i{(u + j) % N_ITEMS}", {})
+            later = f"i{(u + j + 1) % N_ITEMS}"
+            row[later] = row.get(later, 0.0) + 1.0
+    assert transitions.following == following
 
 
 def test_rerun_resumes_finished_stages_and_eval_reloads_the_model(workdir: Path):
