@@ -6,7 +6,13 @@ baselines run through the same loop on the same queries in one run. Metrics (RAR
 - HR@K: share of a query's relevant ads (grade >= `min_grade`) in the top K, averaged over queries;
 - NDCG@10: graded, gain 2^grade - 1, ideal list from every graded ad of the query;
 - MAP over the top `cutoff`, normalised by min(|relevant|, cutoff);
-- ACR: share of queries answered with at least one ad; CIs/query; latency per query.
+- ACR: share of queries answered with at least one ad; CIs/query; ads/query (the mean list length);
+- off-intent@10: share of the top 10 served ads with no positive grade, averaged over answered queries. Where
+  the labels grade every ad of the intent's enclosing category (the synthetic world does), these are ads of
+  another category: what a relative score floor should remove. On a log with sparse judgements it counts
+  unjudged ads too, so it is an upper bound there.
+
+HR, NDCG and MAP read the returned list as it is: a shorter list (the floor) only ever loses hits.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from adgen.core.ad_text import ad_text
@@ -27,6 +33,7 @@ from adgen.search.query_log import LoggedQuery
 HR_KS = (10, 50)
 NDCG_K = 10
 MAP_CUTOFF = 100
+OFF_INTENT_K = 10
 
 
 class Retrieved(BaseModel):
@@ -69,6 +76,14 @@ def ndcg(ranked: Sequence[str], grades: Mapping[str, int], k: int) -> float:
     return dcg / idcg
 
 
+def off_intent_share(ranked: Sequence[str], grades: Mapping[str, int], k: int) -> float:
+    """Share of the top k served ads with no positive grade (0 for an empty list)."""
+    shown = ranked[:k]
+    if not shown:
+        return 0.0
+    return sum(1 for ad in shown if grades.get(ad, 0) <= 0) / len(shown)
+
+
 class MethodReport(BaseModel):
     """One row of an evaluation table."""
 
@@ -82,6 +97,9 @@ class MethodReport(BaseModel):
     avg_ads_per_query: float
     ms_p50: float
     ms_mean: float
+    off_intent10: float | None = Field(
+        None, description="Mean share of off-intent ads in the served top 10 (None: a report from before it)."
+    )
 
 
 def score_answers(
@@ -96,8 +114,8 @@ def score_answers(
     if not queries:
         raise ValueError("no labelled queries to evaluate")
     hr = {k: 0.0 for k in ks}
-    ap = gain = acr = cis = n_ads = 0.0
-    counted = graded = 0
+    ap = gain = acr = cis = n_ads = off = 0.0
+    counted = graded = answered = 0
     for q, result in zip(queries, answers, strict=True):
         ranked = result.ads
         acr += bool(ranked)
@@ -106,6 +124,9 @@ def score_answers(
         if any(g > 0 for g in q.relevance.values()):
             graded += 1
             gain += ndcg(ranked, q.relevance, NDCG_K)
+            if ranked:
+                answered += 1
+                off += off_intent_share(ranked, q.relevance, OFF_INTENT_K)
         relevant = q.relevant(min_grade)
         if relevant:
             counted += 1
@@ -124,6 +145,7 @@ def score_answers(
         avg_ads_per_query=n_ads / n,
         ms_p50=float(np.percentile(latencies_ms, 50)) if latencies_ms else 0.0,
         ms_mean=float(np.mean(latencies_ms)) if latencies_ms else 0.0,
+        off_intent10=off / max(answered, 1),
     )
 
 

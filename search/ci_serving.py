@@ -14,7 +14,9 @@ Two kinds of evidence pick a query's CIs:
 Their mixture `(1 - w) * p_model + w * p_lexical` is the query's CI distribution; `w` and every other knob
 of `ServingConfig` is chosen on validation queries (`search/ci_tuning.py`) and stored next to the build.
 An ad's score is `sum over the query's CIs of p(ci) * weight(ci, ad)`, plus, optionally, how well the ad's
-own CIs match the query's words (ranking ads inside a CI by query-ad match).
+own CIs match the query's words (ranking ads inside a CI by query-ad match). A relative floor then drops the
+ads scoring below `relative_floor * the query's best score`: an ad reached only through a wrong, low-weight CI
+of the query trails far behind the query's real intent and is not served.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class ServingConfig(BaseModel):
     templates: list[str] = Field(default_factory=list, description="Query templates mined from training queries.")
     ad_match_weight: float = Field(0.0, ge=0, description="Weight of the query-ad match inside the CIs' union.")
     top_n: int = Field(500, ge=1, description="Ads returned per query.")
+    relative_floor: float = Field(
+        0.0, ge=0, lt=1, description="Ads scoring below this share of the query's best ad are dropped (0: none)."
+    )
     cis_per_ad: int = Field(5, ge=0, description="Model-generated CIs kept per ad (on top of catalogue CIs).")
     ad_beams: int = Field(30, ge=1, description="Beams when the model generates an ad's CIs.")
     model_weight: float = Field(0.5, ge=0, le=1, description="Weight of a model CI (x its probability) vs 1.0.")
@@ -160,7 +165,7 @@ class CIQueryMapper:
         """The served ranking of one query's ads (`rank_ads` with this configuration)."""
         cfg = self.config
         match = self.ci_match(normalised)
-        return rank_ads(index, ci_scores, top_n or cfg.top_n, match, cfg.ad_match_weight)
+        return rank_ads(index, ci_scores, top_n or cfg.top_n, match, cfg.ad_match_weight, cfg.relative_floor)
 
 
 def rank_ads(
@@ -169,6 +174,7 @@ def rank_ads(
     top_n: int,
     ci_match: Mapping[int, float] | None = None,
     ad_match_weight: float = 0.0,
+    relative_floor: float = 0.0,
 ) -> list[tuple[str, float]]:
     """Union of the CIs' ads scored by sum_ci p(ci) * weight(ci, ad), best first (ties by ad id).
 
@@ -176,9 +182,14 @@ def rank_ads(
     `ad_match_weight * max over the ad's own CIs of cosine(query, CI)`: inside one CI, the ad whose other
     intentions share more of the query's words ranks first.
 
+    With `relative_floor` > 0, ads scoring below `relative_floor * best score` are dropped, so the list ends
+    where the evidence for the query's intent runs out instead of at `top_n` (0 keeps the top `top_n`).
+
     Reads one immutable view of the index throughout, so ads added or removed meanwhile never show half
-    applied (as `CIIndex.rank`, which this equals when `ad_match_weight` is 0).
+    applied (as `CIIndex.rank`, which this equals when `ad_match_weight` and `relative_floor` are 0).
     """
+    if not 0 <= relative_floor < 1:
+        raise ValueError(f"relative_floor must be in [0, 1) (a share of the best score), got {relative_floor!r}")
     view = index.view
     scores: dict[str, float] = {}
     for ci, p in ci_scores.items():
@@ -188,7 +199,11 @@ def rank_ads(
         for ad in scores:
             cis = view.ad_cis.get(ad, {})
             scores[ad] += ad_match_weight * max((ci_match.get(ci, 0.0) for ci in cis), default=0.0)
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
+    if relative_floor > 0 and ranked and ranked[0][1] > 0:
+        cut = relative_floor * ranked[0][1]
+        ranked = [(ad, score) for ad, score in ranked if score >= cut]
+    return ranked
 
 
 # --- ads ------------------------------------------------------------------------------------------------

@@ -1,20 +1,26 @@
-"""Choosing the serving settings on validation queries, in three stages.
+"""Choosing the serving settings on validation queries, in four stages.
 
 1. decoding: beam width and score floor of the CI model (the pure CI path, catalogue + model CIs per ad);
 2. ads: model CIs kept per ad and their weight against catalogue CIs (pure CI path);
-3. fusion: lexical CI matching's share, its top-k, template stripping, query-ad match inside CIs (served).
+3. fusion: lexical CI matching's share, its top-k, template stripping, query-ad match inside CIs (served);
+4. floor: the relative score floor of the served list (`choose_floor`).
 
 Each stage keeps the best setting of the stages before it. The objective is the mean of NDCG@10 and HR@50
 on validation, the two figures the CI path must win on; test queries are never seen here. Every row of
 the search lands in the build report, so the choice can be audited.
+
+The floor needs a rule of its own: it only cuts the tail of a list, which can never raise HR or NDCG, so the
+objective alone would always keep 0. It buys precision instead: the floor kept is the one serving the fewest
+off-intent ads in the top 10 among those that cost the objective at most `floor_tolerance`.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from typing import Annotated
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from adgen.index.trie_arrays import TrieArrays
@@ -32,6 +38,8 @@ from adgen.search.ci_serving import (
 )
 from adgen.search.query_log import LoggedQuery
 
+CIRows = list[dict[int, float]]  # one {CI id: probability} (or cosine) per validation query
+
 
 class TuningGrid(BaseModel):
     """The settings tried per stage (simplest first: on a tie the earlier one is kept)."""
@@ -44,6 +52,10 @@ class TuningGrid(BaseModel):
     lexical_top: list[int] = [5, 10, 20]
     strip_templates: list[bool] = [False, True]
     ad_match_weight: list[float] = [0.0, 0.5]
+    relative_floor: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5]
+    floor_tolerance: float = Field(
+        0.005, ge=0, description="Validation objective a relative floor may cost (0.005: half a point)."
+    )
 
 
 class TuningRow(BaseModel):
@@ -54,6 +66,8 @@ class TuningRow(BaseModel):
     hr50: float
     hr10: float
     map: float
+    ads_per_query: float | None = None
+    off_intent10: float | None = None
 
 
 class TuningResult(BaseModel):
@@ -67,6 +81,16 @@ class TuningResult(BaseModel):
 def objective(report: MethodReport) -> float:
     """Mean of NDCG@10 and HR@50: the two figures the CI path is judged on."""
     return (report.ndcg10 + report.hr["HR@50"]) / 2
+
+
+def choose_floor(candidates: Sequence[tuple[float, MethodReport]], tolerance: float) -> tuple[float, MethodReport]:
+    """The (floor, report) serving the fewest off-intent ads in the top 10 among those whose objective is
+    within `tolerance` of the best candidate's; ties keep the lower floor."""
+    if not candidates:
+        raise ValueError("no relative floor to choose from: the grid's relative_floor list is empty")
+    best = max(objective(report) for _, report in candidates)
+    kept = [(floor, report) for floor, report in candidates if objective(report) >= best - tolerance]
+    return min(kept, key=lambda fr: (fr[1].off_intent10 or 0.0, fr[0]))
 
 
 def build_index(
@@ -104,11 +128,18 @@ def tune_serving(
     texts = [q.normalised for q in valid]
     rows: list[TuningRow] = []
 
-    def score(stage: str, settings: dict[str, object], ci_rows: list[dict[int, float]], index: CIIndex, match=None):
-        cfg_match_w = float(settings.get("ad_match_weight", 0.0))  # type: ignore[arg-type]
+    def score(
+        stage: str,
+        settings: dict[str, object],
+        ci_rows: CIRows,
+        index: CIIndex,
+        match: CIRows | None = None,
+        match_weight: float = 0.0,
+        floor: float = 0.0,
+    ) -> MethodReport:
         answers = []
         for i, cis in enumerate(ci_rows):
-            ranked = rank_ads(index, cis, base.top_n, match[i] if match else None, cfg_match_w)
+            ranked = rank_ads(index, cis, base.top_n, match[i] if match else None, match_weight, floor)
             answers.append(Retrieved(ads=[a for a, _ in ranked], num_cis=len(cis)))
         report = score_answers(stage, valid, answers, [], min_grade)
         rows.append(
@@ -120,6 +151,8 @@ def tune_serving(
                 hr50=report.hr["HR@50"],
                 hr10=report.hr["HR@10"],
                 map=report.map,
+                ads_per_query=report.avg_ads_per_query,
+                off_intent10=report.off_intent10,
             )
         )
         return report
@@ -137,7 +170,9 @@ def tune_serving(
         bar.update(1)
     bar.close()
     assert best is not None
-    pure = base.model_copy(update={"beams": best[1], "score_floor": best[2], "lexical_weight": 0.0})
+    pure = base.model_copy(
+        update={"beams": best[1], "score_floor": best[2], "lexical_weight": 0.0, "relative_floor": 0.0}
+    )
     model_rows = decoded[pure.beams, pure.score_floor]
 
     best_ads: tuple[float, ServingConfig, CIIndex, MethodReport] | None = None
@@ -155,7 +190,7 @@ def tune_serving(
         strip: matcher.similarities([strip_template(t, base.templates) if strip else t for t in texts])
         for strip in grid.strip_templates
     }
-    best_served: tuple[float, ServingConfig, MethodReport] | None = None
+    best_served: tuple[float, ServingConfig, MethodReport, CIRows, CIRows | None] | None = None
     for weight, top, strip, match_w in itertools.product(
         grid.lexical_weight, grid.lexical_top, grid.strip_templates, grid.ad_match_weight
     ):
@@ -170,10 +205,16 @@ def tune_serving(
         ]
         match = [{int(i): float(r[i]) for i in r.nonzero()[0]} for r in rows_sims] if match_w > 0 else None
         settings = {"lexical_weight": weight, "lexical_top": top, "strip_templates": strip, "ad_match_weight": match_w}
-        report = score("fusion", settings, fused, pure_index, match)
+        report = score("fusion", settings, fused, pure_index, match, match_w)
         if best_served is None or objective(report) > best_served[0]:
-            best_served = (objective(report), pure.model_copy(update=settings), report)
+            best_served = (objective(report), pure.model_copy(update=settings), report, fused, match)
     assert best_served is not None
-    return TuningResult(
-        pure=pure, served=best_served[1], pure_valid=pure_report, served_valid=best_served[2], rows=rows
-    )
+    _, served, _, fused, match = best_served
+
+    candidates = [
+        (floor, score("floor", {"relative_floor": floor}, fused, pure_index, match, served.ad_match_weight, floor))
+        for floor in sorted({0.0, *grid.relative_floor})
+    ]
+    floor, served_report = choose_floor(candidates, grid.floor_tolerance)
+    served = served.model_copy(update={"relative_floor": floor})
+    return TuningResult(pure=pure, served=served, pure_valid=pure_report, served_valid=served_report, rows=rows)

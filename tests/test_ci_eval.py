@@ -18,6 +18,8 @@ from adgen.search.ci_eval import (
     evaluate_batched,
     hit_rate,
     ndcg,
+    off_intent_share,
+    score_answers,
 )
 from adgen.search.query_log import LoggedQuery
 
@@ -46,6 +48,24 @@ def test_graded_ndcg_on_known_rankings():
 
 def _q(qid: str, text: str, grades: dict[str, int]) -> LoggedQuery:
     return LoggedQuery(query_id=qid, text=text, relevance=grades, first_ts=0.0)
+
+
+def test_off_intent_counts_the_ungraded_ads_of_the_served_top_10_over_answered_queries():
+    queries = [
+        _q("1", "gloves", {"a": 2, "b": 1}),
+        _q("2", "beakers", {"b": 2}),
+        _q("3", "meters", {"c": 2}),
+    ]
+    answers = [
+        Retrieved(ads=["a", "x", "b", "y"]),  # 2 of 4 off-intent
+        Retrieved(ads=["b"]),  # a floor-shortened list: 0 of 1
+        Retrieved(ads=[]),  # unanswered: not averaged (ACR says it)
+    ]
+    report = score_answers("fixed", queries, answers, [])
+    assert report.off_intent10 == pytest.approx((0.5 + 0.0) / 2)
+    assert report.avg_ads_per_query == pytest.approx(5 / 3)
+    assert off_intent_share([f"x{i}" for i in range(20)], {"x0": 1}, k=10) == pytest.approx(0.9)
+    assert off_intent_share([], {"a": 2}, k=10) == 0.0
 
 
 def test_evaluate_counts_coverage_cis_per_query_and_graded_gain():

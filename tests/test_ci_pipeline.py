@@ -76,6 +76,7 @@ TINY = CIBuildConfig(
         lexical_top=[3],
         strip_templates=[False, True],
         ad_match_weight=[0.0, 0.5],
+        relative_floor=[0.0, 0.2, 0.6],
     ),
 )
 
@@ -122,8 +123,11 @@ def test_build_indexes_every_ad_and_writes_a_loadable_snapshot_with_tuned_settin
     saved = ServingConfig.load(out)
     assert saved == report.serving and saved.templates == report.templates
     assert report.tuning is not None
-    best = max(report.tuning.rows, key=lambda r: r.objective if r.stage == "fusion" else -1)
-    assert report.tuning.served_valid.ndcg10 == pytest.approx(best.ndcg10)
+    floor_rows = [r for r in report.tuning.rows if r.stage == "floor"]
+    assert [r.settings["relative_floor"] for r in floor_rows] == [0.0, 0.2, 0.6]
+    kept = next(r for r in floor_rows if r.settings["relative_floor"] == saved.relative_floor)
+    assert report.tuning.served_valid.ndcg10 == pytest.approx(kept.ndcg10)
+    assert report.tuning.served_valid.off_intent10 == pytest.approx(kept.off_intent10)
 
     service = SearchService.from_build(out)
     assert service.config == saved
@@ -159,6 +163,35 @@ def test_tuned_validation_score_is_what_the_saved_service_scores(built):
     again = evaluate("served", service_retriever(service), split.valid, progress=False)
     assert again.ndcg10 == pytest.approx(report.tuning.served_valid.ndcg10)
     assert again.hr == pytest.approx(report.tuning.served_valid.hr)
+    # the relative floor too: the same lists, as short as validation scored them
+    assert again.avg_ads_per_query == pytest.approx(report.tuning.served_valid.avg_ads_per_query)
+    assert again.off_intent10 == pytest.approx(report.tuning.served_valid.off_intent10)
+
+
+def test_the_floor_chosen_on_validation_is_what_serving_applies(built):
+    """The build picks the relative floor by `choose_floor` over its validation rows, writes it to
+    serving.json, and the loaded service cuts its lists there (the same service at floor 0 does not)."""
+    _, log, out, report, _ = built
+    rows = [r for r in report.tuning.rows if r.stage == "floor"]
+    best = max(r.objective for r in rows)
+    within = [r for r in rows if r.objective >= best - TINY.grid.floor_tolerance]
+    fewest = min(within, key=lambda r: (r.off_intent10, r.settings["relative_floor"]))
+    chosen = report.serving.relative_floor
+    assert fewest.settings["relative_floor"] == chosen
+    # in this world every ad of the catalogue reaches a query's union; a floor halves that at no cost
+    assert chosen > 0
+    assert ServingConfig.load(out).relative_floor == chosen
+    service = SearchService.from_build(out)
+    unfloored = SearchService.from_build(out, relative_floor=0.0)
+    assert service.config.relative_floor == chosen
+    shorter = 0
+    for query in load_split(out, log).valid:
+        ads = [a.score for a in service.search(query.text).ads]
+        assert ads and min(ads) >= chosen * max(ads)
+        full = [a.score for a in unfloored.search(query.text).ads]
+        assert full[: len(ads)] == pytest.approx(ads)  # a prefix of the unfloored list
+        shorter += len(full) > len(ads)
+    assert shorter > 0
 
 
 def test_held_out_labels_never_reach_the_build(built, tmp_path):
@@ -208,3 +241,33 @@ def test_the_worker_and_ci_serve_load_the_build_with_its_validated_settings(buil
         # torch thread counts differ between the loaders (float rounding only)
         assert {c.ci_id: c.prob for c in got.cis} == pytest.approx({c.ci_id: c.prob for c in want.cis}, abs=1e-4)
         assert {a.ad_id: a.score for a in got.ads} == pytest.approx({a.ad_id: a.score for a in want.ads}, abs=1e-4)
+
+
+def test_the_experiment_records_the_chosen_floor_and_the_docs_render_it(built, tmp_path):
+    """`evaluate_build` (what `adgen ci experiment` writes) scores the service as loaded, floor included,
+    records the floor next to the other settings and the same service at floor 0; the docs block renders it."""
+    import numpy as np
+
+    from adgen.commands.search_quality import SERVED, SERVED_NO_FLOOR, evaluate_build
+    from adgen.figures.search import RESULT, has_floor, search_floor
+    from adgen.figures.sources import Sources
+
+    items, log, out, report, _ = built
+
+    def encode(texts):  # type: ignore[no-untyped-def]  # a cheap stand-in for the sentence encoder
+        return np.array([[t.count(c) for c in "aeiourstln"] for t in texts], dtype=np.float32) + 1e-3
+
+    payload = evaluate_build(out, items, log, encode, progress=False)
+    assert payload["serving"]["relative_floor"] == report.serving.relative_floor > 0
+    assert payload["floor_tolerance"] == TINY.grid.floor_tolerance and has_floor(payload)
+    served = next(r for r in payload["rows"] if r["method"] == SERVED)
+    bare = payload["served_without_floor"]
+    assert bare["method"] == SERVED_NO_FLOOR and bare["avg_ads_per_query"] > served["avg_ads_per_query"]
+    assert served["ndcg10"] <= bare["ndcg10"]  # a shorter list never gains a hit
+
+    (tmp_path / RESULT).parent.mkdir(parents=True)
+    (tmp_path / RESULT).write_text(json.dumps({"data": "tiny", **payload}))
+    block = search_floor(Sources(tmp_path))
+    assert f"relative floor **{report.serving.relative_floor:g}**" in block
+    assert f"| 0 | {report.serving.relative_floor:g} | " in block  # world seed 0's test row
+    assert "World seed 1: not measured yet" in block

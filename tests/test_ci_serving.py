@@ -84,3 +84,51 @@ def test_serving_config_round_trips_and_defaults_without_a_file(tmp_path):
     tuned = ServingConfig(lexical_weight=0.5, templates=["top rated {}"], strip_templates=True)
     tuned.save(tmp_path)
     assert ServingConfig.load(tmp_path) == tuned
+
+
+def _floor_index() -> CIIndex:
+    index = CIIndex(CI_SET, version="t")
+    index.set_ad("crib", {0: 1.0})
+    index.set_ad("pillow", {0: 1.0, 1: 1.0})
+    index.set_ad("house", {2: 1.0})
+    index.set_ad("goggles", {4: 0.5})
+    return index
+
+
+def test_rank_ads_relative_floor_drops_the_weak_tail_and_keeps_the_order():
+    index = _floor_index()
+    scores = {0: 0.5, 1: 0.5, 2: 0.25, 4: 0.25}  # pillow 1.0, crib 0.5, house 0.25, goggles 0.125
+    full = rank_ads(index, scores, top_n=10)
+    assert full == [("pillow", 1.0), ("crib", 0.5), ("house", 0.25), ("goggles", 0.125)]
+    floored = rank_ads(index, scores, top_n=10, relative_floor=0.3)
+    assert floored == full[:2]  # a prefix: the floor only ends the list earlier
+    assert rank_ads(index, scores, top_n=10, relative_floor=0.25) == full[:3]  # exactly at the cut: kept
+    assert rank_ads(index, scores, top_n=1, relative_floor=0.3) == full[:1]  # top_n still bounds it
+
+
+def test_rank_ads_floor_zero_is_the_unfloored_ranking_exactly():
+    index = CIIndex(CI_SET, version="t")
+    index.update({f"ad{i}": {i % 5: 1.0 / (1 + i % 3), (i + 1) % 5: 0.5} for i in range(40)})
+    scores = {0: 0.5, 1: 0.3, 3: 0.2}
+    assert rank_ads(index, scores, top_n=25, relative_floor=0.0) == rank_ads(index, scores, top_n=25)
+    assert rank_ads(index, scores, top_n=25, relative_floor=0.0) == index.rank(scores, 25)
+    matched = rank_ads(index, scores, 40, ci_match={1: 0.9, 3: 0.2}, ad_match_weight=0.5)
+    assert rank_ads(index, scores, 40, {1: 0.9, 3: 0.2}, 0.5, relative_floor=0.0) == matched
+
+
+def test_rank_ads_floor_keeps_all_equal_scores_and_answers_nothing_with_nothing():
+    index = CIIndex(CI_SET, version="t")
+    index.update({f"ad{i}": {0: 1.0} for i in range(6)})
+    tied = rank_ads(index, {0: 0.3}, top_n=10, relative_floor=0.99)
+    assert [a for a, _ in tied] == [f"ad{i}" for i in range(6)]  # ties by ad id, none below the best
+    assert rank_ads(index, {}, top_n=10, relative_floor=0.5) == []
+    assert rank_ads(index, {3: 1.0}, top_n=10, relative_floor=0.5) == []  # a CI without ads
+    assert [a for a, _ in rank_ads(index, {0: 0.0}, top_n=3, relative_floor=0.5)] == ["ad0", "ad1", "ad2"]
+
+
+@pytest.mark.parametrize("floor", [1.0, -0.1, 1.5])
+def test_a_relative_floor_outside_zero_to_one_is_refused(floor):
+    with pytest.raises(ValueError, match="relative_floor must be in"):
+        rank_ads(_floor_index(), {0: 1.0}, top_n=10, relative_floor=floor)
+    with pytest.raises(ValueError, match="relative_floor"):
+        ServingConfig(relative_floor=floor)

@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from adgen.figures.regions import render_text
-from adgen.figures.search import COMMAND, RESULT, SEED_RESULTS
+from adgen.figures.search import COMMAND, FLOOR_WHY, RESULT, SEED_RESULTS
 from adgen.figures.sources import Sources
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKS = ("search-setup", "search-quality", "search-variants", "search-levers")
+BLOCKS = ("search-setup", "search-quality", "search-variants", "search-levers", "search-floor")
 
 
-def _row(key: str, method: str, ndcg: float, hr50: float) -> dict[str, object]:
+def _row(key: str, method: str, ndcg: float, hr50: float, ads: float = 120.0, off: float = 0.25) -> dict[str, object]:
     return {
         "key": key,
         "method": method,
@@ -28,9 +29,16 @@ def _row(key: str, method: str, ndcg: float, hr50: float) -> dict[str, object]:
         "map": ndcg - 0.1,
         "acr": 1.0,
         "avg_cis_per_query": 4.0,
-        "avg_ads_per_query": 120.0,
+        "avg_ads_per_query": ads,
         "ms_p50": 3.5,
+        "off_intent10": off,
     }
+
+
+def _floor_row(floor: float, ndcg: float, objective: float, ads: float, off: float) -> dict[str, object]:
+    settings = {"relative_floor": floor}
+    row = {"stage": "floor", "settings": settings, "objective": objective, "ndcg10": ndcg, "hr50": 1.0}
+    return {**row, "ads_per_query": ads, "off_intent10": off}
 
 
 PAYLOAD: dict[str, object] = {
@@ -60,13 +68,16 @@ PAYLOAD: dict[str, object] = {
         "lexical_top": 10,
         "strip_templates": True,
         "ad_match_weight": 0.0,
+        "relative_floor": 0.2,
     },
     "valid": {"hybrid": {"k": 60.0, "lexical_weight": 0.5}},
     "rows": [
         _row("pure", "CI path, model only (pure)", 0.41, 0.80),
-        _row("served", "CI path as served (model + lexical CI matching)", 0.634, 0.97),
+        _row("served", "CI path as served (model + lexical CI matching)", 0.634, 0.97, ads=9.5, off=0.05),
         _row("bm25", "BM25 (rank-bm25)", 0.60, 0.96),
     ],
+    "served_without_floor": _row("", "CI path as served, relative score floor 0", 0.64, 0.98, ads=47.0, off=0.31),
+    "floor_tolerance": 0.005,
     "verdict": {
         "best_baseline_ndcg10": "BM25 (rank-bm25)",
         "best_baseline_hr50": "BM25 (rank-bm25)",
@@ -82,6 +93,9 @@ PAYLOAD: dict[str, object] = {
             "hr50": 0.6,
         },
         {"stage": "fusion", "settings": {"lexical_weight": 0.5}, "objective": 0.7, "ndcg10": 0.6, "hr50": 0.8},
+        _floor_row(0.0, 0.6, 0.8, 48.0, 0.3),
+        _floor_row(0.2, 0.595, 0.7975, 10.0, 0.04),
+        _floor_row(0.3, 0.5, 0.75, 6.0, 0.01),
     ],
     "variants": [
         {
@@ -140,7 +154,8 @@ def test_the_blocks_render_the_json_and_a_changed_figure_makes_them_stale(repo: 
     changed["rows"][1]["ndcg10"] = 0.5  # type: ignore[index]
     _write(repo, changed)
     _, problems = render_text(rendered, Sources(repo))
-    assert {p.region for p in problems if p.stale} == {"search-quality", "search-readme", "search-seeds"}
+    stale = {p.region for p in problems if p.stale}
+    assert stale == {"search-quality", "search-readme", "search-seeds", "search-floor"}
 
 
 def test_a_broken_json_is_an_error_not_a_silent_not_measured(repo: Path):
@@ -162,3 +177,46 @@ def test_the_seeds_table_shows_every_committed_seed_its_spread_and_the_owed_ones
     assert "| 1 | 200 | 0.550 | 0.600 | 0.970 | 0.960 | **no** |" in block
     assert "| mean ± sd (2 seeds) | | 0.592 ± 0.059 | 0.600 ± 0.000 |" in block
     assert "World seed 2: not measured yet" in block and "bench/search_quality.py --seed 2" in block
+
+
+def test_the_floor_block_shows_the_validation_choice_and_the_test_lists_without_and_with_it(repo: Path):
+    _write(repo, PAYLOAD)
+    rendered, problems = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
+    assert not [p for p in problems if not p.stale]
+    block = rendered.split("<!-- generated: search-floor -->\n")[1].split("<!-- end generated")[0]
+    assert "relative floor **0.2**" in block and "within 0.005 of the best" in block
+    assert "| **0.2** | **0.595** | **1.000** | **0.7975** | **10.0** | **0.040** |" in block
+    assert "| 0.3 | 0.500 | 1.000 | 0.7500 | 6.0 | 0.010 |" in block
+    assert "| 0 | 0.2 | 0.310 → 0.050 | 47.0 → 9.5 | 0.640 → 0.634 | 0.980 → 0.970 |" in block
+    assert "World seed 1: not measured yet" in block
+    quality = rendered.split("<!-- generated: search-quality -->\n")[1].split("<!-- end generated")[0]
+    assert "off-intent@10 |" in quality.splitlines()[0] and "| 9.5 | 3.50 | 0.050 |" in quality
+    assert "relative score floor 0.2;" in rendered  # the setup names it with the other settings
+
+
+def test_a_run_from_before_the_floor_renders_every_block_but_the_floors(repo: Path):
+    old = copy.deepcopy(PAYLOAD)
+    for key in ("served_without_floor", "floor_tolerance"):
+        del old[key]
+    del old["serving"]["relative_floor"]  # type: ignore[attr-defined]
+    old["tuning_rows"] = [r for r in old["tuning_rows"] if r["stage"] != "floor"]  # type: ignore[attr-defined]
+    for row in old["rows"]:  # type: ignore[attr-defined]
+        del row["off_intent10"]
+    _write(repo, old)
+    seed_one = copy.deepcopy(PAYLOAD)
+    (repo / SEED_RESULTS[1]).write_text(json.dumps(seed_one))
+    rendered, problems = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
+    assert not [p for p in problems if not p.stale]
+    block = rendered.split("<!-- generated: search-floor -->\n")[1].split("<!-- end generated")[0]
+    assert block.startswith("*Not measured yet") and FLOOR_WHY in block and COMMAND in block
+    assert not re.search(r"\d\.\d", block)  # no figure stands in
+    quality = rendered.split("<!-- generated: search-quality -->\n")[1].split("<!-- end generated")[0]
+    assert "off-intent" not in quality and "| 0.634 |" in quality
+    assert "relative score floor" not in rendered.split("<!-- generated: search-setup -->")[1].split("<!-- end")[0]
+
+    _write(repo, PAYLOAD)  # seed 0 has the floor, seed 1 above does too; a seed-2 run from before it is owed
+    (repo / SEED_RESULTS[2]).write_text(json.dumps(old))
+    rendered, _ = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
+    block = rendered.split("<!-- generated: search-floor -->\n")[1].split("<!-- end generated")[0]
+    assert "| 0 | 0.2 |" in block and "| 1 | 0.2 |" in block and "| 2 |" not in block
+    assert f"World seed 2: not measured yet (`{SEED_RESULTS[2]}`: {FLOOR_WHY})" in block

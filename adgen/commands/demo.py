@@ -130,10 +130,16 @@ def _titles(world: Path) -> dict[str, str]:
 
 def _ci_build_usable(ci_dir: Path) -> bool:
     """A CI model and a CI snapshot this version can load, with the serving settings chosen on validation
-    (a build from before serving.json would be served with untuned defaults)."""
+    (a build from before serving.json would be served with untuned defaults, one from before the relative
+    score floor with every weak tail ad)."""
     from adgen.search.ci_index import CIError, load_latest_snapshot
 
     if not (ci_dir / "model").is_dir() or not (ci_dir / "serving.json").is_file():
+        return False
+    try:
+        if "relative_floor" not in json.loads((ci_dir / "serving.json").read_text()):
+            return False
+    except ValueError:  # unreadable: rebuild rather than serve defaults
         return False
     try:
         load_latest_snapshot(ci_dir / "snapshots")

@@ -38,6 +38,7 @@ SERVED = "CI path as served (model + lexical CI matching)"
 BM25 = "BM25 (rank-bm25)"
 DENSE = "dense (all-MiniLM-L6-v2 cosine)"
 HYBRID = "hybrid (BM25 + dense, reciprocal-rank fusion)"
+SERVED_NO_FLOOR = "CI path as served, relative score floor 0"
 KEYS = {PURE: "pure", SERVED: "served", BM25: "bm25", DENSE: "dense", HYBRID: "hybrid"}
 
 
@@ -97,6 +98,8 @@ def evaluate_build(
     The served row is `SearchService.from_build` exactly as the worker loads it (head cache included: it
     holds what the same mapper computes); the pure row is the same index and model with lexical evidence
     off and no cache. Baselines read the same ad texts; the hybrid's settings come from validation.
+    `served_without_floor` is the served path with its relative score floor at 0, outside the table: what
+    the floor chosen on validation changes on test (nothing is chosen from it).
     """
     import torch
 
@@ -111,9 +114,14 @@ def evaluate_build(
     queries = getattr(split, split_name)
     if not queries:
         raise ValueError(f"the build's {split_name} split is empty; the query log needs more labelled queries")
-    min_grade = _min_grade(build_dir)
+    build_config = _build_config(build_dir)
+    min_grade = build_config.min_grade
     served = SearchService.from_build(build_dir)
-    pure_config = report.tuning.pure if report.tuning else served.config.model_copy(update={"lexical_weight": 0.0})
+    pure_config = (
+        report.tuning.pure
+        if report.tuning
+        else served.config.model_copy(update={"lexical_weight": 0.0, "relative_floor": 0.0})
+    )
     pure = SearchService.from_build(build_dir, **_changed(pure_config))
     pure.head_cache.clear()
     bm25 = BM25Retriever(items)
@@ -132,6 +140,13 @@ def evaluate_build(
         rows.append({"key": KEYS[name], **evaluate(name, fn, queries, min_grade, progress).model_dump()})
     baselines = [r for r in rows if r["method"] in {BM25, DENSE, HYBRID}]
     served_row = next(r for r in rows if r["method"] == SERVED)
+    if served.config.relative_floor > 0:
+        unfloored = SearchService.from_build(build_dir, relative_floor=0.0)
+        without_floor = evaluate(SERVED_NO_FLOOR, service_retriever(unfloored), queries, min_grade, progress)
+        no_floor_row = without_floor.model_dump()
+    else:  # the same service: its row is the served row
+        no_floor_row = {**served_row, "method": SERVED_NO_FLOOR}
+    no_floor_row.pop("key", None)
     best_ndcg = max(baselines, key=lambda r: r["ndcg10"])
     best_hr = max(baselines, key=lambda r: r["hr"]["HR@50"])
     return {
@@ -161,6 +176,8 @@ def evaluate_build(
             "hybrid": {"k": hybrid.k, "lexical_weight": hybrid.lexical_weight} if hybrid else None,
         },
         "rows": rows,
+        "served_without_floor": no_floor_row,
+        "floor_tolerance": build_config.grid.floor_tolerance,
         "verdict": {
             "best_baseline_ndcg10": best_ndcg["method"],
             "best_baseline_hr50": best_hr["method"],
@@ -178,9 +195,10 @@ def _changed(config: ServingConfig) -> dict[str, Any]:
     return dict(config)
 
 
-def _min_grade(build_dir: Path) -> int:
+def _build_config(build_dir: Path) -> CIBuildConfig:
+    """The build's recorded config (the defaults for a build that recorded none)."""
     path = build_dir / "build_config.json"
-    return CIBuildConfig.model_validate_json(path.read_text()).min_grade if path.is_file() else 2
+    return CIBuildConfig.model_validate_json(path.read_text()) if path.is_file() else CIBuildConfig()
 
 
 #: Build variants compared on validation (settings that change the CI set or the model's training data).

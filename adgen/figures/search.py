@@ -35,6 +35,7 @@ def _f(x: float, digits: int = 3) -> str:
 def quality_table(payload: Mapping[str, Any]) -> str:
     """The test table: every method on the same never-seen queries, and whether the served path wins."""
     head = ["method", "HR@10", "HR@50", "NDCG@10", "MAP", "ACR", "CIs/query", "ads/query", "ms/query (p50)"]
+    head += ["off-intent@10"] if any(r.get("off_intent10") is not None for r in payload["rows"]) else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in payload["rows"]:
         cells = [
@@ -48,6 +49,8 @@ def quality_table(payload: Mapping[str, Any]) -> str:
             f"{r['avg_ads_per_query']:.1f}",
             f"{r['ms_p50']:.2f}",
         ]
+        if len(head) > len(cells):
+            cells.append(_f(r["off_intent10"]) if r.get("off_intent10") is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
     v = payload["verdict"]
     yes = {True: "**yes**", False: "**no**"}
@@ -118,6 +121,7 @@ def setup_text(payload: Mapping[str, Any]) -> str:
     build = payload["build"]
     serving = payload["serving"]
     hybrid = payload["valid"]["hybrid"] or {}
+    floor = f", relative score floor {serving['relative_floor']:g}" if "relative_floor" in serving else ""
     return "\n".join(
         [
             f"- command: `{payload.get('command', '?')}`",
@@ -132,7 +136,8 @@ def setup_text(payload: Mapping[str, Any]) -> str:
             f"- served settings (validation): beams {serving['beams']}, score floor {serving['score_floor']}, "
             f"top {serving['top_cis']} model CIs, {serving['cis_per_ad']} model CIs per ad at weight "
             f"{serving['model_weight']}, lexical weight {serving['lexical_weight']} (top {serving['lexical_top']}, "
-            f"templates stripped: {serving['strip_templates']}), query-ad match weight {serving['ad_match_weight']}; "
+            f"templates stripped: {serving['strip_templates']}), query-ad match weight {serving['ad_match_weight']}"
+            f"{floor}; "
             f"hybrid baseline: RRF k {hybrid.get('k')}, lexical weight {hybrid.get('lexical_weight')}.",
             f"- load average at start / end: {', '.join(f'{x:.1f}' for x in payload['loadavg_start'])} / "
             f"{', '.join(f'{x:.1f}' for x in payload['loadavg_end'])} (latencies are one query at a time, one "
@@ -257,3 +262,79 @@ def seeds_table(payloads: Mapping[int, Mapping[str, Any]], owed: Mapping[int, st
 @region("search-seeds")
 def search_seeds(sources: Sources) -> str:
     return seeds_table(*_seed_payloads(sources))
+
+
+#: why a committed experiment without the floor's figures renders the floor block as owed
+FLOOR_WHY = "the committed run predates the relative score floor (issue 14)"
+
+
+def has_floor(payload: Mapping[str, Any]) -> bool:
+    """Whether an experiment's JSON holds the floor stage and the served path's test row without the floor."""
+    rows = payload.get("tuning_rows", [])
+    return "served_without_floor" in payload and any(r.get("stage") == "floor" for r in rows)
+
+
+def _floor_owed(path: str) -> PendingFigure:
+    owed = PENDING[path]
+    return PendingFigure(path, Pending(owed.command, owed.minutes, why=FLOOR_WHY))
+
+
+def floor_valid_table(payload: Mapping[str, Any]) -> str:
+    """The floor stage on validation: every floor tried, its cost and what it removes; the kept one in bold."""
+    chosen = float(payload["serving"]["relative_floor"])
+    lines = [
+        f"Kept on validation: relative floor **{chosen:g}**, the floor with the fewest off-intent ads in the top 10 "
+        f"among those within {payload['floor_tolerance']:g} of the best validation objective.",
+        "",
+        "| relative floor | NDCG@10 | HR@50 | objective | ads/query | off-intent@10 |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in (r for r in payload["tuning_rows"] if r["stage"] == "floor"):
+        floor = float(r["settings"]["relative_floor"])
+        cells = [
+            f"{floor:g}",
+            _f(r["ndcg10"]),
+            _f(r["hr50"]),
+            _f(r["objective"], 4),
+            f"{r['ads_per_query']:.1f}",
+            _f(r["off_intent10"]),
+        ]
+        mark = "**" if floor == chosen else ""
+        lines.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def floor_seeds_table(payloads: Mapping[int, Mapping[str, Any]], owed: Mapping[int, str]) -> str:
+    """The served path on test without and with the floor chosen on validation, per world seed."""
+    lines = [
+        "| world seed | floor (validation) | off-intent@10 without → with | ads/query without → with "
+        "| NDCG@10 without → with | HR@50 without → with |",
+        "|---:|---:|---|---|---|---|",
+    ]
+    for seed, payload in sorted(payloads.items()):
+        served = next(r for r in payload["rows"] if r["method"] == SERVED)
+        bare = payload["served_without_floor"]
+        pairs = [
+            f"{_f(bare['off_intent10'])} → {_f(served['off_intent10'])}",
+            f"{bare['avg_ads_per_query']:.1f} → {served['avg_ads_per_query']:.1f}",
+            f"{_f(bare['ndcg10'])} → {_f(served['ndcg10'])}",
+            f"{_f(bare['hr']['HR@50'])} → {_f(served['hr']['HR@50'])}",
+        ]
+        lines.append(f"| {seed} | {float(payload['serving']['relative_floor']):g} | {' | '.join(pairs)} |")
+    for seed, note in sorted(owed.items()):
+        lines.append("")
+        lines.append(f"World seed {seed}: {note}.")
+    return "\n".join(lines)
+
+
+@region("search-floor")
+def search_floor(sources: Sources) -> str:
+    head = sources.data(RESULT)
+    if not has_floor(head):
+        raise _floor_owed(RESULT)
+    payloads, owed = _seed_payloads(sources)
+    for seed in [s for s, p in payloads.items() if not has_floor(p)]:
+        owed[seed] = _floor_owed(SEED_RESULTS[seed]).note
+        del payloads[seed]
+    test = "**Test queries (read once), the served path without and with it:**"
+    return "\n\n".join([floor_valid_table(head), test, floor_seeds_table(payloads, owed)])

@@ -1,0 +1,52 @@
+"""The relative floor's choice on validation: the fewest off-intent ads within a tolerance of the best
+objective (the objective alone could never prefer a floor: cutting a list's end never raises HR or NDCG)."""
+
+from __future__ import annotations
+
+import pytest
+
+from adgen.search.ci_eval import MethodReport
+from adgen.search.ci_tuning import TuningGrid, choose_floor
+
+
+def _report(ndcg: float, hr50: float, off: float | None) -> MethodReport:
+    return MethodReport(
+        method="floor",
+        queries=10,
+        hr={"HR@10": hr50, "HR@50": hr50},
+        ndcg10=ndcg,
+        map=ndcg,
+        acr=1.0,
+        avg_cis_per_query=3.0,
+        avg_ads_per_query=20.0,
+        ms_p50=0.0,
+        ms_mean=0.0,
+        off_intent10=off,
+    )
+
+
+def test_the_floor_with_fewest_off_intent_ads_within_the_tolerance_is_kept():
+    candidates = [
+        (0.0, _report(0.90, 1.00, 0.30)),
+        (0.1, _report(0.90, 1.00, 0.20)),  # free: same objective, fewer off-intent ads
+        (0.2, _report(0.89, 1.00, 0.10)),  # costs 0.005 of the objective
+        (0.3, _report(0.85, 0.98, 0.02)),  # costs 0.035: beyond the tolerance however clean
+    ]
+    assert choose_floor(candidates, tolerance=0.0)[0] == 0.1
+    assert choose_floor(candidates, tolerance=0.006)[0] == 0.2
+    assert choose_floor(candidates, tolerance=1.0)[0] == 0.3
+    assert choose_floor(candidates, tolerance=0.006) == candidates[2]
+
+
+def test_without_anything_to_gain_the_lower_floor_is_kept():
+    same = [(f, _report(0.9, 1.0, 0.1)) for f in (0.0, 0.1, 0.3)]
+    assert choose_floor(same, tolerance=1.0)[0] == 0.0
+    assert choose_floor([(0.0, _report(0.9, 1.0, None))], tolerance=0.0)[0] == 0.0
+    with pytest.raises(ValueError, match="relative_floor list is empty"):
+        choose_floor([], tolerance=0.0)
+
+
+def test_the_grid_refuses_a_floor_outside_zero_to_one():
+    with pytest.raises(ValueError, match="relative_floor"):
+        TuningGrid(relative_floor=[0.0, 1.0])
+    assert 0.0 in TuningGrid().relative_floor and TuningGrid().floor_tolerance >= 0
