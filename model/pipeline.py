@@ -39,6 +39,7 @@ from adgen.model.metrics import channel_value, ranking_metrics
 from adgen.model.pool_priors import TransitionCounts, ad_counts
 from adgen.model.prompts import PromptBuilder, PromptOptions, fixed_texts
 from adgen.model.recipe import PopularitySettings, ServingRecipe, TransitionSettings, save_recipe
+from adgen.model.succession import SuccessionRecommender
 from adgen.model.target_weights import with_target_weights
 from adgen.model.tasks import TaskOptions, curriculum_stages, stage_examples
 from adgen.model.tokenizer import build_tokenizer, extend_tokenizer, load_tokenizer, save_tokenizer, token_offset
@@ -181,7 +182,15 @@ class EvalSection(EvalOptions):
     test: bool = Field(
         True, description="Score on the test users. Off while choosing settings: then only validation is read."
     )
-    baselines: list[Literal["popularity", "sasrec"]] = Field(default_factory=lambda: ["popularity", "sasrec"])
+    baselines: list[Literal["popularity", "sasrec", "successions"]] = Field(
+        default_factory=lambda: ["popularity", "sasrec"]
+    )
+    successions_window: int = Field(
+        2,
+        ge=1,
+        description="The successions baseline's window (model/succession.py): how many of the user's last ads it "
+        "reads; chosen on validation users (bench/transition_levers.py, the counts alone).",
+    )
     sasrec: SASRecConfig = SASRecConfig()
 
 
@@ -492,6 +501,7 @@ class Run:
             ad_prior_weight=self.cfg.eval.ad_prior_weight,
             popularity=self.popularity(),
             transitions=self.transitions(),
+            beams=self.cfg.eval.beams,
         )
 
     def popularity(self) -> PopularitySettings | None:
@@ -660,7 +670,9 @@ class Run:
             raise FileNotFoundError(f"no trained model in {path}; run `adgen train --config ...` first")
         self.model = load_lm(path)
 
-    def evaluate(self, models: Sequence[str] = ("leadre", "popularity", "sasrec")) -> dict[str, dict[str, Any]]:
+    def evaluate(
+        self, models: Sequence[str] = ("leadre", "popularity", "sasrec", "successions")
+    ) -> dict[str, dict[str, Any]]:
         """Evaluate `models` (those in eval.baselines, plus leadre) on the test users; results for models not
         re-run are kept from an existing eval.json, so one baseline can be re-evaluated alone.
 
@@ -679,6 +691,10 @@ class Run:
             recommenders["leadre"] = self.recommender()
         if "popularity" in models and "popularity" in cfg.eval.baselines:
             recommenders["popularity"] = PopularityRecommender(candidates).fit([e.history for e in self.split.valid])
+        if "successions" in models and "successions" in cfg.eval.baselines:
+            recommenders["successions"] = SuccessionRecommender(candidates, cfg.eval.successions_window).fit(
+                [e.history for e in self.split.valid]
+            )
         if "sasrec" in models and "sasrec" in cfg.eval.baselines:
             # a distilled model's teacher is this same fit: reuse it rather than fit a second one
             reuse = cfg.eval.reuse_fitted_sasrec or cfg.train.distill_weight > 0

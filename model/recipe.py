@@ -73,6 +73,13 @@ class ServingRecipe(BaseModel):
         description="The transition prior (model/pool_priors.py): weight, window and the training counts; None = off.",
     )
 
+    beams: int | None = Field(
+        None,
+        ge=1,
+        description="The beam width the checkpoint was evaluated with (eval.beams). With pool priors the beam's "
+        "finished ads are the pool they re-rank, so a narrower serving beam serves other lists; the worker warns.",
+    )
+
     @model_validator(mode="after")
     def _prior_needs_ads(self) -> ServingRecipe:
         if self.ad_prior_weight > 0 and not self.ad_vocabulary:

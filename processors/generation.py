@@ -97,6 +97,14 @@ class LeadreGenerator:
         if self.recipe.ad_prior_weight > 0 and self.ad_tokens is None:
             raise ValueError(f"{layout.recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
         self._prior: tuple[str, PoolPrior | None] | None = None  # the pool priors of the last index version decoded
+        if (self.recipe.popularity or self.recipe.transitions) and (self.recipe.beams or 0) > self.beams:
+            log.warning(
+                "%s was evaluated with a %d-wide beam, whose finished ads its pool priors re-rank; this worker "
+                "decodes %d-wide (ADGEN_MODEL__BEAMS), so it serves other lists than were evaluated",
+                checkpoint,
+                self.recipe.beams,
+                self.beams,
+            )
         transitions = self.recipe.transitions
         self._transitions = transitions.counts() if transitions is not None else None
         self.model_version = weights_label(checkpoint.name, layout.lm_dir.glob("*.safetensors"))

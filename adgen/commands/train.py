@@ -75,8 +75,8 @@ def evaluate_cmd(
     config: ConfigArg,
     out_dir: Annotated[Path | None, typer.Option(help="Override out_dir of the config.")] = None,
     models: Annotated[
-        str, typer.Option(help="Comma-separated subset of leadre,popularity,sasrec to (re-)evaluate.")
-    ] = "leadre,popularity,sasrec",
+        str, typer.Option(help="Comma-separated subset of leadre,popularity,sasrec,successions to (re-)evaluate.")
+    ] = "leadre,popularity,sasrec,successions",
     seed: Annotated[
         int | None, typer.Option(help="The seed the run was trained with (see `adgen train --seed`).")
     ] = None,
@@ -86,9 +86,9 @@ def evaluate_cmd(
 
     cfg = _load(config, out_dir, seed)
     chosen = [m.strip() for m in models.split(",") if m.strip()]
-    unknown = sorted(set(chosen) - {"leadre", "popularity", "sasrec"})
+    unknown = sorted(set(chosen) - {"leadre", "popularity", "sasrec", "successions"})
     if unknown:
-        err.print(f"[red]error:[/red] unknown model(s) {unknown}; choose from leadre, popularity, sasrec")
+        err.print(f"[red]error:[/red] unknown model(s) {unknown}; choose from leadre, popularity, sasrec, successions")
         raise typer.Exit(code=2)
     run = Run(cfg)
     try:
