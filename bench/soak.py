@@ -284,13 +284,12 @@ def _patch(delay=float({arg})):
         if mod is not None and hasattr(mod, "WindowConsumer"):
             break
         time.sleep(0.01)
-    decode = mod.decode_or_dead_letter
+    decode = mod.decode_batch
     def slow(*args, **kwargs):
-        result = decode(*args, **kwargs)
-        if type(result).__name__ == "DeadLetter":
-            time.sleep(delay)
-        return result
-    mod.decode_or_dead_letter = slow
+        batch = decode(*args, **kwargs)
+        time.sleep(delay * len(batch.letters))  # `delay` per dead letter, as a slow bad-input path would cost
+        return batch
+    mod.decode_batch = slow
 threading.Thread(target=_patch, name="injected-slow-garbage", daemon=True).start()
 """,
 }

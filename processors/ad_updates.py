@@ -33,7 +33,7 @@ from adgen.processors.feature_store import AdRecord, FeatureStore, IndexPointer
 from adgen.processors.metrics import WorkerMetrics
 from adgen.processors.window_state import AdInfo
 from adgen.processors.worker_parts import Component, DeadLetters, Readiness
-from adgen.streams.app import decode_or_dead_letter
+from adgen.streams.app import decode_batch
 from adgen.streams.dlq import DeadLetter
 from adgen.streams.topics import AD_UPDATES, topic_name
 
@@ -104,28 +104,11 @@ class AdUpdatesReader:
     def poll(
         self, max_messages: int = 500, timeout_s: float = 0.5
     ) -> tuple[list[tuple[AdUpdate, int, int]], list[DeadLetter]]:
-        """Decoded (event, partition, offset) and dead letters for the undecodable ones (never raises for a
-        bad message: `decode_or_dead_letter` turns even a codec bug into a dead letter)."""
-        good: list[tuple[AdUpdate, int, int]] = []
-        bad: list[DeadLetter] = []
-        for msg in self.consumer.consume(max_messages, timeout_s):
-            if msg.error() is not None:
-                log.warning("ad-updates consumer error: %s", msg.error())
-                continue
-            result = decode_or_dead_letter(
-                self.settings,
-                topic=msg.topic(),
-                value=msg.value(),
-                key=msg.key(),
-                partition=msg.partition(),
-                offset=msg.offset(),
-            )
-            if isinstance(result, DeadLetter):
-                bad.append(result)
-            else:
-                good.append((result, msg.partition(), msg.offset()))  # type: ignore[arg-type]
+        """Decoded (event, partition, offset) and dead letters for the undecodable ones, in one pass (never
+        raises for a bad message: `decode_batch` turns even a codec bug into a dead letter)."""
+        batch = decode_batch(self.settings, self.consumer.consume(max_messages, timeout_s))
         self._measure_lag()
-        return good, bad
+        return batch.events, batch.letters  # type: ignore[return-value]
 
     def _measure_lag(self) -> None:
         now = time.monotonic()
@@ -213,8 +196,7 @@ class AdIndexer(Component):
         """One batch end to end (module docstring), under the index lock."""
         async with self.index_lock:
             records = await asyncio.to_thread(self.live.apply, [e for e, _, _ in good]) if good else []
-            for letter in bad:
-                await self.dead_letters.send(letter, AD_UPDATES.name)
+            await self.dead_letters.send_batch(bad, AD_UPDATES.name)
             self.metrics.events.labels(AD_UPDATES.name).inc(len(good))
             if records:
                 view = self.live.view

@@ -6,6 +6,8 @@ the worker only counts, which stays cheap on the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -20,6 +22,19 @@ class WorkerMetrics:
         self.events = Counter("adgen_events", "Events consumed and decoded, per topic.", ["topic"], registry=r)
         self.dead_letters = Counter(
             "adgen_dead_letters", "Events sent to the dead-letter topic.", ["topic"], registry=r
+        )
+        # a separate counter: a `kind` label on the one above would change the series every query reads
+        self.dead_letter_reasons = Counter(
+            "adgen_dead_letter_reasons",
+            "Events sent to the dead-letter topic, per input topic and reason (EventDecodeError.kind).",
+            ["topic", "kind"],
+            registry=r,
+        )
+        self.dead_letter_retries = Counter(
+            "adgen_dead_letter_retries",
+            "Dead letters the broker did not acknowledge, produced again (their batch waits uncommitted).",
+            ["topic"],
+            registry=r,
         )
         self.consumer_lag = Gauge(
             "adgen_consumer_lag",
@@ -37,6 +52,14 @@ class WorkerMetrics:
             "adgen_window_batch_seconds",
             "One behaviour batch, decode to committable (changelog, RocksDB, Redis).",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.window_commits = Counter(
+            "adgen_window_commits", "Offset commits of the behaviour-window consumer (one per batch).", registry=r
+        )
+        self.window_uncommitted_events = Gauge(
+            "adgen_window_uncommitted_events",
+            "Good events of the batch in flight: folded and on the changelog, offsets not committed yet.",
             registry=r,
         )
         self.queue_depth = Gauge("adgen_generation_queue_depth", "Users waiting for generation.", registry=r)
@@ -103,6 +126,14 @@ class WorkerMetrics:
             ["outcome"],
             registry=r,
         )
+
+    def count_dead_letters(self, topic: str, kinds: Mapping[str, int]) -> None:
+        """Count dead letters of input `topic`: in all, and per reason (`kinds`: error kind -> letters)."""
+        total = sum(kinds.values())
+        if total:
+            self.dead_letters.labels(topic).inc(total)
+        for kind, n in kinds.items():
+            self.dead_letter_reasons.labels(topic, kind).inc(n)
 
     def observe_redis_write(self, kind: str, seconds: float, keys: int) -> None:
         self.redis_write_seconds.labels(kind).observe(seconds)

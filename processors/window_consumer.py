@@ -5,12 +5,16 @@ events/s here even when it only counts, so the windows path uses a confluent-kaf
 (librdkafka fetches and batches in C) in its own thread; the Faust loop keeps generation, the ad index
 and search responsive. One batch, in order, and the input offsets are committed only at the end:
 
-    consume(n) -> decode (bad ones: dead letters) -> fold per user (processors/behavior_windows.py)
-    -> changelog rows + dead letters acknowledged by the broker -> rows + changelog position in RocksDB
-    -> window features in Redis and updates handed to generation (on the worker's loop) -> commit offsets
+    consume(n) -> decode in one pass (bad ones: dead letters, produced at once without waiting)
+    -> fold per user (processors/behavior_windows.py) -> changelog rows acknowledged by the broker
+    -> rows + changelog position in RocksDB -> window features in Redis and updates handed to generation
+    (on the worker's loop) -> the batch's dead letters acknowledged -> commit offsets
 
-So a commit never passes an event whose effects are not durable, and a crash anywhere replays the batch
-into the idempotent fold. Broker or Redis down: every step retries with backoff; nothing is skipped.
+So a commit never passes an event whose effects are not durable nor a bad event whose dead letter is not,
+and a crash anywhere replays the batch into the idempotent fold (its letters may then arrive twice, never
+zero times). A flood of bad input costs a decode, a produce() and a counter per event: no log line, no
+exception and no round trip per event. Broker or Redis down: every step retries with backoff; nothing is
+skipped.
 A newly assigned partition is first restored from the changelog (processors/window_changelog.py).
 """
 
@@ -35,8 +39,8 @@ from adgen.processors.window_changelog import AckedProducer, ChangelogRestorer, 
 from adgen.processors.window_state import NO_TIME, AdLookup, UserEvent, WindowLimits
 from adgen.processors.window_store import WindowStore
 from adgen.processors.worker_parts import Component, Readiness
-from adgen.streams.app import decode_or_dead_letter
-from adgen.streams.dlq import DeadLetter, dead_letter_topic
+from adgen.streams.app import decode_batch
+from adgen.streams.dlq_producer import DeadLetterProducer
 from adgen.streams.topics import USER_BEHAVIOR, topic_name
 
 log = logging.getLogger(__name__)
@@ -80,9 +84,11 @@ class WindowConsumer:
         self.batch_size, self.batch_wait_s = batch_size, batch_wait_s
         self.limits = WindowLimits(days=settings.window.days, max_events=settings.window.max_events)
         self.topic = topic_name(USER_BEHAVIOR, settings.kafka.topic_prefix)
-        self.dead_letter_topic = dead_letter_topic(settings)
         self.stopping = stopping or threading.Event()
         self.writer = AckedProducer(settings, self.stopping)
+        self.dead_letters = DeadLetterProducer(
+            settings, self.stopping, on_retry=metrics.dead_letter_retries.labels(USER_BEHAVIOR.name).inc
+        )
         self.restorer = ChangelogRestorer(settings, store, self.writer)
         self.consumer = Consumer(
             {
@@ -120,7 +126,7 @@ class WindowConsumer:
         except Stopping:
             log.info("window consumer stopping with a batch unfinished; it is replayed on the next start")
         finally:
-            for close in (self.consumer.close, self.restorer.close, self.writer.close):
+            for close in (self.consumer.close, self.restorer.close, self.writer.close, self.dead_letters.close):
                 try:
                     close()
                 except Exception:  # shutting down: report, keep closing the rest
@@ -145,29 +151,18 @@ class WindowConsumer:
     def process(self, messages: Sequence[Message]) -> None:
         """One batch, end to end (see the module docstring); raises Stopping if cut short."""
         started = time.perf_counter()
+        batch = decode_batch(self.settings, messages)
+        if unassigned := set(batch.next_offsets) - self.assigned:  # cannot happen: assignment restores first
+            raise RuntimeError(f"messages of unassigned partitions {sorted(unassigned)}")
+        deliveries = self.dead_letters.send(batch.letters) if batch.letters else None  # acked while we fold
         events: dict[int, list[UserEvent]] = {}
-        letters: list[DeadLetter] = []
-        next_offsets: dict[int, int] = {}
-        for msg in messages:
-            if msg.error() is not None:
-                log.warning("user-behavior consumer: %s", msg.error())
-                continue
-            partition, offset = msg.partition(), msg.offset()
-            if partition not in self.assigned:  # cannot happen: assignment restores before it returns
-                raise RuntimeError(f"message of unassigned partition {partition}")
-            next_offsets[partition] = offset + 1
-            result = decode_or_dead_letter(
-                self.settings, topic=msg.topic(), value=msg.value(), key=msg.key(), partition=partition, offset=offset
-            )
-            if isinstance(result, DeadLetter):
-                letters.append(result)
-            else:
-                events.setdefault(partition, []).append(result)  # type: ignore[arg-type]
+        for event, partition, _ in batch.events:
+            events.setdefault(partition, []).append(event)  # type: ignore[arg-type]
         folded = fold_batch(self.store, events, self.limits, self.ad_lookup)
         changelog = self.writer.changelog
         records: list[Record] = [(changelog, p, user, row) for p, rows in folded.rows.items() for user, row in rows]
-        records += [(self.dead_letter_topic, None, letter.kafka_key(), letter.to_bytes()) for letter in letters]
         written = self.writer.write(records) if records else {}
+        self.metrics.window_uncommitted_events.set(len(batch.events))  # the batch is in flight from here
         for partition, rows in folded.rows.items():
             landed = written[(changelog, partition)]
             # the local position may skip our own rows only when nobody else's lie in between
@@ -177,14 +172,16 @@ class WindowConsumer:
                 self.positions[partition] = position
         if folded.features or folded.updates:
             self.publish(folded.features, folded.updates)
-        good = sum(len(v) for v in events.values())
+        if deliveries is not None:
+            if not self.dead_letters.wait(deliveries):
+                raise Stopping("shutting down before the batch's dead letters were acknowledged")
+            self.metrics.count_dead_letters(USER_BEHAVIOR.name, batch.kinds())
+        good = len(batch.events)
         self.events += good
         self.metrics.events.labels(USER_BEHAVIOR.name).inc(good)
-        if letters:
-            self.metrics.dead_letters.labels(USER_BEHAVIOR.name).inc(len(letters))
         self.metrics.window_batch_users.observe(folded.users)
         self.metrics.window_batch_seconds.observe(time.perf_counter() - started)
-        for partition, offset in next_offsets.items():
+        for partition, offset in batch.next_offsets.items():
             self.uncommitted[partition] = max(offset, self.uncommitted.get(partition, 0))
         self._commit()
 
@@ -199,6 +196,8 @@ class WindowConsumer:
             log.warning("commit of %s failed (%s); the next batch commits them", offsets, exc.args[0])
             return
         self.uncommitted.clear()
+        self.metrics.window_commits.inc()
+        self.metrics.window_uncommitted_events.set(0)
 
     # ---- rebalance (called by librdkafka inside consume(), in this thread) ---------------------------
 

@@ -6,14 +6,15 @@
   stops them with the app; `ready` says whether the part is serving.
 - `Readiness`: named flags one component sets and others wait for (the ad index "caught up" gates the
   behaviour windows, which need ad titles and categories).
-- `DeadLetters`: the dead-letter topic as the event-loop components use it: each letter is sent (and
-  acknowledged) and counted in `adgen_dead_letters_total` under its input topic, one rule for every path.
+- `DeadLetters`: the dead-letter topic as the event-loop components use it: each letter is sent and counted
+  in `adgen_dead_letters_total` (and per reason) under its input topic, one rule for every path.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 
 from faust.types import TopicT
 from mode import Service
@@ -67,7 +68,17 @@ class DeadLetters:
 
     async def send(self, letter: DeadLetter, input_topic: str) -> None:
         await send_dead_letter(self.topic, letter)
-        self.metrics.dead_letters.labels(input_topic).inc()
+        self.metrics.count_dead_letters(input_topic, {letter.error_kind: 1})
+
+    async def send_batch(self, letters: Sequence[DeadLetter], input_topic: str) -> None:
+        """A batch's letters, flushed to the broker once before this returns (the caller advances its own
+        offsets past them next): one flush per batch, not a round trip per letter."""
+        if not letters:
+            return
+        for letter in letters:
+            await send_dead_letter(self.topic, letter)
+        await self.topic.app.producer.flush()
+        self.metrics.count_dead_letters(input_topic, Counter(letter.error_kind for letter in letters))
 
     def sink(self, input_topic: str) -> DeadLetterSink:
         """A sink for one input topic (for `decoded_stream`)."""

@@ -1,4 +1,5 @@
-"""The Faust app and the decode-or-dead-letter stream pattern every agent in processors/ uses.
+"""The Faust app and the decode-or-dead-letter pattern every consumer in processors/ uses (per event in a
+Faust agent: `decoded_stream`; per confluent-kafka batch: `decode_batch`).
 
 Topics are declared with raw serializers so bytes reach *our* codec: a bad event becomes a DeadLetter
 with its reason instead of an exception that kills the agent.
@@ -16,17 +17,20 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from confluent_kafka import Message
 from faust.types import StreamT, TopicT
 from pydantic import BaseModel
 
 from adgen.core.config import KafkaSettings, Settings
-from adgen.streams.codec import EventDecodeError, decode_event
-from adgen.streams.dlq import DeadLetter, dead_letter_topic
+from adgen.streams.codec import EventDecodeError, try_decode_event
+from adgen.streams.dlq import DeadLetter, DeadLetterLog, dead_letter_topic
 from adgen.streams.topics import AD_UPDATES, DEAD_LETTER, SEARCH_QUERIES, USER_BEHAVIOR, TopicSpec, topic_name
 
 log = logging.getLogger(__name__)
@@ -123,8 +127,13 @@ def declare_topics(app: faust.App, settings: Settings) -> AppTopics:
 
 
 async def send_dead_letter(dead_letters: TopicT, letter: DeadLetter) -> None:
-    """Send a DeadLetter from inside an agent (awaits the broker's acknowledgement)."""
+    """Hand a DeadLetter to Faust's producer (from inside an agent). Not acknowledged yet when this returns:
+    Faust flushes its producer before it commits input offsets, and `DeadLetters.send_batch` flushes it."""
     await dead_letters.send(key=letter.kafka_key(), value=letter.to_bytes())
+
+
+#: One for the process: every consumer's letters share the rate limit (a flood is one story, told once).
+DEAD_LETTER_LOG = DeadLetterLog(log)
 
 
 def decode_or_dead_letter(
@@ -139,24 +148,74 @@ def decode_or_dead_letter(
     """The event, or the DeadLetter saying why not. Never raises for a bad message.
 
     Even a bug in the codec (any exception, not just EventDecodeError) becomes a `decoder_error` dead
-    letter, logged with its traceback: one poisonous event must not stop a partition.
+    letter: one poisonous event must not stop a partition. Logging is rate limited (`DeadLetterLog`: the
+    first of each kind per period in full, a codec crash with its traceback), since a flood of bad input
+    must not cost a log line per event.
     """
-    value = value if value is not None else b""
+    result = _decode(settings, topic, value if value is not None else b"", key, partition, offset, None)
+    if isinstance(result, DeadLetter):
+        DEAD_LETTER_LOG.record([result])
+    return result
+
+
+@dataclass
+class DecodedBatch:
+    """A consumed batch in one pass: good events with their (partition, offset), letters in input order."""
+
+    events: list[tuple[BaseModel, int, int]] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    #: partition -> the offset after the last message of the batch (good, bad or a broker error)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+
+    def kinds(self) -> Counter[str]:
+        """Dead letters per error kind (for `adgen_dead_letter_reasons_total`)."""
+        return Counter(letter.error_kind for letter in self.letters)
+
+
+def decode_batch(settings: Settings, messages: Sequence[Message]) -> DecodedBatch:
+    """Decode a confluent-kafka batch: every message becomes an event or a dead letter (never an exception),
+    with one clock read for the batch's letters and one rate-limited log call for all of them."""
+    batch = DecodedBatch()
+    failed_at = datetime.now(UTC)
+    for msg in messages:
+        if msg.error() is not None:
+            log.warning("%s consumer: %s", msg.topic(), msg.error())
+            continue
+        partition, offset = msg.partition(), msg.offset()
+        batch.next_offsets[partition] = offset + 1
+        value = msg.value() or b""
+        result = _decode(settings, msg.topic(), value, msg.key(), partition, offset, failed_at)
+        if isinstance(result, DeadLetter):
+            batch.letters.append(result)
+        else:
+            batch.events.append((result, partition, offset))
+    DEAD_LETTER_LOG.record(batch.letters)
+    return batch
+
+
+def _decode(
+    settings: Settings,
+    topic: str,
+    value: bytes,
+    key: bytes | None,
+    partition: int | None,
+    offset: int | None,
+    failed_at: datetime | None,
+) -> BaseModel | DeadLetter:
+    kafka = settings.kafka
     try:
-        return decode_event(
-            topic,
-            value,
-            key=key,
-            prefix=settings.kafka.topic_prefix,
-            max_message_bytes=settings.kafka.max_message_bytes,
+        result = try_decode_event(
+            topic, value, key=key, prefix=kafka.topic_prefix, max_message_bytes=kafka.max_message_bytes
         )
-    except EventDecodeError as exc:
-        error = exc
-        log.warning("dead-lettered %s[%s]@%s: %s", topic, partition, offset, error)
     except Exception as exc:
-        error = EventDecodeError("decoder_error", f"the codec raised {type(exc).__name__}: {exc} (a bug; report it)")
-        log.exception("codec crashed on %s[%s]@%s; dead-lettered", topic, partition, offset)
-    return DeadLetter.from_error(error, source_topic=topic, value=value, key=key, partition=partition, offset=offset)
+        result = EventDecodeError("decoder_error", f"the codec raised {type(exc).__name__}: {exc} (a bug; report it)")
+        if DEAD_LETTER_LOG.claim(topic, result.kind):
+            log.exception("codec crashed on %s[%s]@%s; dead-lettered", topic, partition, offset)
+    if not isinstance(result, EventDecodeError):
+        return result
+    return DeadLetter.from_error(
+        result, source_topic=topic, value=value, key=key, partition=partition, offset=offset, failed_at=failed_at
+    )
 
 
 async def decoded_stream(
@@ -181,12 +240,15 @@ async def decoded_stream(
 
 
 __all__ = [
+    "DEAD_LETTER_LOG",
     "AppTopics",
+    "DecodedBatch",
     "broker_credentials",
     "broker_urls",
     "create_app",
     "dead_letter_topic",
     "declare_topics",
+    "decode_batch",
     "decode_or_dead_letter",
     "decoded_stream",
     "raw_topic",

@@ -130,16 +130,34 @@ def decode_event(
     Raises EventDecodeError naming what was wrong. Pass the message `key` to also check that it equals
     the event's key field (an event keyed wrongly would break per-user/per-ad ordering).
     """
+    result = try_decode_event(topic, raw, key=key, prefix=prefix, max_message_bytes=max_message_bytes)
+    if isinstance(result, EventDecodeError):
+        raise result
+    return result
+
+
+def try_decode_event(
+    topic: str,
+    raw: bytes,
+    *,
+    key: bytes | str | _NoKeyCheck | None = NO_KEY_CHECK,
+    prefix: str = "",
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> BaseModel | EventDecodeError:
+    """`decode_event` that returns the error instead of raising it: a flood of bad input then costs no
+    raise/catch per message on the consumers' hot path (streams/app.py `decode_batch`)."""
     logical = topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
     codec = _CODECS.get(logical)
     if codec is None:
-        raise EventDecodeError("unknown_topic", f"topic {topic!r} carries no decodable events; inputs: {list(_CODECS)}")
+        return EventDecodeError(
+            "unknown_topic", f"topic {topic!r} carries no decodable events; inputs: {list(_CODECS)}"
+        )
     if len(raw) > max_message_bytes:
-        raise EventDecodeError(
+        return EventDecodeError(
             "oversized", f"payload is {len(raw)} bytes, the limit is {max_message_bytes} (kafka.max_message_bytes)"
         )
-    # raise outside the except block: an error raised inside it would keep pydantic's ValidationError as
-    # its __context__, and that Rust object holds the validators' own exceptions whose frames lead back
+    # the error leaves the except block unraised: raised inside it, it would keep pydantic's ValidationError
+    # as its __context__, and that Rust object holds the validators' own exceptions whose frames lead back
     # to ours, a cycle the garbage collector cannot see through (it leaked ~2 KB per bad event)
     try:
         event = codec.adapter.validate_json(raw)
@@ -147,22 +165,23 @@ def decode_event(
     except ValidationError as exc:
         error = _diagnose(codec, raw, exc)
     if error is not None:
-        raise error
+        return error
     if not isinstance(key, _NoKeyCheck):
-        _check_key(codec.spec, event, key)
+        return _key_error(codec.spec, event, key) or event
     return event
 
 
-def _check_key(spec: TopicSpec, event: BaseModel, key: bytes | str | None) -> None:
+def _key_error(spec: TopicSpec, event: BaseModel, key: bytes | str | None) -> EventDecodeError | None:
     if spec.key_field is None:
-        return
+        return None
     expected = getattr(event, spec.key_field)
     got = key.decode(errors="backslashreplace") if isinstance(key, bytes) else key
     if got != expected:
-        raise EventDecodeError(
+        return EventDecodeError(
             "wrong_key",
             f"Kafka key {got!r} != event {spec.key_field} {expected!r} (topic {spec.name!r} is keyed by it)",
         )
+    return None
 
 
 def _diagnose(codec: _TopicCodec, raw: bytes, exc: ValidationError) -> EventDecodeError:

@@ -41,14 +41,14 @@ def test_a_codec_bug_dead_letters_the_ad_update_instead_of_killing_the_reader(
     with EventProducer(stream_settings) as producer:
         for ad_id in ("ad-ok", "ad-poison", "ad-ok-2"):
             producer.send(upsert(ad_id))
-    real = streams_app.decode_event
+    real = streams_app.try_decode_event
 
     def buggy(topic: str, raw: bytes, **kw: object) -> object:
         if b"ad-poison" in raw:
             raise KeyError("a bug inside the codec")
         return real(topic, raw, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(streams_app, "decode_event", buggy)
+    monkeypatch.setattr(streams_app, "try_decode_event", buggy)
     reader = AdUpdatesReader(stream_settings, {})
     try:
         good, bad = read_all(reader, expected=3)
