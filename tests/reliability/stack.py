@@ -39,7 +39,7 @@ from adgen.processors.window_consumer import BATCH_SIZE, group_id
 from adgen.processors.window_state import UserWindow, WindowLimits, apply_events
 from adgen.runtime import EmbeddedRuntime, runtime_env
 from adgen.runtime.processes import free_port
-from adgen.streams.events import USER_BEHAVIOR_ADAPTER, AdClick, AdRequest
+from adgen.streams.events import USER_BEHAVIOR_ADAPTER, AdClick, AdRequest, ContentPlay
 from adgen.streams.producer import EventProducer
 from adgen.streams.topics import USER_BEHAVIOR, WINDOW_CHANGELOG, topic_name
 
@@ -139,12 +139,14 @@ class KillCheck:
     `uncommitted` are events folded into window rows acknowledged on the changelog, at input offsets at or
     past the group's committed offset: processed but not committed, so delivered again on restart.
     `in_flight` are those produced after the killed worker started, so folded by it: its batch had passed
-    decode, fold and the changelog, and the kill landed before its commit.
+    decode, fold and the changelog, and the kill landed before its commit. `in_flight_marker` is what the
+    worker itself reported in flight (`adgen_window_uncommitted_events`) in its last scrape before the kill.
     """
 
     committed: dict[int, int]
     uncommitted: list[str]
     in_flight: list[str]
+    in_flight_marker: float = 0.0
 
     @property
     def landed_in_batch(self) -> bool:
@@ -154,6 +156,11 @@ class KillCheck:
     def redeliveries(self) -> int:
         return len(self.uncommitted)
 
+
+#: The worker's batch markers (processors/window_consumer.py): commits so far, and the good events of the batch
+#: in flight (on the changelog, offsets not committed yet).
+WINDOW_COMMITS = "adgen_window_commits_total"
+IN_FLIGHT = "adgen_window_uncommitted_events"
 
 #: Re-deliveries after one kill are bounded by what one worker has processed but not committed: every batch
 #: commits at its end (a failed commit is retried with the next), so at most one batch of this many events.
@@ -448,25 +455,52 @@ class Stack:
             return mark < 0 or offset >= mark  # no commit yet on that partition: nothing of it is committed
 
         left = sorted(e for e in self.changelog_event_ids() if e in offsets and uncommitted(e))
-        return KillCheck(committed, left, [e for e in left if offsets[e][2] >= killed.started_at])
+        in_flight = [e for e in left if offsets[e][2] >= killed.started_at]
+        return KillCheck(committed, left, in_flight, killed.last_metrics.get(IN_FLIGHT, 0.0))
 
-    def kill_mid_batch(self, name: str, pause_s: float = 3.0) -> KillCheck:
+    def wait_committing(self, worker: WorkerProc, timeout_s: float = 600) -> float:
+        """Seconds until this worker process has committed a behaviour batch and the group has a committed
+        offset on every partition: its start-up (group join, changelog restore) is over, so a kill from now
+        on lands in its steady state, not in start-up. One valid event per world user is produced first, so
+        there is a batch to commit even once the replay is over (the oracle folds them like every event)."""
+        at = datetime.now(UTC)
+        self.produce(
+            ContentPlay(event_id=f"warm-{self.runs}-{u}", event_time=at, user_id=u, content_id="warm", title="warm")
+            for u in sorted(self.world_user_events())
+        )
+
+        def committing() -> bool:
+            if not worker.alive():
+                raise AssertionError(f"worker {worker.name} exited: {worker.log_path.read_text()[-3000:]}")
+            return worker.metrics().get(WINDOW_COMMITS, 0) >= 1 and min(self.committed_offsets().values()) >= 0
+
+        return wait_for(committing, timeout_s, f"worker {worker.name}'s first behaviour commit")
+
+    def kill_mid_batch(self, name: str, max_pause_s: float = 120.0) -> KillCheck:
         """SIGKILL a worker while a behaviour batch is in flight, and prove it from the broker afterwards.
 
         Redis writes are paused (`CLIENT PAUSE ... WRITE`, a stalled feature store) and a few events are
         produced: the worker's next batch folds them, gets its changelog rows acknowledged and then blocks
-        on its Redis write, before its offset commit. The kill lands there; `kill_check` must then find
-        the batch's events on the changelog past the committed offsets (the caller asserts it)."""
+        on its Redis write, before its offset commit. The kill lands once the worker reports that batch in
+        flight (`adgen_window_uncommitted_events` > 0, set after the changelog acknowledged it); `kill_check`
+        must then find the batch's events on the changelog past the committed offsets (the caller asserts
+        it). Call `wait_committing` first: a worker still starting has no batch to be caught in."""
+        worker = self.workers[name]
         users = sorted(self.world_user_events())[:4]
         at = datetime.now(UTC)
         r = self.redis()
         try:
-            r.execute_command("CLIENT", "PAUSE", str(int(pause_s * 1000)), "WRITE")
+            r.execute_command("CLIENT", "PAUSE", str(int(max_pause_s * 1000)), "WRITE")
             self.produce(
                 AdClick(event_id=f"mid-batch-{self.runs}-{i}", event_time=at, user_id=u, ad_id="mid-batch-ad")
                 for i, u in enumerate(users)
             )
-            time.sleep(pause_s / 2)  # > one batch wait (0.2 s) plus the changelog round trip
+            wait_for(
+                lambda: worker.metrics().get(IN_FLIGHT, 0) > 0,
+                max_pause_s - 10,
+                f"a behaviour batch in flight in worker {name} (folded, on the changelog, not committed)",
+                poll_s=0.1,
+            )
             killed = self.kill(name, signal.SIGKILL)
         finally:
             r.execute_command("CLIENT", "UNPAUSE")
