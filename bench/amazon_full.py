@@ -76,11 +76,11 @@ def main() -> None:
                 shutil.rmtree(work)  # a fresh run: no stage is resumed from an older config
             cfg = load_config(Path(config), seed=seed, out_dir=str(work))
             if args.sasrec_from is not None:
-                shutil.copytree(args.work / args.sasrec_from / f"seed{seed}" / "sasrec", work / "sasrec")
+                fitted = args.work / args.sasrec_from
+                shutil.copytree(fitted_sasrec(fitted, seed), work / "sasrec")
                 for other in cfg.train.distill_teacher_seeds or []:  # an ensemble teacher's other members
-                    source = args.work / args.sasrec_from / f"seed{other}" / "sasrec"
-                    if other != seed and source.is_dir():
-                        shutil.copytree(source, work / f"sasrec_seed{other}")
+                    if other != seed:
+                        shutil.copytree(fitted_sasrec(fitted, other), work / f"sasrec_seed{other}")
             if args.sasrec_from is not None:
                 cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"reuse_fitted_sasrec": True})})
             if args.torch_threads is not None:
@@ -110,6 +110,18 @@ def main() -> None:
     totals = aggregate(Sources(Path(__file__).resolve().parents[1]))
     (args.out / "aggregate.json").write_text(json.dumps(totals, indent=1))
     print(f"aggregate -> {args.out / 'aggregate.json'}: ratio {totals.get('ratio_ndcg@10')}")
+
+
+def fitted_sasrec(variant_work: Path, seed: int) -> Path:
+    """The SASRec fitted with `seed` in a variant's runs: its own run's `sasrec`, or the `sasrec_seed<seed>` of a run
+    that fitted it as an ensemble teacher's member (a seed trained from scratch fits every member)."""
+    candidates = [variant_work / f"seed{seed}" / "sasrec", *sorted(variant_work.glob(f"seed*/sasrec_seed{seed}"))]
+    for path in candidates:
+        if (path / "metrics.json").exists():
+            return path
+    raise SystemExit(
+        f"no SASRec fitted with seed {seed} under {variant_work} (looked for {candidates[0]} and */sasrec_seed{seed})"
+    )
 
 
 def reevaluate(config: Path, seed: int, work: Path, dest: Path, threads: int | None, reuse_sasrec: bool) -> None:

@@ -70,12 +70,55 @@ def test_the_popularity_weight_is_the_best_validation_mean_over_seeds(tmp_path: 
     assert seeds == [0, 1] and weight == 0.4 and abs(means[-0.4] - 0.0815) < 1e-9
 
 
-def test_the_recipe_uses_the_popularity_weight_chosen_on_validation() -> None:
-    """configs/amazon_full.yaml's eval.popularity_weight is what the committed decode-lever runs choose."""
+def test_the_popularity_only_recipe_uses_the_popularity_weight_chosen_on_validation() -> None:
+    """configs/amazon_full_no_transition_prior.yaml's eval.popularity_weight is what the decode-lever runs choose."""
     from adgen.figures.amazon_full import popularity_choice
     from adgen.model.pipeline import load_config
 
     root = Path(__file__).resolve().parents[1]
     chosen, _, seeds = popularity_choice(Sources(root))
     assert len(seeds) >= 2
-    assert load_config(root / "configs/amazon_full.yaml").eval.popularity_weight == chosen
+    assert load_config(root / "configs/amazon_full_no_transition_prior.yaml").eval.popularity_weight == chosen
+
+
+def _transition_run(root: Path, seed: int, ndcg: dict[tuple[int, int, float, float], float], alone: dict) -> None:
+    d = root / "docs/data/amazon-full/exploration"
+    d.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"pool": p, "window": w, "transition_weight": t, "popularity_weight": b, "hr@1": v, "hr@10": v, "ndcg@10": v}
+        for (p, w, t, b), v in ndcg.items()
+    ]
+    counts = [{"window": w, "hr@1": v, "hr@10": v, "ndcg@10": v} for w, v in alone.items()]
+    (d / f"transition_levers_seed{seed}.json").write_text(
+        json.dumps({"seed": seed, "rows": rows, "counts_alone": counts})
+    )
+
+
+def test_the_pool_priors_and_the_successions_window_are_the_best_validation_means(tmp_path: Path) -> None:
+    from adgen.figures.amazon_full import successions_window_choice, transition_choice
+
+    none, wide, narrow = (20, 1, 0.0, 0.0), (60, 2, 5.0, 0.5), (20, 2, 5.0, 0.5)
+    _transition_run(tmp_path, 0, {none: 0.08, wide: 0.09, narrow: 0.095}, {1: 0.08, 2: 0.07})
+    _transition_run(tmp_path, 1, {none: 0.08, wide: 0.094, narrow: 0.088}, {1: 0.07, 2: 0.09})
+    chosen, means, seeds = transition_choice(Sources(tmp_path))  # seed 0 alone would pick the narrow pool
+    assert seeds == [0, 1] and chosen == wide and abs(means[chosen]["ndcg@10"] - 0.092) < 1e-9
+    assert successions_window_choice(Sources(tmp_path)) == 2  # 0.08 mean against 0.075
+
+
+def test_the_recipe_uses_the_pool_priors_and_successions_window_chosen_on_validation() -> None:
+    """configs/amazon_full.yaml's beams, pool priors and successions window are what the committed runs choose."""
+    from adgen.figures.amazon_full import successions_window_choice, transition_choice
+    from adgen.model.pipeline import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    (pool, window, weight, popularity), _, seeds = transition_choice(Sources(root))
+    assert len(seeds) >= 2
+    ev = load_config(root / "configs/amazon_full.yaml").eval
+    assert (ev.beams, ev.transition_window, ev.transition_weight, ev.popularity_weight) == (
+        pool,
+        window,
+        weight,
+        popularity,
+    )
+    assert ev.successions_window == successions_window_choice(Sources(root))
+    assert "successions" in ev.baselines

@@ -19,10 +19,14 @@ DATA = Path("docs/data/amazon-full")
 MAIN = "leadre"
 METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
 LABELS = {
-    "leadre": "LEADRE (sequence prompt + ad-ID tokens + distillation from 3 SASRec fits + popularity prior at "
-    "decoding; the chosen config)",
-    "no_popularity_prior": "LEADRE decoded without the popularity prior (the same trained models; the `leadre` "
-    "evaluations from before the prior was adopted)",
+    "leadre": "LEADRE (sequence prompt + ad-ID tokens + distillation from 3 SASRec fits; decoded at beam 60 with "
+    "the successions and popularity priors; the chosen config)",
+    "no_transition_prior": "LEADRE decoded at beam 20 with the popularity prior alone (the same trained models; the "
+    "recipe before the successions prior)",
+    "first_fit": "the recipe before the successions prior, its first training (2026-11-28; those models were lost "
+    "with the machine, and every row above is from models trained again with the same config and seeds)",
+    "no_popularity_prior": "LEADRE decoded without any prior (the first training's models, as they were evaluated "
+    "before the popularity prior was adopted)",
     "three_layers": "LEADRE with a third layer (run a10's seed-0 validation gain did not repeat on seed 1; not "
     "adopted; seeds 0-1 only)",
     "single_teacher": "LEADRE distilled from its own SASRec alone (24 epochs; the recipe before the ensemble teacher)",
@@ -36,6 +40,8 @@ BASELINE_LABELS = {
     "sasrec": "SASRec (tuned on validation)",
     "sasrec_ensemble": "mean of the SASRec fits of seeds 0-2 (the distillation teacher, the same in every run; a "
     "reference, not the baseline)",
+    "successions": "successions: what followed the user's last ads in training, then popularity (no model; the "
+    "counts the successions prior reads)",
 }
 
 
@@ -84,7 +90,7 @@ def _model_rows(runs: dict[str, list[tuple[int, dict[str, Any], dict[str, Any]]]
         per_seed = [{**r["leadre"], "valid": _valid(r, s, "leadre")} for _, r, s in runs[variant]]
         rows.append((LABELS.get(variant, variant), per_seed))
         if variant == MAIN:
-            for baseline in ("sasrec", "sasrec_ensemble", "popularity"):
+            for baseline in ("sasrec", "successions", "sasrec_ensemble", "popularity"):
                 got = [{**r[baseline], "valid": _valid(r, s, baseline)} for _, r, s in runs[MAIN] if baseline in r]
                 if got:
                     rows.append((BASELINE_LABELS.get(baseline, baseline), got))
@@ -119,6 +125,14 @@ def verdict(sources: Sources) -> str:
         f"- Test NDCG@10, mean over seeds {seeds}: LEADRE {_stat(lead)}, SASRec {_stat(sas)}: "
         f"**{ratio:.2f}x** (goal >= 1.00x on 3 seeds: {goal}; stretch 1.10x).\n"
     ]
+    succ = [(r["leadre"]["ndcg@10"], r["successions"]["ndcg@10"]) for _, r, _ in runs if "successions" in r]
+    if succ:
+        lead_s, succ_s = [a for a, _ in succ], [b for _, b in succ]
+        lines.append(
+            f"- Against the successions baseline (counts, no model): LEADRE {_stat(lead_s)}, successions "
+            f"{_stat(succ_s)}: **{statistics.mean(lead_s) / statistics.mean(succ_s):.2f}x** (seeds "
+            f"{', '.join(str(s) for s, r, _ in runs if 'successions' in r)}).\n"
+        )
     channel = [r["channel"] for _, r, _ in runs if "channel" in r]
     if channel:
         merged = [c["hr@20_merged"] for c in channel]
@@ -455,3 +469,94 @@ def popularity_choice_table(sources: Sources) -> str:
         mark = " (chosen)" if -beta == weight else ""
         lines.append(f"| {0.0 - beta:g}{mark} | {means[beta]:.4f} |\n")
     return "".join(lines)
+
+
+def _transition_runs(sources: Sources) -> list[tuple[int, dict[str, Any]]]:
+    base = sources.root / DATA / "exploration"
+    found = []
+    for path in sorted(base.glob("transition_levers_seed*.json")):
+        d = sources.data(str(path.relative_to(sources.root)))
+        found.append((int(d["seed"]), d))
+    return found
+
+
+TransitionKey = tuple[int, int, float, float]  # pool, window, transition weight, popularity weight
+
+
+def transition_choice(sources: Sources) -> tuple[TransitionKey, dict[TransitionKey, dict[str, float]], list[int]]:
+    """The pool priors chosen on validation (bench/transition_levers.py): the (pool, window, transition weight,
+    popularity weight) whose validation NDCG@10, averaged over the seeds with runs, is highest; (choice, the mean
+    metrics of every setting every seed ran, seeds)."""
+    runs = _transition_runs(sources)
+    if not runs:
+        raise FigureError("no docs/data/amazon-full/exploration/transition_levers_seed*.json")
+    per: dict[TransitionKey, list[dict[str, float]]] = {}
+    for _, d in runs:
+        for r in d["rows"]:
+            key = (r["pool"], r["window"], r["transition_weight"], r["popularity_weight"])
+            per.setdefault(key, []).append(r)
+    means = {
+        key: {m: statistics.mean(r[m] for r in rows) for m in ("hr@1", "hr@10", "ndcg@10")}
+        for key, rows in per.items()
+        if len(rows) == len(runs)
+    }
+    best = max(means, key=lambda key: means[key]["ndcg@10"])
+    return best, means, [s for s, _ in runs]
+
+
+@region("amazon-full-transition-levers")
+def transition_levers_table(sources: Sources) -> str:
+    """Validation means over seeds of the pool priors: none, each alone at its best, both (the choice)."""
+    chosen, means, seeds = transition_choice(sources)
+    pool = chosen[0]
+
+    def best(pred: Any) -> TransitionKey:
+        return max((k for k in means if pred(k)), key=lambda k: means[k]["ndcg@10"])
+
+    rows = [
+        ("S-ID log-probs alone (no prior)", best(lambda k: k[0] == pool and k[2] == 0 and k[3] == 0)),
+        ("popularity prior alone, best weight", best(lambda k: k[0] == pool and k[2] == 0)),
+        ("transition prior alone, best window and weight", best(lambda k: k[0] == pool and k[3] == 0)),
+        ("both, best of the joint grid (chosen)", chosen),
+    ]
+    other = [k for k in means if k[0] != pool]
+    if other:
+        rows.append((f"both, best with a pool of {other[0][0]} instead", best(lambda k: k[0] == other[0][0])))
+    lines = [
+        f"| decode (pool of the best ads of a beam as wide) | pool | window | transition weight | popularity weight "
+        f"| valid HR@1 | valid HR@10 | valid NDCG@10 (mean of seeds {', '.join(map(str, seeds))}) |\n",
+        "|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    ]
+    for what, key in rows:
+        m = means[key]
+        window = str(key[1]) if key[2] > 0 else "-"
+        lines.append(
+            f"| {what} | {key[0]} | {window} | {key[2]:g} | {key[3]:g} | {m['hr@1']:.4f} | {m['hr@10']:.4f} "
+            f"| {m['ndcg@10']:.4f} |\n"
+        )
+    controls: dict[tuple[int, float, float, float], list[int]] = {}  # a row -> the seeds that scored it
+    for seed, d in _transition_runs(sources):
+        for c in d.get("counts_alone", []):
+            controls.setdefault((c["window"], c["hr@1"], c["hr@10"], c["ndcg@10"]), []).append(seed)
+    if controls:
+        lines.append(
+            "\nThe counts alone, with no LM (each user's successions, the rest by popularity, over the whole "
+            "catalogue; validation users; no model is trained, so seeds with the same split score alike):\n\n"
+            "| seeds | window | valid HR@1 | valid HR@10 | valid NDCG@10 |\n|---|---:|---:|---:|---:|\n"
+        )
+        for (window, hr1, hr10, ndcg10), seeds_of in controls.items():
+            lines.append(f"| {', '.join(map(str, seeds_of))} | {window} | {hr1:.4f} | {hr10:.4f} | {ndcg10:.4f} |\n")
+    return "".join(lines)
+
+
+def successions_window_choice(sources: Sources) -> int:
+    """The successions baseline's window chosen on validation: the best mean NDCG@10 of the counts alone."""
+    per: dict[int, list[float]] = {}
+    runs = _transition_runs(sources)
+    for _, d in runs:
+        for c in d.get("counts_alone", []):
+            per.setdefault(c["window"], []).append(c["ndcg@10"])
+    means = {w: statistics.mean(v) for w, v in per.items() if len(v) == len(runs)}
+    if not means:
+        raise FigureError("no counts-alone rows in docs/data/amazon-full/exploration/transition_levers_seed*.json")
+    return max(means, key=means.__getitem__)
