@@ -320,7 +320,7 @@ def aggregate(sources: Sources) -> dict[str, Any]:
     runs = _runs(sources)
     models: dict[str, dict[str, Any]] = {}
     for variant, per_variant in runs.items():
-        names = ["leadre", "sasrec", "sasrec_ensemble", "popularity"] if variant == MAIN else ["leadre"]
+        names = ["leadre", "sasrec", "successions", "sasrec_ensemble", "popularity"] if variant == MAIN else ["leadre"]
         for name in names:
             key = name if variant == MAIN else variant
             got = [r[name] for _, r, _ in per_variant if name in r]
@@ -341,6 +341,10 @@ def aggregate(sources: Sources) -> dict[str, Any]:
         lead = statistics.mean(r["leadre"]["ndcg@10"] for r in paired)
         out["ratio_ndcg@10"] = lead / statistics.mean(r["sasrec"]["ndcg@10"] for r in paired)
         out["goal_met"] = out["ratio_ndcg@10"] >= 1.0 and len(paired) >= 3
+    with_succ = [r for r in paired if "successions" in r]
+    if with_succ:
+        lead = statistics.mean(r["leadre"]["ndcg@10"] for r in with_succ)
+        out["ratio_ndcg@10_successions"] = lead / statistics.mean(r["successions"]["ndcg@10"] for r in with_succ)
     channel = [r["channel"] for r in paired if "channel" in r]
     if channel:
         out["channel"] = {k: statistics.mean(c[k] for c in channel) for k in channel[0]}
