@@ -59,13 +59,26 @@ def main() -> None:
         help="With --evaluate-only: load the SASRec a run dir already fitted with the same config and seed instead of "
         "fitting it again (eval.reuse_fitted_sasrec; recorded in summary.json).",
     )
+    parser.add_argument(
+        "--models-from",
+        default=None,
+        help="With --evaluate-only: evaluate the models trained as this variant (its work dirs; its summary.json is "
+        "copied to the new variant first), e.g. the same models decoded with another config's eval settings.",
+    )
     args = parser.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, config in variants.items():
             dest = args.out / name / f"seed{seed}"
             if args.evaluate_only:
-                work = args.work / name / f"seed{seed}"
+                source = args.models_from or name
+                work = args.work / source / f"seed{seed}"
+                if args.models_from is not None:
+                    trained = args.out / source / f"seed{seed}"
+                    dest.mkdir(parents=True, exist_ok=True)
+                    for part in ("summary.json", "sasrec_history.json"):
+                        if (trained / part).exists():
+                            shutil.copy(trained / part, dest / part)
                 reevaluate(Path(config), seed, work, dest, args.torch_threads, args.reuse_sasrec)
                 continue
             if (dest / "eval.json").exists() and not args.force:
@@ -142,6 +155,7 @@ def reevaluate(config: Path, seed: int, work: Path, dest: Path, threads: int | N
     summary = json.loads((dest / "summary.json").read_text())
     summary.setdefault("reevaluated", []).append(
         {
+            "config": str(config),
             "eval_s": time.perf_counter() - t0,
             "loadavg": os.getloadavg(),
             "baselines": list(cfg.eval.baselines),
