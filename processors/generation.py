@@ -133,7 +133,7 @@ class LeadreGenerator:
             events = [e for e in history.events if not e.kind.startswith("ad_") or e.ref in view.sids]
             now = w.last_request_ts if w.last_request_ts > NO_TIME else None
             prompts.append(builder.user_prompt(events, history.profile, now=now).ids)
-            recents.append(ad_ids(events))
+            recents.append(ad_ids(history.events))  # the transition prior reads every recent ad, as evaluated
         k = min(self.k, len(view.leaf_items))
         results = self.backend.generate(
             prompts,
