@@ -33,3 +33,15 @@ def test_file_then_overrides_win(tmp_path: Path) -> None:
 def test_invalid_value_is_rejected_with_field_name() -> None:
     with pytest.raises(ValidationError, match="user_groups"):
         load_settings(None, budget={"user_groups": 0})
+
+
+def test_the_decode_dtype_default_follows_the_committed_bf16_measurement() -> None:
+    """bf16 decodes by default (where native) only if it stayed within one standard error of fp32 on validation."""
+    import json
+    from pathlib import Path
+
+    from adgen.core.config import ModelSettings
+
+    measured = Path(__file__).resolve().parents[1] / "docs/data/amazon-full/exploration/decode_dtype.json"
+    within = json.loads(measured.read_text())["within_one_standard_error"]
+    assert ModelSettings().dtype == ("auto" if within else "float32")

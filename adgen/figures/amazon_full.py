@@ -575,3 +575,27 @@ def successions_window_choice(sources: Sources) -> int:
     if not means:
         raise FigureError("no counts-alone rows in docs/data/amazon-full/exploration/transition_levers_seed*.json")
     return max(means, key=means.__getitem__)
+
+
+@region("amazon-full-decode-dtype")
+def decode_dtype(sources: Sources) -> str:
+    """bf16 against fp32 decoding of the chosen recipe on validation users (bench/decode_dtype.py)."""
+    ref = str(DATA / "exploration" / "decode_dtype.json")
+    try:
+        d = sources.data(ref)
+    except FigureError:
+        return f"_Not measured yet (`{ref}`)._\n"
+    lines = ["| seed | dtype | valid HR@1 | valid HR@10 | valid NDCG@10 | seconds (every validation user) |\n"]
+    lines.append("|---:|---|---:|---:|---:|---:|\n")
+    for r in d["rows"]:
+        metrics = f"{r['hr@1']:.4f} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f}"
+        lines.append(f"| {r['seed']} | {r['dtype']} | {metrics} | {r['seconds']:.1f} |\n")
+    verdict = "within" if d["within_one_standard_error"] else "**not** within"
+    lines.append(
+        f"\nMean validation NDCG@10: bf16 {d['ndcg@10_bf16_mean']:.4f}, fp32 {d['ndcg@10_fp32_mean']:.4f}; the "
+        "difference "
+        f"({d['mean_difference']:+.5f}) is {verdict} one standard error of fp32's mean over seeds "
+        f"({d['fp32_standard_error']:.5f}), and bf16 took {d['seconds_bf16'] / d['seconds_fp32']:.2f}x fp32's time "
+        f"(this CPU multiplies bf16 natively: {d['native_bf16']}).\n"
+    )
+    return "".join(lines)
