@@ -166,7 +166,9 @@ def test_two_workers_share_one_budget_and_serve_higher_arpu_groups_first(stack: 
     band_of = {u: p for p, u, _ in users}
     arpu_of = {u: a for _, u, a in users}
     assert all(a.priority_group == groups.group_of(arpu_of[a.user_id]) for a in lists)
-    bands = [band_of[a.user_id] for a in lists]
+    # the burst's lists (BURST tokens + the first refill) are served as their requests arrive, before the rest
+    # are queued, so no order can hold for them (a full-suite run failed on exactly those three: 0.033 > 0.03)
+    bands = [band_of[a.user_id] for a in lists[BURST + 1 :]]
     pairs = [(x, y) for x, y in itertools.combinations(bands, 2) if x != y]
     inverted = sum(1 for x, y in pairs if x < y) / len(pairs)  # a lower band served before a higher one
     assert inverted <= 0.03, (inverted, bands)
