@@ -416,13 +416,18 @@ def three_layers(sources: Sources) -> str:
     return "\n".join(text) + "\n"
 
 
-def _decode_runs(sources: Sources) -> list[tuple[int, dict[str, Any]]]:
+def _exploration_runs(sources: Sources, stem: str) -> list[tuple[int, dict[str, Any]]]:
+    """(seed, JSON) of every committed docs/data/amazon-full/exploration/<stem>_seed*.json, seeds in file order."""
     base = sources.root / DATA / "exploration"
     found = []
-    for path in sorted(base.glob("decode_levers_seed*.json")):
+    for path in sorted(base.glob(f"{stem}_seed*.json")):
         d = sources.data(str(path.relative_to(sources.root)))
         found.append((int(d["seed"]), d))
     return found
+
+
+def _decode_runs(sources: Sources) -> list[tuple[int, dict[str, Any]]]:
+    return _exploration_runs(sources, "decode_levers")
 
 
 def _weights(w: list[float]) -> str:
@@ -487,12 +492,7 @@ def popularity_choice_table(sources: Sources) -> str:
 
 
 def _transition_runs(sources: Sources) -> list[tuple[int, dict[str, Any]]]:
-    base = sources.root / DATA / "exploration"
-    found = []
-    for path in sorted(base.glob("transition_levers_seed*.json")):
-        d = sources.data(str(path.relative_to(sources.root)))
-        found.append((int(d["seed"]), d))
-    return found
+    return _exploration_runs(sources, "transition_levers")
 
 
 TransitionKey = tuple[int, int, float, float]  # pool, window, transition weight, popularity weight
