@@ -517,10 +517,15 @@ class Run:
         if weight <= 0:
             return None
         window = self.cfg.eval.transition_window
-        counts = TransitionCounts.from_sequences((ad_ids(e.history) for e in self.split.valid), window)
-        return TransitionSettings(
-            weight=weight, window=window, following={a: dict(r) for a, r in counts.following.items()}
-        )
+        following = {a: dict(r) for a, r in self.training_transitions(window).following.items()}
+        return TransitionSettings(weight=weight, window=window, following=following)
+
+    def training_transitions(self, window: int) -> TransitionCounts:
+        """The training part's ad successions within `window`, counted once per window (each recipe read needs them)."""
+        cache: dict[int, TransitionCounts] = self.__dict__.setdefault("_transitions_by_window", {})
+        if window not in cache:
+            cache[window] = TransitionCounts.from_sequences((ad_ids(e.history) for e in self.split.valid), window)
+        return cache[window]
 
     @functools.cached_property
     def training_ad_counts(self) -> dict[str, int]:
