@@ -14,9 +14,13 @@ Two kinds of evidence pick a query's CIs:
 Their mixture `(1 - w) * p_model + w * p_lexical` is the query's CI distribution; `w` and every other knob
 of `ServingConfig` is chosen on validation queries (`search/ci_tuning.py`) and stored next to the build.
 An ad's score is `sum over the query's CIs of p(ci) * weight(ci, ad)`, plus, optionally, how well the ad's
-own CIs match the query's words (ranking ads inside a CI by query-ad match). A relative floor then drops the
-ads scoring below `relative_floor * the query's best score`: an ad reached only through a wrong, low-weight CI
-of the query trails far behind the query's real intent and is not served.
+own CIs match the query's words (ranking ads inside a CI by query-ad match). Two cuts then end the list
+where the evidence runs out:
+
+- support: an ad whose every link to the query's CIs weighs below `min_link_weight` is dropped. Such an ad
+  is reached only through CIs the model guessed for it with little confidence (catalogue CIs weigh 1.0), which
+  is how a road bike or a tent reaches a storage or trackpad query;
+- score: ads scoring below `relative_floor * the query's best score` are dropped.
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ class ServingConfig(BaseModel):
     top_n: int = Field(500, ge=1, description="Ads returned per query.")
     relative_floor: float = Field(
         0.0, ge=0, lt=1, description="Ads scoring below this share of the query's best ad are dropped (0: none)."
+    )
+    min_link_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Ads linked to the query's CIs only by weights below this are dropped (0: none; 1: catalogue "
+        "CIs only).",
     )
     cis_per_ad: int = Field(5, ge=0, description="Model-generated CIs kept per ad (on top of catalogue CIs).")
     ad_beams: int = Field(30, ge=1, description="Beams when the model generates an ad's CIs.")
@@ -165,7 +176,9 @@ class CIQueryMapper:
         """The served ranking of one query's ads (`rank_ads` with this configuration)."""
         cfg = self.config
         match = self.ci_match(normalised)
-        return rank_ads(index, ci_scores, top_n or cfg.top_n, match, cfg.ad_match_weight, cfg.relative_floor)
+        return rank_ads(
+            index, ci_scores, top_n or cfg.top_n, match, cfg.ad_match_weight, cfg.relative_floor, cfg.min_link_weight
+        )
 
 
 def rank_ads(
@@ -175,6 +188,7 @@ def rank_ads(
     ci_match: Mapping[int, float] | None = None,
     ad_match_weight: float = 0.0,
     relative_floor: float = 0.0,
+    min_link_weight: float = 0.0,
 ) -> list[tuple[str, float]]:
     """Union of the CIs' ads scored by sum_ci p(ci) * weight(ci, ad), best first (ties by ad id).
 
@@ -182,19 +196,29 @@ def rank_ads(
     `ad_match_weight * max over the ad's own CIs of cosine(query, CI)`: inside one CI, the ad whose other
     intentions share more of the query's words ranks first.
 
-    With `relative_floor` > 0, ads scoring below `relative_floor * best score` are dropped, so the list ends
-    where the evidence for the query's intent runs out instead of at `top_n` (0 keeps the top `top_n`).
+    With `min_link_weight` > 0, ads none of whose links to the query's CIs weighs at least that much are dropped
+    before ranking (their score still sums every link). With `relative_floor` > 0, ads scoring below
+    `relative_floor * best score` are then dropped, so the list ends where the evidence for the query's intent
+    runs out instead of at `top_n` (0 and 0 keep the top `top_n`).
 
     Reads one immutable view of the index throughout, so ads added or removed meanwhile never show half
-    applied (as `CIIndex.rank`, which this equals when `ad_match_weight` and `relative_floor` are 0).
+    applied (as `CIIndex.rank`, which this equals when `ad_match_weight`, `relative_floor` and
+    `min_link_weight` are 0).
     """
     if not 0 <= relative_floor < 1:
         raise ValueError(f"relative_floor must be in [0, 1) (a share of the best score), got {relative_floor!r}")
+    if not 0 <= min_link_weight <= 1:
+        raise ValueError(f"min_link_weight must be in [0, 1] (an ad-CI link weight), got {min_link_weight!r}")
     view = index.view
     scores: dict[str, float] = {}
+    supported: set[str] = set()
     for ci, p in ci_scores.items():
         for ad, w in view.ci_ads.get(ci, {}).items():
             scores[ad] = scores.get(ad, 0.0) + p * w
+            if w >= min_link_weight:
+                supported.add(ad)
+    if min_link_weight > 0:
+        scores = {ad: s for ad, s in scores.items() if ad in supported}
     if ci_match and ad_match_weight > 0:
         for ad in scores:
             cis = view.ad_cis.get(ad, {})

@@ -3,15 +3,18 @@
 1. decoding: beam width and score floor of the CI model (the pure CI path, catalogue + model CIs per ad);
 2. ads: model CIs kept per ad and their weight against catalogue CIs (pure CI path);
 3. fusion: lexical CI matching's share, its top-k, template stripping, query-ad match inside CIs (served);
-4. floor: the relative score floor of the served list (`choose_floor`).
+4. floor: the two cuts of the served list, support (`min_link_weight`) and score (`relative_floor`),
+   tried together (`choose_floor`).
 
 Each stage keeps the best setting of the stages before it. The objective is the mean of NDCG@10 and HR@50
 on validation, the two figures the CI path must win on; test queries are never seen here. Every row of
 the search lands in the build report, so the choice can be audited.
 
-The floor needs a rule of its own: it only cuts the tail of a list, which can never raise HR or NDCG, so the
-objective alone would always keep 0. It buys precision instead: the floor kept is the one serving the fewest
-off-intent ads in the top 10 among those that cost the objective at most `floor_tolerance`.
+The floor needs a rule of its own: a cut only removes ads, and a score cut only the tail of a list, which can
+never raise HR or NDCG, so the objective alone would keep no cut. Cuts buy precision instead: the pair kept is
+the one serving the fewest off-intent ads in the top 10 among those that cost the objective at most
+`floor_tolerance` against the best pair. (The support cut can raise the objective: the ads it drops may sit
+above relevant ones.)
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class TuningGrid(BaseModel):
     strip_templates: list[bool] = [False, True]
     ad_match_weight: list[float] = [0.0, 0.5]
     relative_floor: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5]
+    min_link_weight: list[Annotated[float, Field(ge=0, le=1)]] = [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
     floor_tolerance: float = Field(
         0.005, ge=0, description="Validation objective a relative floor may cost (0.005: half a point)."
     )
@@ -83,14 +87,21 @@ def objective(report: MethodReport) -> float:
     return (report.ndcg10 + report.hr["HR@50"]) / 2
 
 
-def choose_floor(candidates: Sequence[tuple[float, MethodReport]], tolerance: float) -> tuple[float, MethodReport]:
-    """The (floor, report) serving the fewest off-intent ads in the top 10 among those whose objective is
-    within `tolerance` of the best candidate's; ties keep the lower floor."""
+class Cuts(BaseModel):
+    """The served list's two cuts (see `rank_ads`)."""
+
+    relative_floor: float = 0.0
+    min_link_weight: float = 0.0
+
+
+def choose_floor(candidates: Sequence[tuple[Cuts, MethodReport]], tolerance: float) -> tuple[Cuts, MethodReport]:
+    """The (cuts, report) serving the fewest off-intent ads in the top 10 among those whose objective is
+    within `tolerance` of the best candidate's; ties keep the lower score floor, then the lower support cut."""
     if not candidates:
-        raise ValueError("no relative floor to choose from: the grid's relative_floor list is empty")
+        raise ValueError("no cut to choose from: the grid's relative_floor or min_link_weight list is empty")
     best = max(objective(report) for _, report in candidates)
-    kept = [(floor, report) for floor, report in candidates if objective(report) >= best - tolerance]
-    return min(kept, key=lambda fr: (fr[1].off_intent10 or 0.0, fr[0]))
+    kept = [(cuts, report) for cuts, report in candidates if objective(report) >= best - tolerance]
+    return min(kept, key=lambda cr: (cr[1].off_intent10 or 0.0, cr[0].relative_floor, cr[0].min_link_weight))
 
 
 def build_index(
@@ -135,11 +146,15 @@ def tune_serving(
         index: CIIndex,
         match: CIRows | None = None,
         match_weight: float = 0.0,
-        floor: float = 0.0,
+        cuts: Cuts | None = None,
     ) -> MethodReport:
+        cuts = cuts or Cuts()
         answers = []
         for i, cis in enumerate(ci_rows):
-            ranked = rank_ads(index, cis, base.top_n, match[i] if match else None, match_weight, floor)
+            row_match = match[i] if match else None
+            ranked = rank_ads(
+                index, cis, base.top_n, row_match, match_weight, cuts.relative_floor, cuts.min_link_weight
+            )
             answers.append(Retrieved(ads=[a for a, _ in ranked], num_cis=len(cis)))
         report = score_answers(stage, valid, answers, [], min_grade)
         rows.append(
@@ -171,7 +186,13 @@ def tune_serving(
     bar.close()
     assert best is not None
     pure = base.model_copy(
-        update={"beams": best[1], "score_floor": best[2], "lexical_weight": 0.0, "relative_floor": 0.0}
+        update={
+            "beams": best[1],
+            "score_floor": best[2],
+            "lexical_weight": 0.0,
+            "relative_floor": 0.0,
+            "min_link_weight": 0.0,
+        }
     )
     model_rows = decoded[pure.beams, pure.score_floor]
 
@@ -211,10 +232,11 @@ def tune_serving(
     assert best_served is not None
     _, served, _, fused, match = best_served
 
-    candidates = [
-        (floor, score("floor", {"relative_floor": floor}, fused, pure_index, match, served.ad_match_weight, floor))
-        for floor in sorted({0.0, *grid.relative_floor})
-    ]
-    floor, served_report = choose_floor(candidates, grid.floor_tolerance)
-    served = served.model_copy(update={"relative_floor": floor})
+    candidates = []
+    for link, floor in itertools.product(sorted({0.0, *grid.min_link_weight}), sorted({0.0, *grid.relative_floor})):
+        cuts = Cuts(relative_floor=floor, min_link_weight=link)
+        report = score("floor", cuts.model_dump(), fused, pure_index, match, served.ad_match_weight, cuts)
+        candidates.append((cuts, report))
+    cuts, served_report = choose_floor(candidates, grid.floor_tolerance)
+    served = served.model_copy(update=cuts.model_dump())
     return TuningResult(pure=pure, served=served, pure_valid=pure_report, served_valid=served_report, rows=rows)

@@ -77,6 +77,7 @@ TINY = CIBuildConfig(
         strip_templates=[False, True],
         ad_match_weight=[0.0, 0.5],
         relative_floor=[0.0, 0.2, 0.6],
+        min_link_weight=[0.0, 0.5],
     ),
 )
 
@@ -124,8 +125,9 @@ def test_build_indexes_every_ad_and_writes_a_loadable_snapshot_with_tuned_settin
     assert saved == report.serving and saved.templates == report.templates
     assert report.tuning is not None
     floor_rows = [r for r in report.tuning.rows if r.stage == "floor"]
-    assert [r.settings["relative_floor"] for r in floor_rows] == [0.0, 0.2, 0.6]
-    kept = next(r for r in floor_rows if r.settings["relative_floor"] == saved.relative_floor)
+    tried = [(r.settings["min_link_weight"], r.settings["relative_floor"]) for r in floor_rows]
+    assert tried == [(link, floor) for link in (0.0, 0.5) for floor in (0.0, 0.2, 0.6)]
+    kept = next(r for r in floor_rows if tried[floor_rows.index(r)] == (saved.min_link_weight, saved.relative_floor))
     assert report.tuning.served_valid.ndcg10 == pytest.approx(kept.ndcg10)
     assert report.tuning.served_valid.off_intent10 == pytest.approx(kept.off_intent10)
 
@@ -175,14 +177,15 @@ def test_the_floor_chosen_on_validation_is_what_serving_applies(built):
     rows = [r for r in report.tuning.rows if r.stage == "floor"]
     best = max(r.objective for r in rows)
     within = [r for r in rows if r.objective >= best - TINY.grid.floor_tolerance]
-    fewest = min(within, key=lambda r: (r.off_intent10, r.settings["relative_floor"]))
+    fewest = min(within, key=lambda r: (r.off_intent10, r.settings["relative_floor"], r.settings["min_link_weight"]))
     chosen = report.serving.relative_floor
     assert fewest.settings["relative_floor"] == chosen
+    assert fewest.settings["min_link_weight"] == report.serving.min_link_weight
     # in this world every ad of the catalogue reaches a query's union; a floor halves that at no cost
     assert chosen > 0
     assert ServingConfig.load(out).relative_floor == chosen
     service = SearchService.from_build(out)
-    unfloored = SearchService.from_build(out, relative_floor=0.0)
+    unfloored = SearchService.from_build(out, relative_floor=0.0, min_link_weight=report.serving.min_link_weight)
     assert service.config.relative_floor == chosen
     shorter = 0
     for query in load_split(out, log).valid:
@@ -244,8 +247,8 @@ def test_the_worker_and_ci_serve_load_the_build_with_its_validated_settings(buil
 
 
 def test_the_experiment_records_the_chosen_floor_and_the_docs_render_it(built, tmp_path):
-    """`evaluate_build` (what `adgen ci experiment` writes) scores the service as loaded, floor included,
-    records the floor next to the other settings and the same service at floor 0; the docs block renders it."""
+    """`evaluate_build` (what `adgen ci experiment` writes) scores the service as loaded, cuts included,
+    records the cuts next to the other settings and the same service without them; the docs block renders it."""
     import numpy as np
 
     from adgen.commands.search_quality import SERVED, SERVED_NO_FLOOR, evaluate_build
@@ -263,11 +266,13 @@ def test_the_experiment_records_the_chosen_floor_and_the_docs_render_it(built, t
     served = next(r for r in payload["rows"] if r["method"] == SERVED)
     bare = payload["served_without_floor"]
     assert bare["method"] == SERVED_NO_FLOOR and bare["avg_ads_per_query"] > served["avg_ads_per_query"]
-    assert served["ndcg10"] <= bare["ndcg10"]  # a shorter list never gains a hit
+    if report.serving.min_link_weight == 0:
+        assert served["ndcg10"] <= bare["ndcg10"]  # a score floor alone only shortens lists: never gains a hit
 
     (tmp_path / RESULT).parent.mkdir(parents=True)
     (tmp_path / RESULT).write_text(json.dumps({"data": "tiny", **payload}))
     block = search_floor(Sources(tmp_path))
     assert f"relative floor **{report.serving.relative_floor:g}**" in block
-    assert f"| 0 | {report.serving.relative_floor:g} | " in block  # world seed 0's test row
+    cuts = f"{report.serving.min_link_weight:g}, {report.serving.relative_floor:g}"
+    assert f"| 0 | {cuts} | " in block  # world seed 0's test row
     assert "World seed 1: not measured yet" in block

@@ -126,6 +126,30 @@ def test_rank_ads_floor_keeps_all_equal_scores_and_answers_nothing_with_nothing(
     assert [a for a, _ in rank_ads(index, {0: 0.0}, top_n=3, relative_floor=0.5)] == ["ad0", "ad1", "ad2"]
 
 
+def test_the_support_cut_drops_ads_reached_only_through_weak_links_and_keeps_their_full_scores():
+    index = _floor_index()
+    index.set_ad("guess", {0: 0.05})  # a CI the model guessed for it with little confidence
+    index.set_ad("both", {0: 0.05, 1: 1.0})  # a weak link and a strong one
+    scores = {0: 0.5, 1: 0.5}
+    full = rank_ads(index, scores, top_n=10)
+    assert [a for a, _ in full] == ["pillow", "both", "crib", "guess"]
+    cut = rank_ads(index, scores, top_n=10, min_link_weight=0.1)
+    assert cut == [kv for kv in full if kv[0] != "guess"]  # the weak link still counts for "both"
+    assert dict(cut)["both"] == pytest.approx(0.5 * 0.05 + 0.5 * 1.0)
+    assert rank_ads(index, scores, top_n=10, min_link_weight=0.05) == full  # exactly at the cut: kept
+    assert [a for a, _ in rank_ads(index, scores, top_n=10, min_link_weight=1.0)] == ["pillow", "both", "crib"]
+    # with both cuts the score floor reads the best supported ad
+    assert rank_ads(index, scores, top_n=10, relative_floor=0.5, min_link_weight=0.1) == full[:3]
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_a_support_cut_outside_zero_to_one_is_refused(weight):
+    with pytest.raises(ValueError, match="min_link_weight must be in"):
+        rank_ads(_floor_index(), {0: 1.0}, top_n=10, min_link_weight=weight)
+    with pytest.raises(ValueError, match="min_link_weight"):
+        ServingConfig(min_link_weight=weight)
+
+
 @pytest.mark.parametrize("floor", [1.0, -0.1, 1.5])
 def test_a_relative_floor_outside_zero_to_one_is_refused(floor):
     with pytest.raises(ValueError, match="relative_floor must be in"):

@@ -1,12 +1,12 @@
-"""The relative floor's choice on validation: the fewest off-intent ads within a tolerance of the best
-objective (the objective alone could never prefer a floor: cutting a list's end never raises HR or NDCG)."""
+"""The cuts' choice on validation: the fewest off-intent ads within a tolerance of the best objective (the
+objective alone could never prefer a score floor: cutting a list's end never raises HR or NDCG)."""
 
 from __future__ import annotations
 
 import pytest
 
 from adgen.search.ci_eval import MethodReport
-from adgen.search.ci_tuning import TuningGrid, choose_floor
+from adgen.search.ci_tuning import Cuts, TuningGrid, choose_floor
 
 
 def _report(ndcg: float, hr50: float, off: float | None) -> MethodReport:
@@ -25,28 +25,46 @@ def _report(ndcg: float, hr50: float, off: float | None) -> MethodReport:
     )
 
 
+def _floor(value: float, link: float = 0.0) -> Cuts:
+    return Cuts(relative_floor=value, min_link_weight=link)
+
+
 def test_the_floor_with_fewest_off_intent_ads_within_the_tolerance_is_kept():
     candidates = [
-        (0.0, _report(0.90, 1.00, 0.30)),
-        (0.1, _report(0.90, 1.00, 0.20)),  # free: same objective, fewer off-intent ads
-        (0.2, _report(0.89, 1.00, 0.10)),  # costs 0.005 of the objective
-        (0.3, _report(0.85, 0.98, 0.02)),  # costs 0.035: beyond the tolerance however clean
+        (_floor(0.0), _report(0.90, 1.00, 0.30)),
+        (_floor(0.1), _report(0.90, 1.00, 0.20)),  # free: same objective, fewer off-intent ads
+        (_floor(0.2), _report(0.89, 1.00, 0.10)),  # costs 0.005 of the objective
+        (_floor(0.3), _report(0.85, 0.98, 0.02)),  # costs 0.035: beyond the tolerance however clean
     ]
-    assert choose_floor(candidates, tolerance=0.0)[0] == 0.1
-    assert choose_floor(candidates, tolerance=0.006)[0] == 0.2
-    assert choose_floor(candidates, tolerance=1.0)[0] == 0.3
+    assert choose_floor(candidates, tolerance=0.0)[0] == _floor(0.1)
+    assert choose_floor(candidates, tolerance=0.006)[0] == _floor(0.2)
+    assert choose_floor(candidates, tolerance=1.0)[0] == _floor(0.3)
     assert choose_floor(candidates, tolerance=0.006) == candidates[2]
 
 
+def test_a_support_cut_that_raises_the_objective_sets_the_bar_the_others_are_judged_by():
+    candidates = [
+        (_floor(0.0), _report(0.90, 1.00, 0.40)),
+        (_floor(0.1), _report(0.89, 1.00, 0.20)),  # within 0.006 of 0.95, not of 0.96
+        (_floor(0.0, 0.2), _report(0.92, 1.00, 0.30)),  # the support cut drops junk ranked above related ads
+        (_floor(0.0, 1.0), _report(0.92, 1.00, 0.30)),  # as clean, a harder cut: the lower one is kept
+    ]
+    assert choose_floor(candidates, tolerance=0.006)[0] == _floor(0.0, 0.2)
+    assert choose_floor(candidates, tolerance=0.02)[0] == _floor(0.1)
+
+
 def test_without_anything_to_gain_the_lower_floor_is_kept():
-    same = [(f, _report(0.9, 1.0, 0.1)) for f in (0.0, 0.1, 0.3)]
-    assert choose_floor(same, tolerance=1.0)[0] == 0.0
-    assert choose_floor([(0.0, _report(0.9, 1.0, None))], tolerance=0.0)[0] == 0.0
-    with pytest.raises(ValueError, match="relative_floor list is empty"):
+    same = [(_floor(f, link), _report(0.9, 1.0, 0.1)) for f in (0.0, 0.1, 0.3) for link in (0.5, 0.0)]
+    assert choose_floor(same, tolerance=1.0)[0] == _floor(0.0, 0.0)
+    assert choose_floor([(_floor(0.0), _report(0.9, 1.0, None))], tolerance=0.0)[0] == _floor(0.0)
+    with pytest.raises(ValueError, match="list is empty"):
         choose_floor([], tolerance=0.0)
 
 
 def test_the_grid_refuses_a_floor_outside_zero_to_one():
     with pytest.raises(ValueError, match="relative_floor"):
         TuningGrid(relative_floor=[0.0, 1.0])
+    with pytest.raises(ValueError, match="min_link_weight"):
+        TuningGrid(min_link_weight=[0.0, 1.5])
     assert 0.0 in TuningGrid().relative_floor and TuningGrid().floor_tolerance >= 0
+    assert 0.0 in TuningGrid().min_link_weight

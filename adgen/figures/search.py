@@ -122,6 +122,8 @@ def setup_text(payload: Mapping[str, Any]) -> str:
     serving = payload["serving"]
     hybrid = payload["valid"]["hybrid"] or {}
     floor = f", relative score floor {serving['relative_floor']:g}" if "relative_floor" in serving else ""
+    if "min_link_weight" in serving:
+        floor += f", support cut {serving['min_link_weight']:g}"
     return "\n".join(
         [
             f"- command: `{payload.get('command', '?')}`",
@@ -279,19 +281,30 @@ def _floor_owed(path: str) -> PendingFigure:
     return PendingFigure(path, Pending(owed.command, owed.minutes, why=FLOOR_WHY))
 
 
+def _cuts(settings: Mapping[str, Any]) -> tuple[float, float]:
+    """(support cut, relative floor) of a floor row or serving settings; runs before the support cut had none."""
+    return float(settings.get("min_link_weight", 0.0)), float(settings["relative_floor"])
+
+
 def floor_valid_table(payload: Mapping[str, Any]) -> str:
-    """The floor stage on validation: every floor tried, its cost and what it removes; the kept one in bold."""
-    chosen = float(payload["serving"]["relative_floor"])
+    """The floor stage on validation: each support cut with no score floor, and every score floor with the kept
+    support cut; what each costs and what it removes; the kept pair in bold."""
+    chosen = _cuts(payload["serving"])
     lines = [
-        f"Kept on validation: relative floor **{chosen:g}**, the floor with the fewest off-intent ads in the top 10 "
-        f"among those within {payload['floor_tolerance']:g} of the best validation objective.",
+        f"Kept on validation: support cut **{chosen[0]:g}**, relative floor **{chosen[1]:g}**, the pair with the "
+        f"fewest off-intent ads in the top 10 among those within {payload['floor_tolerance']:g} of the best "
+        "validation objective (the table shows each support cut without a score floor, and every score floor "
+        "with the kept support cut; the build report holds every pair tried).",
         "",
-        "| relative floor | NDCG@10 | HR@50 | objective | ads/query | off-intent@10 |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| support cut | relative floor | NDCG@10 | HR@50 | objective | ads/query | off-intent@10 |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in (r for r in payload["tuning_rows"] if r["stage"] == "floor"):
-        floor = float(r["settings"]["relative_floor"])
+        link, floor = _cuts(r["settings"])
+        if floor != 0 and link != chosen[0]:
+            continue
         cells = [
+            f"{link:g}",
             f"{floor:g}",
             _f(r["ndcg10"]),
             _f(r["hr50"]),
@@ -299,7 +312,7 @@ def floor_valid_table(payload: Mapping[str, Any]) -> str:
             f"{r['ads_per_query']:.1f}",
             _f(r["off_intent10"]),
         ]
-        mark = "**" if floor == chosen else ""
+        mark = "**" if (link, floor) == chosen else ""
         lines.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
     return "\n".join(lines)
 
@@ -307,7 +320,7 @@ def floor_valid_table(payload: Mapping[str, Any]) -> str:
 def floor_seeds_table(payloads: Mapping[int, Mapping[str, Any]], owed: Mapping[int, str]) -> str:
     """The served path on test without and with the floor chosen on validation, per world seed."""
     lines = [
-        "| world seed | floor (validation) | off-intent@10 without → with | ads/query without → with "
+        "| world seed | support cut, floor (validation) | off-intent@10 without → with | ads/query without → with "
         "| NDCG@10 without → with | HR@50 without → with |",
         "|---:|---:|---|---|---|---|",
     ]
@@ -320,7 +333,8 @@ def floor_seeds_table(payloads: Mapping[int, Mapping[str, Any]], owed: Mapping[i
             f"{_f(bare['ndcg10'])} → {_f(served['ndcg10'])}",
             f"{_f(bare['hr']['HR@50'])} → {_f(served['hr']['HR@50'])}",
         ]
-        lines.append(f"| {seed} | {float(payload['serving']['relative_floor']):g} | {' | '.join(pairs)} |")
+        link, floor = _cuts(payload["serving"])
+        lines.append(f"| {seed} | {link:g}, {floor:g} | {' | '.join(pairs)} |")
     for seed, note in sorted(owed.items()):
         lines.append("")
         lines.append(f"World seed {seed}: {note}.")
