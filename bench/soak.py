@@ -18,7 +18,8 @@ Throughout, a prober sends `GET /search` to the worker at `--search-rate`/s and 
 errors; search queries in the mix go through the topic path (answers in Redis).
 
 Verdicts (exit 1 unless all hold): garbage offered at >= 50% of C; good events consumed per second in
-the garbage half / clean half >= `--min-good-ratio` (0.9); RSS at the end (last minute) / RSS at the
+the garbage half / clean half >= `--min-good-ratio` (0.9), and in each half consumed / offered >= the same
+bound (so two starved halves cannot pass by their ratio); RSS at the end (last minute) / RSS at the
 warm-up point <= `--max-rss-growth` (1.10); lag <= `--max-lag-s` seconds of input; search: HTTP errors
 <= `--max-search-error-share`, p99 <= `--max-search-p99-s`, answers in every sample interval, and the
 topic path answered every query produced. `--inject leak:MB_PER_MIN` or `--inject slow-garbage:SECONDS`
@@ -531,12 +532,17 @@ def judge(args: argparse.Namespace, samples: list[dict[str, Any]], extras: dict[
     intervals_without_answers = sum(1 for s in samples if s["search_http"]["ok"] == 0)
     produced = extras["search_queries_produced"]
     ratio = good_dirty / good_clean if good_clean > 0 else float("nan")
+    offered_clean, offered_dirty = _mean(clean, "offered_good_per_s"), _mean(dirty, "offered_good_per_s")
+    kept_clean = good_clean / offered_clean if offered_clean > 0 else float("nan")
+    kept_dirty = good_dirty / offered_dirty if offered_dirty > 0 else float("nan")
     figures = {
         "garbage_over_capacity": garbage_rate / capacity if capacity > 0 else float("nan"),
         "good_consumed_per_s_clean_half": good_clean,
         "good_consumed_per_s_garbage_half": good_dirty,
         "good_offered_per_s": _mean(measured, "offered_good_per_s"),
         "garbage_half_over_clean_half": ratio,
+        "good_consumed_over_offered_clean_half": kept_clean,
+        "good_consumed_over_offered_garbage_half": kept_dirty,
         "dead_letters_per_s_garbage_half": _mean(dirty, "dead_letters_per_s"),
         "rss_warmup_point_mb": rss_base,
         "rss_end_mb": rss_end,
@@ -562,7 +568,11 @@ def judge(args: argparse.Namespace, samples: list[dict[str, Any]], extras: dict[
     }
     verdicts = {
         "garbage_at_least_half_capacity": figures["garbage_over_capacity"] >= 0.5,
-        "garbage_costs_little_throughput": ratio >= args.min_good_ratio,
+        # the ratio alone passes when both halves starve (a backlog left by the warm-up): each half must also
+        # consume the good events offered to it
+        "garbage_costs_little_throughput": (
+            ratio >= args.min_good_ratio and kept_clean >= args.min_good_ratio and kept_dirty >= args.min_good_ratio
+        ),
         "memory_flat": figures["rss_end_over_warmup_point"] <= args.max_rss_growth,
         "lag_bounded": max_lag_s <= args.max_lag_s,
         "search_served": (
@@ -578,6 +588,7 @@ def judge(args: argparse.Namespace, samples: list[dict[str, Any]], extras: dict[
     targets = {
         "garbage_over_capacity_min": 0.5,
         "garbage_half_over_clean_half_min": args.min_good_ratio,
+        "good_consumed_over_offered_min": args.min_good_ratio,
         "rss_end_over_warmup_point_max": args.max_rss_growth,
         "max_lag_s": args.max_lag_s,
         "search_http_error_share_max": args.max_search_error_share,

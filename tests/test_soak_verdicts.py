@@ -90,6 +90,23 @@ def test_good_throughput_lost_to_garbage_fails(soak: Any) -> None:
     assert not verdicts["garbage_costs_little_throughput"] and not verdicts["pass"]
 
 
+def test_two_starved_halves_fail_although_their_ratio_passes(soak: Any) -> None:
+    """The injected slow-garbage run: the warm-up's garbage left a backlog, so the clean half consumed 8.7 of
+    the 40 good events/s offered and the garbage half even more of its backlog (ratio 1.30)."""
+    args = soak.parse_args(["--minutes", "12"])
+    starved = _samples(soak, args, good=lambda phase: 11.3 if phase == "garbage" else 8.7)
+    result = soak.judge(args, starved, _extras())
+    assert result["figures"]["garbage_half_over_clean_half"] > args.min_good_ratio  # the ratio alone passes
+    assert result["figures"]["good_consumed_over_offered_clean_half"] < args.min_good_ratio
+    assert not result["verdicts"]["garbage_costs_little_throughput"] and not result["verdicts"]["pass"]
+
+
+def test_catching_up_a_backlog_counts_as_keeping_up(soak: Any) -> None:
+    args = soak.parse_args(["--minutes", "12"])
+    catching_up = _samples(soak, args, good=lambda phase: 44.0)  # above the offered 40/s: a backlog drains
+    assert soak.judge(args, catching_up, _extras())["verdicts"]["garbage_costs_little_throughput"]
+
+
 def test_garbage_below_half_the_capacity_is_not_a_valid_run(soak: Any) -> None:
     args = soak.parse_args(["--minutes", "12"])
     verdicts = soak.judge(args, _samples(soak, args), _extras(capacity=20_000.0))["verdicts"]

@@ -266,6 +266,15 @@ def soak_verdicts(sources: Sources) -> str:
         ),
         ("good throughput ratio (target ≥ 0.9)", lambda r: f"**{r['figures']['garbage_half_over_clean_half']:.3f}**"),
         (
+            "good consumed / offered, clean half → garbage half (target ≥ 0.9 each)",
+            lambda r: (
+                f"{r['figures']['good_consumed_over_offered_clean_half']:.3f} →"
+                f" {r['figures']['good_consumed_over_offered_garbage_half']:.3f}"
+                if "good_consumed_over_offered_clean_half" in r["figures"]
+                else "not recorded"
+            ),
+        ),
+        (
             "worker RSS: first sample → warm-up point → end (MB)",
             lambda r: (
                 f"{r['figures']['rss_first_sample_mb']:.0f} → {r['figures']['rss_warmup_point_mb']:.0f} →"
