@@ -133,7 +133,12 @@ class ModelSettings(BaseModel):
         "elsewhere: on the full Amazon protocol bf16 decoding stayed within one standard error of fp32's validation "
         "NDCG@10 (docs/data/amazon-full/exploration/decode_dtype.json); 'float32' for bit-exact fp32 lists.",
     )
-    beams: int = Field(20, ge=1)
+    beams: int | None = Field(
+        None,
+        ge=1,
+        description="LEADRE's beam width. Unset: the width the checkpoint's recipe was evaluated with (eval.beams), "
+        "so the worker serves the lists that were measured; 20 for a checkpoint without one. Never below top_k.",
+    )
     top_k: int = Field(20, ge=1)
     max_prompt_tokens: int = Field(256, ge=16)
     prefix_cache_mb: int = Field(

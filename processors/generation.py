@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from adgen.model.recipe import ServingRecipe
 
 log = logging.getLogger(__name__)
+#: LEADRE's beam width for a checkpoint whose recipe records none (and no ADGEN_MODEL__BEAMS).
+DEFAULT_BEAMS = 20
 
 
 class Generator(Protocol):
@@ -82,7 +84,6 @@ class LeadreGenerator:
         self.checkpoint = checkpoint
         self.tokenizer = load_tokenizer(layout.tokenizer_dir)
         self.backend = load_backend(model, layout.lm_dir)  # ADGEN_MODEL__BACKEND: torch (default) or tensorrt_llm
-        self.k, self.beams = model.top_k, max(model.beams, model.top_k)
         # prompts are built and scored the way this checkpoint was trained (model/recipe.py); the window settings
         # bound what the prompt may hold (never more behaviours or a longer prompt than the worker keeps/allows)
         self.recipe = load_recipe(layout.recipe_dir) if layout.recipe_dir is not None else ServingRecipe()
@@ -97,6 +98,9 @@ class LeadreGenerator:
         if self.recipe.ad_prior_weight > 0 and self.ad_tokens is None:
             raise ValueError(f"{layout.recipe_dir}: the recipe's ad_prior_weight needs prompts.ad_id_tokens")
         self._prior: tuple[str, PoolPrior | None] | None = None  # the pool priors of the last index version decoded
+        # the evaluated width unless ADGEN_MODEL__BEAMS says otherwise: the pool priors re-rank the beam's ads
+        self.k = model.top_k
+        self.beams = max(model.beams or self.recipe.beams or DEFAULT_BEAMS, model.top_k)
         if (self.recipe.popularity or self.recipe.transitions) and (self.recipe.beams or 0) > self.beams:
             log.warning(
                 "%s was evaluated with a %d-wide beam, whose finished ads its pool priors re-rank; this worker "

@@ -340,3 +340,21 @@ def test_a_recipe_with_a_transition_prior_is_served_with_it(tmp_path: Path) -> N
     assert [(view.leaf_items[v], round(s, 4)) for v, s in expected] == [(g.ad_id, round(g.score, 4)) for g in got]
     plain = search.generate([prompt], view.trie, k=5, beams=10, renormalize=True)[0]
     assert [v for v, _ in plain] != [v for v, _ in expected]
+
+
+def test_the_worker_decodes_as_wide_as_the_checkpoint_was_evaluated_unless_told_otherwise(tmp_path: Path, caplog) -> None:
+    """ADGEN_MODEL__BEAMS unset: the recipe's eval.beams (its pool priors re-rank that beam's ads), 20 for a
+    checkpoint whose recipe records none; set, it wins, and a narrower width than evaluated is logged."""
+    from adgen.model.recipe import ServingRecipe, TransitionSettings, save_recipe
+    from adgen.processors.generation import DEFAULT_BEAMS
+
+    sid_map = fresh_sid_map()
+    ckpt = write_untrained_checkpoint(tmp_path / "ckpt", sid_vocabulary(sid_map.codebook_sizes), ["product ad"])
+    assert LeadreGenerator(ckpt, ModelSettings(top_k=5), WindowSettings()).beams == DEFAULT_BEAMS  # no recipe
+    priors = TransitionSettings(weight=2.0, window=1, following={ADS[0]: {ADS[1]: 3.0}})
+    save_recipe(ServingRecipe(beams=12, transitions=priors), ckpt)
+    assert LeadreGenerator(ckpt, ModelSettings(top_k=5), WindowSettings()).beams == 12
+    assert LeadreGenerator(ckpt, ModelSettings(top_k=15), WindowSettings()).beams == 15  # never below top_k
+    assert "evaluated with a 12-wide beam" not in caplog.text
+    assert LeadreGenerator(ckpt, ModelSettings(top_k=5, beams=8), WindowSettings()).beams == 8
+    assert "evaluated with a 12-wide beam" in caplog.text
