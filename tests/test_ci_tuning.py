@@ -68,3 +68,24 @@ def test_the_grid_refuses_a_floor_outside_zero_to_one():
         TuningGrid(min_link_weight=[0.0, 1.5])
     assert 0.0 in TuningGrid().relative_floor and TuningGrid().floor_tolerance >= 0
     assert 0.0 in TuningGrid().min_link_weight
+
+
+def _variant(name: str, served: float, pure_ndcg: float) -> dict[str, object]:
+    return {"name": name, "objective": served, "pure_valid": _report(pure_ndcg, 0.9, 0.5).model_dump()}
+
+
+def test_a_variant_ahead_by_noise_on_the_served_path_loses_to_a_working_model():
+    """World seed 2's case: the served objectives differ by 0.0002, the CI models by 0.8 of NDCG@10."""
+    from adgen.commands.search_quality import VARIANT_TOLERANCE, choose_variant
+
+    rows = [
+        _variant("default", 0.9662, 0.844),
+        _variant("no augmentation", 0.9664, 0.052),
+        _variant("fewer CIs", 0.9369, 0.95),  # the best model, but the served path pays 0.03 for it
+    ]
+    assert choose_variant(rows)["name"] == "default"
+    assert choose_variant(rows, tolerance=0.0)["name"] == "no augmentation"  # the served objective alone
+    assert choose_variant(rows, tolerance=0.05)["name"] == "fewer CIs"
+    assert VARIANT_TOLERANCE < 0.03
+    with pytest.raises(ValueError, match="no build variant"):
+        choose_variant([])
