@@ -299,10 +299,16 @@ class SearchService:
     ) -> SearchService:
         """Load an `adgen ci build` directory with the serving settings it chose on validation (serving.json),
         decoding on `model_settings.backend` with its own model or the CI model in `model_dir` (e.g. a registry
-        version); `overrides` replace single settings (e.g. top_n)."""
+        version); `overrides` replace single settings (e.g. top_n). An override that changes how queries become
+        CIs empties the head cache, whose answers were computed with the saved settings (misses are answered
+        live, so the service serves exactly its settings)."""
         build_dir = Path(build_dir)
-        config = ServingConfig.load(build_dir).model_copy(update=overrides)
-        return cls.from_snapshot(build_dir / "snapshots", model_dir or build_dir / "model", config, model_settings)
+        saved = ServingConfig.load(build_dir)
+        config = saved.model_copy(update=overrides)
+        service = cls.from_snapshot(build_dir / "snapshots", model_dir or build_dir / "model", config, model_settings)
+        if any(getattr(config, name) != getattr(saved, name) for name in QUERY_SIDE_SETTINGS):
+            service.head_cache.clear()
+        return service
 
     @classmethod
     def from_snapshot(
@@ -329,6 +335,20 @@ class SearchService:
         if head and not answered_by_model:
             service.swap_model(service.state_for(model, trie, list(head)))
         return service
+
+
+#: ServingConfig fields that change a query's CI distribution (what the head cache holds).
+QUERY_SIDE_SETTINGS = (
+    "top_cis",
+    "beams",
+    "score_floor",
+    "lexical_weight",
+    "lexical_top",
+    "lexical_temperature",
+    "lexical_min_share",
+    "strip_templates",
+    "templates",
+)
 
 
 def _head_cache_json(state: ServingState) -> dict[str, dict[str, float]]:

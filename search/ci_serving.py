@@ -21,6 +21,10 @@ where the evidence runs out:
   is reached only through CIs the model guessed for it with little confidence (catalogue CIs weigh 1.0), which
   is how a road bike or a tent reaches a storage or trackpad query;
 - score: ads scoring below `relative_floor * the query's best score` are dropped.
+
+A third cut acts on the query side: lexical CIs whose cosine is below `lexical_min_share` of the query's best
+cosine are not proposed at all. Character n-grams let "cycling" reach "recycled chinos"; at temperature 0.05
+such a CI gets almost no probability, but every ad of it would still enter the union.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class ServingConfig(BaseModel):
     lexical_weight: float = Field(0.0, ge=0, le=1, description="Share of p(ci | query) from lexical CI matching.")
     lexical_top: int = Field(5, ge=1, description="CIs the lexical matcher proposes per query.")
     lexical_temperature: float = Field(0.05, gt=0, description="Softmax temperature over lexical cosines.")
+    lexical_min_share: float = Field(
+        0.0, ge=0, lt=1, description="Lexical CIs below this share of the query's best cosine are dropped (0: none)."
+    )
     strip_templates: bool = Field(False, description="Match the query without its template ('top rated {}').")
     templates: list[str] = Field(default_factory=list, description="Query templates mined from training queries.")
     ad_match_weight: float = Field(0.0, ge=0, description="Weight of the query-ad match inside the CIs' union.")
@@ -99,8 +106,9 @@ class LexicalCIMatcher:
         return np.asarray((self.vectorizer.transform(list(queries)) @ self.matrix).todense(), dtype=np.float32)
 
 
-def lexical_distribution(row: np.ndarray, k: int, temperature: float) -> dict[int, float]:
-    """The top-k CIs of one similarity row as a softmax over cosine / temperature (zero cosines left out)."""
+def lexical_distribution(row: np.ndarray, k: int, temperature: float, min_share: float = 0.0) -> dict[int, float]:
+    """The top-k CIs of one similarity row as a softmax over cosine / temperature (zero cosines left out, and
+    cosines below `min_share` of the best one)."""
     if row.size == 0:
         return {}
     k = min(k, row.size)
@@ -109,6 +117,7 @@ def lexical_distribution(row: np.ndarray, k: int, temperature: float) -> dict[in
     if not top:
         return {}
     best = max(float(row[i]) for i in top)
+    top = [i for i in top if float(row[i]) >= min_share * best]
     weights = {i: math.exp((float(row[i]) - best) / temperature) for i in top}
     total = sum(weights.values())
     return {i: w / total for i, w in weights.items()}
@@ -156,7 +165,11 @@ class CIQueryMapper:
         if cfg.lexical_weight == 0:
             return model
         return [
-            fuse(m, lexical_distribution(row, cfg.lexical_top, cfg.lexical_temperature), cfg.lexical_weight)
+            fuse(
+                m,
+                lexical_distribution(row, cfg.lexical_top, cfg.lexical_temperature, cfg.lexical_min_share),
+                cfg.lexical_weight,
+            )
             for m, row in zip(model, self.similarities(normalised), strict=True)
         ]
 

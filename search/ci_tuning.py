@@ -3,18 +3,18 @@
 1. decoding: beam width and score floor of the CI model (the pure CI path, catalogue + model CIs per ad);
 2. ads: model CIs kept per ad and their weight against catalogue CIs (pure CI path);
 3. fusion: lexical CI matching's share, its top-k, template stripping, query-ad match inside CIs (served);
-4. floor: the two cuts of the served list, support (`min_link_weight`) and score (`relative_floor`),
-   tried together (`choose_floor`).
+4. floor: the three cuts of the served list, lexical share (`lexical_min_share`), support (`min_link_weight`)
+   and score (`relative_floor`), tried together (`choose_floor`).
 
 Each stage keeps the best setting of the stages before it. The objective is the mean of NDCG@10 and HR@50
 on validation, the two figures the CI path must win on; test queries are never seen here. Every row of
 the search lands in the build report, so the choice can be audited.
 
 The floor needs a rule of its own: a cut only removes ads, and a score cut only the tail of a list, which can
-never raise HR or NDCG, so the objective alone would keep no cut. Cuts buy precision instead: the pair kept is
-the one serving the fewest off-intent ads in the top 10 among those that cost the objective at most
-`floor_tolerance` against the best pair. (The support cut can raise the objective: the ads it drops may sit
-above relevant ones.)
+never raise HR or NDCG, so the objective alone would keep no cut. Cuts buy precision instead: the cuts kept are
+the ones serving the fewest off-intent ads in the top 10 among those that cost the objective at most
+`floor_tolerance` against the best. (The support cut can raise the objective: the ads it drops may sit above
+relevant ones.)
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ class TuningGrid(BaseModel):
     lexical_top: list[int] = [5, 10, 20]
     strip_templates: list[bool] = [False, True]
     ad_match_weight: list[float] = [0.0, 0.5]
-    relative_floor: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5]
-    min_link_weight: list[Annotated[float, Field(ge=0, le=1)]] = [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
+    relative_floor: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5]
+    min_link_weight: list[Annotated[float, Field(ge=0, le=1)]] = [0.0, 0.1, 0.2, 0.5, 1.0]
+    lexical_min_share: list[Annotated[float, Field(ge=0, lt=1)]] = [0.0, 0.3, 0.5, 0.7]
     floor_tolerance: float = Field(
         0.005, ge=0, description="Validation objective a relative floor may cost (0.005: half a point)."
     )
@@ -88,20 +89,25 @@ def objective(report: MethodReport) -> float:
 
 
 class Cuts(BaseModel):
-    """The served list's two cuts (see `rank_ads`)."""
+    """The served list's three cuts (see `search/ci_serving.py`)."""
 
     relative_floor: float = 0.0
     min_link_weight: float = 0.0
+    lexical_min_share: float = 0.0
+
+    def strength(self) -> tuple[float, float, float]:
+        """Order of preference on a tie: the lower score floor, then support cut, then lexical share."""
+        return self.relative_floor, self.min_link_weight, self.lexical_min_share
 
 
 def choose_floor(candidates: Sequence[tuple[Cuts, MethodReport]], tolerance: float) -> tuple[Cuts, MethodReport]:
     """The (cuts, report) serving the fewest off-intent ads in the top 10 among those whose objective is
-    within `tolerance` of the best candidate's; ties keep the lower score floor, then the lower support cut."""
+    within `tolerance` of the best candidate's; ties keep the weaker cuts (`Cuts.strength`)."""
     if not candidates:
-        raise ValueError("no cut to choose from: the grid's relative_floor or min_link_weight list is empty")
+        raise ValueError("no cut to choose from: a list of the grid's cuts is empty")
     best = max(objective(report) for _, report in candidates)
     kept = [(cuts, report) for cuts, report in candidates if objective(report) >= best - tolerance]
-    return min(kept, key=lambda cr: (cr[1].off_intent10 or 0.0, cr[0].relative_floor, cr[0].min_link_weight))
+    return min(kept, key=lambda cr: (cr[1].off_intent10 or 0.0, *cr[0].strength()))
 
 
 def build_index(
@@ -192,6 +198,7 @@ def tune_serving(
             "lexical_weight": 0.0,
             "relative_floor": 0.0,
             "min_link_weight": 0.0,
+            "lexical_min_share": 0.0,
         }
     )
     model_rows = decoded[pure.beams, pure.score_floor]
@@ -211,7 +218,7 @@ def tune_serving(
         strip: matcher.similarities([strip_template(t, base.templates) if strip else t for t in texts])
         for strip in grid.strip_templates
     }
-    best_served: tuple[float, ServingConfig, MethodReport, CIRows, CIRows | None] | None = None
+    best_served: tuple[float, ServingConfig, MethodReport, CIRows | None] | None = None
     for weight, top, strip, match_w in itertools.product(
         grid.lexical_weight, grid.lexical_top, grid.strip_templates, grid.ad_match_weight
     ):
@@ -228,15 +235,21 @@ def tune_serving(
         settings = {"lexical_weight": weight, "lexical_top": top, "strip_templates": strip, "ad_match_weight": match_w}
         report = score("fusion", settings, fused, pure_index, match, match_w)
         if best_served is None or objective(report) > best_served[0]:
-            best_served = (objective(report), pure.model_copy(update=settings), report, fused, match)
+            best_served = (objective(report), pure.model_copy(update=settings), report, match)
     assert best_served is not None
-    _, served, _, fused, match = best_served
+    _, served, _, match = best_served
 
     candidates = []
-    for link, floor in itertools.product(sorted({0.0, *grid.min_link_weight}), sorted({0.0, *grid.relative_floor})):
-        cuts = Cuts(relative_floor=floor, min_link_weight=link)
-        report = score("floor", cuts.model_dump(), fused, pure_index, match, served.ad_match_weight, cuts)
-        candidates.append((cuts, report))
+    shares = sorted({0.0, *grid.lexical_min_share}) if served.lexical_weight > 0 else [0.0]
+    for share in shares:  # the lexical share changes the query's CIs; the other two cuts only the ranking
+        fused = [
+            fuse(m, lexical_distribution(r, served.lexical_top, base.lexical_temperature, share), served.lexical_weight)
+            for m, r in zip(model_rows, sims[served.strip_templates], strict=True)
+        ]
+        for link, floor in itertools.product(sorted({0.0, *grid.min_link_weight}), sorted({0.0, *grid.relative_floor})):
+            cuts = Cuts(relative_floor=floor, min_link_weight=link, lexical_min_share=share)
+            report = score("floor", cuts.model_dump(), fused, pure_index, match, served.ad_match_weight, cuts)
+            candidates.append((cuts, report))
     cuts, served_report = choose_floor(candidates, grid.floor_tolerance)
     served = served.model_copy(update=cuts.model_dump())
     return TuningResult(pure=pure, served=served, pure_valid=pure_report, served_valid=served_report, rows=rows)

@@ -78,6 +78,7 @@ TINY = CIBuildConfig(
         ad_match_weight=[0.0, 0.5],
         relative_floor=[0.0, 0.2, 0.6],
         min_link_weight=[0.0, 0.5],
+        lexical_min_share=[0.0, 0.5],
     ),
 )
 
@@ -125,9 +126,11 @@ def test_build_indexes_every_ad_and_writes_a_loadable_snapshot_with_tuned_settin
     assert saved == report.serving and saved.templates == report.templates
     assert report.tuning is not None
     floor_rows = [r for r in report.tuning.rows if r.stage == "floor"]
-    tried = [(r.settings["min_link_weight"], r.settings["relative_floor"]) for r in floor_rows]
-    assert tried == [(link, floor) for link in (0.0, 0.5) for floor in (0.0, 0.2, 0.6)]
-    kept = next(r for r in floor_rows if tried[floor_rows.index(r)] == (saved.min_link_weight, saved.relative_floor))
+    names = ("lexical_min_share", "min_link_weight", "relative_floor")
+    tried = [tuple(r.settings[name] for name in names) for r in floor_rows]
+    shares = (0.0, 0.5) if saved.lexical_weight > 0 else (0.0,)  # the share needs lexical evidence
+    assert tried == [(share, link, floor) for share in shares for link in (0.0, 0.5) for floor in (0.0, 0.2, 0.6)]
+    kept = floor_rows[tried.index(tuple(getattr(saved, name) for name in names))]
     assert report.tuning.served_valid.ndcg10 == pytest.approx(kept.ndcg10)
     assert report.tuning.served_valid.off_intent10 == pytest.approx(kept.off_intent10)
 
@@ -177,15 +180,17 @@ def test_the_floor_chosen_on_validation_is_what_serving_applies(built):
     rows = [r for r in report.tuning.rows if r.stage == "floor"]
     best = max(r.objective for r in rows)
     within = [r for r in rows if r.objective >= best - TINY.grid.floor_tolerance]
-    fewest = min(within, key=lambda r: (r.off_intent10, r.settings["relative_floor"], r.settings["min_link_weight"]))
+    strength = ("relative_floor", "min_link_weight", "lexical_min_share")
+    fewest = min(within, key=lambda r: (r.off_intent10, *(r.settings[name] for name in strength)))
     chosen = report.serving.relative_floor
     assert fewest.settings["relative_floor"] == chosen
     assert fewest.settings["min_link_weight"] == report.serving.min_link_weight
+    assert fewest.settings["lexical_min_share"] == report.serving.lexical_min_share
     # in this world every ad of the catalogue reaches a query's union; a floor halves that at no cost
     assert chosen > 0
     assert ServingConfig.load(out).relative_floor == chosen
     service = SearchService.from_build(out)
-    unfloored = SearchService.from_build(out, relative_floor=0.0, min_link_weight=report.serving.min_link_weight)
+    unfloored = SearchService.from_build(out, relative_floor=0.0)
     assert service.config.relative_floor == chosen
     shorter = 0
     for query in load_split(out, log).valid:
@@ -195,6 +200,17 @@ def test_the_floor_chosen_on_validation_is_what_serving_applies(built):
         assert full[: len(ads)] == pytest.approx(ads)  # a prefix of the unfloored list
         shorter += len(full) > len(ads)
     assert shorter > 0
+
+
+def test_an_override_of_how_queries_become_cis_empties_the_head_cache(built):
+    """The cached answers were computed with the saved settings: a query-side override must not serve them."""
+    _, _, out, report, _ = built
+    assert SearchService.from_build(out).head_cache
+    assert SearchService.from_build(out, top_n=7, relative_floor=0.0).head_cache  # ranking side: kept
+    changed = SearchService.from_build(out, lexical_min_share=0.95)
+    assert not changed.head_cache and changed.config.lexical_min_share == 0.95 != report.serving.lexical_min_share
+    head = next(iter(SearchService.from_build(out).head_cache))
+    assert changed.search(head).source == "model"
 
 
 def test_held_out_labels_never_reach_the_build(built, tmp_path):
@@ -266,13 +282,14 @@ def test_the_experiment_records_the_chosen_floor_and_the_docs_render_it(built, t
     served = next(r for r in payload["rows"] if r["method"] == SERVED)
     bare = payload["served_without_floor"]
     assert bare["method"] == SERVED_NO_FLOOR and bare["avg_ads_per_query"] > served["avg_ads_per_query"]
-    if report.serving.min_link_weight == 0:
+    if report.serving.min_link_weight == 0 and report.serving.lexical_min_share == 0:
         assert served["ndcg10"] <= bare["ndcg10"]  # a score floor alone only shortens lists: never gains a hit
 
     (tmp_path / RESULT).parent.mkdir(parents=True)
     (tmp_path / RESULT).write_text(json.dumps({"data": "tiny", **payload}))
     block = search_floor(Sources(tmp_path))
     assert f"relative floor **{report.serving.relative_floor:g}**" in block
-    cuts = f"{report.serving.min_link_weight:g}, {report.serving.relative_floor:g}"
+    chosen = (report.serving.lexical_min_share, report.serving.min_link_weight, report.serving.relative_floor)
+    cuts = ", ".join(f"{c:g}" for c in chosen)
     assert f"| 0 | {cuts} | " in block  # world seed 0's test row
     assert "World seed 1: not measured yet" in block

@@ -8,6 +8,7 @@ import pytest
 from adgen.core.catalogue import Item
 from adgen.search.ci_index import CIIndex, CISet
 from adgen.search.ci_serving import (
+    CIQueryMapper,
     LexicalCIMatcher,
     ServingConfig,
     ad_ci_weights,
@@ -34,6 +35,20 @@ def test_lexical_distribution_is_a_sharp_softmax_over_the_top_k():
     dist = lexical_distribution(row, k=3, temperature=0.1)
     assert set(dist) == {0, 1, 4} and sum(dist.values()) == pytest.approx(1.0)
     assert dist[0] > dist[1] > dist[4]
+
+
+def test_lexical_share_drops_the_cis_far_below_the_best_match_and_renormalises():
+    row = np.array([0.9, 0.8, 0.0, 0.1, 0.5], dtype=np.float32)
+    assert lexical_distribution(row, k=5, temperature=0.1, min_share=0.0).keys() == {0, 1, 3, 4}
+    kept = lexical_distribution(row, k=5, temperature=0.1, min_share=0.5)  # 0.5 * 0.9 = 0.45: drops 0.1 only
+    assert kept.keys() == {0, 1, 4} and sum(kept.values()) == pytest.approx(1.0)
+    assert lexical_distribution(row, k=5, temperature=0.1, min_share=0.95) == {0: 1.0}
+    # the mapper applies the configured share ("nursing" also matches "nursery"; lexical only: no model needed)
+    config = ServingConfig(lexical_weight=1.0, lexical_top=5, lexical_min_share=0.0)
+    both = CIQueryMapper(None, None, CI_SET, config)(["nursing pillow"])[0]  # type: ignore[arg-type]
+    assert set(both) == {0, 1}
+    strict = config.model_copy(update={"lexical_min_share": 0.9})
+    assert CIQueryMapper(None, None, CI_SET, strict)(["nursing pillow"]) == [{1: 1.0}]  # type: ignore[arg-type]
 
 
 def test_fuse_mixes_model_and_lexical_probabilities():

@@ -57,7 +57,7 @@ def test_without_anything_to_gain_the_lower_floor_is_kept():
     same = [(_floor(f, link), _report(0.9, 1.0, 0.1)) for f in (0.0, 0.1, 0.3) for link in (0.5, 0.0)]
     assert choose_floor(same, tolerance=1.0)[0] == _floor(0.0, 0.0)
     assert choose_floor([(_floor(0.0), _report(0.9, 1.0, None))], tolerance=0.0)[0] == _floor(0.0)
-    with pytest.raises(ValueError, match="list is empty"):
+    with pytest.raises(ValueError, match="cuts is empty"):
         choose_floor([], tolerance=0.0)
 
 

@@ -36,9 +36,9 @@ def _row(key: str, method: str, ndcg: float, hr50: float, ads: float = 120.0, of
 
 
 def _floor_row(
-    floor: float, ndcg: float, objective: float, ads: float, off: float, link: float = 0.0
+    floor: float, ndcg: float, objective: float, ads: float, off: float, link: float = 0.0, share: float = 0.3
 ) -> dict[str, object]:
-    settings = {"relative_floor": floor, "min_link_weight": link}
+    settings = {"relative_floor": floor, "min_link_weight": link, "lexical_min_share": share}
     row = {"stage": "floor", "settings": settings, "objective": objective, "ndcg10": ndcg, "hr50": 1.0}
     return {**row, "ads_per_query": ads, "off_intent10": off}
 
@@ -72,6 +72,7 @@ PAYLOAD: dict[str, object] = {
         "ad_match_weight": 0.0,
         "relative_floor": 0.2,
         "min_link_weight": 0.5,
+        "lexical_min_share": 0.3,
     },
     "valid": {"hybrid": {"k": 60.0, "lexical_weight": 0.5}},
     "rows": [
@@ -97,7 +98,8 @@ PAYLOAD: dict[str, object] = {
         },
         {"stage": "fusion", "settings": {"lexical_weight": 0.5}, "objective": 0.7, "ndcg10": 0.6, "hr50": 0.8},
         _floor_row(0.0, 0.6, 0.8, 48.0, 0.3),
-        _floor_row(0.2, 0.59, 0.795, 11.0, 0.06),  # a score floor with another support cut: not shown
+        _floor_row(0.2, 0.59, 0.795, 11.0, 0.06),  # two cuts other than chosen: not shown
+        _floor_row(0.2, 0.58, 0.79, 12.0, 0.07, link=0.5, share=0.0),  # only the share differs: shown
         _floor_row(0.0, 0.6, 0.8, 20.0, 0.2, link=0.5),
         _floor_row(0.2, 0.595, 0.7975, 10.0, 0.04, link=0.5),
         _floor_row(0.3, 0.5, 0.75, 6.0, 0.01, link=0.5),
@@ -189,17 +191,18 @@ def test_the_floor_block_shows_the_validation_choice_and_the_test_lists_without_
     rendered, problems = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
     assert not [p for p in problems if not p.stale]
     block = rendered.split("<!-- generated: search-floor -->\n")[1].split("<!-- end generated")[0]
-    assert "support cut **0.5**, relative floor **0.2**" in block and "within 0.005 of the best" in block
-    assert "| **0.5** | **0.2** | **0.595** | **1.000** | **0.7975** | **10.0** | **0.040** |" in block
-    assert "| 0.5 | 0.3 | 0.500 | 1.000 | 0.7500 | 6.0 | 0.010 |" in block
-    assert "| 0 | 0 | 0.600 | 1.000 | 0.8000 | 48.0 | 0.300 |" in block  # each support cut without a floor
-    assert "| 0.5 | 0 | 0.600 | 1.000 | 0.8000 | 20.0 | 0.200 |" in block
-    assert "| 0 | 0.2 | 0.590 |" not in block
-    assert "| 0 | 0.5, 0.2 | 0.310 → 0.050 | 47.0 → 9.5 | 0.640 → 0.634 | 0.980 → 0.970 |" in block
+    kept = "lexical share **0.3**, support cut **0.5**, relative floor **0.2**"
+    assert kept in block and "within 0.005 of the best" in block
+    assert "| **0.3** | **0.5** | **0.2** | **0.595** | **1.000** | **0.7975** | **10.0** | **0.040** |" in block
+    assert "| 0.3 | 0.5 | 0.3 | 0.500 | 1.000 | 0.7500 | 6.0 | 0.010 |" in block  # another floor
+    assert "| 0.3 | 0 | 0.2 | 0.590 | 1.000 | 0.7950 | 11.0 | 0.060 |" in block  # another support cut
+    assert "| 0 | 0.5 | 0.2 | 0.580 |" in block  # another lexical share
+    assert "| 0.3 | 0 | 0 | 0.600 |" not in block  # two cuts other than kept
+    assert "| 0 | 0.3, 0.5, 0.2 | 0.310 → 0.050 | 47.0 → 9.5 | 0.640 → 0.634 | 0.980 → 0.970 |" in block
     assert "World seed 1: not measured yet" in block
     quality = rendered.split("<!-- generated: search-quality -->\n")[1].split("<!-- end generated")[0]
     assert "off-intent@10 |" in quality.splitlines()[0] and "| 9.5 | 3.50 | 0.050 |" in quality
-    assert "relative score floor 0.2, support cut 0.5;" in rendered  # the setup names them with the others
+    assert "relative score floor 0.2, support cut 0.5, lexical share 0.3;" in rendered  # named with the others
 
 
 def test_a_run_from_before_the_floor_renders_every_block_but_the_floors(repo: Path):
@@ -208,6 +211,7 @@ def test_a_run_from_before_the_floor_renders_every_block_but_the_floors(repo: Pa
         del old[key]
     del old["serving"]["relative_floor"]  # type: ignore[attr-defined]
     del old["serving"]["min_link_weight"]  # type: ignore[attr-defined]
+    del old["serving"]["lexical_min_share"]  # type: ignore[attr-defined]
     old["tuning_rows"] = [r for r in old["tuning_rows"] if r["stage"] != "floor"]  # type: ignore[attr-defined]
     for row in old["rows"]:  # type: ignore[attr-defined]
         del row["off_intent10"]
@@ -227,5 +231,5 @@ def test_a_run_from_before_the_floor_renders_every_block_but_the_floors(repo: Pa
     (repo / SEED_RESULTS[2]).write_text(json.dumps(old))
     rendered, _ = render_text((repo / "docs" / "search.md").read_text(), Sources(repo))
     block = rendered.split("<!-- generated: search-floor -->\n")[1].split("<!-- end generated")[0]
-    assert "| 0 | 0.5, 0.2 |" in block and "| 1 | 0.5, 0.2 |" in block and "| 2 |" not in block
+    assert "| 0 | 0.3, 0.5, 0.2 |" in block and "| 1 | 0.3, 0.5, 0.2 |" in block and "| 2 |" not in block
     assert f"World seed 2: not measured yet (`{SEED_RESULTS[2]}`: {FLOOR_WHY})" in block

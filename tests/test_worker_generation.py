@@ -342,7 +342,9 @@ def test_a_recipe_with_a_transition_prior_is_served_with_it(tmp_path: Path) -> N
     assert [v for v, _ in plain] != [v for v, _ in expected]
 
 
-def test_the_worker_decodes_as_wide_as_the_checkpoint_was_evaluated_unless_told_otherwise(tmp_path: Path, caplog) -> None:
+def test_the_worker_decodes_as_wide_as_the_checkpoint_was_evaluated_unless_told_otherwise(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """ADGEN_MODEL__BEAMS unset: the recipe's eval.beams (its pool priors re-rank that beam's ads), 20 for a
     checkpoint whose recipe records none; set, it wins, and a narrower width than evaluated is logged."""
     from adgen.model.recipe import ServingRecipe, TransitionSettings, save_recipe

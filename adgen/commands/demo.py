@@ -131,14 +131,14 @@ def _titles(world: Path) -> dict[str, str]:
 def _ci_build_usable(ci_dir: Path) -> bool:
     """A CI model and a CI snapshot this version can load, with the serving settings chosen on validation
     (a build from before serving.json would be served with untuned defaults, one from before the relative
-    score floor or the support cut with every weak tail ad)."""
+    score floor or the other cuts with every weak tail ad)."""
     from adgen.search.ci_index import CIError, load_latest_snapshot
 
     if not (ci_dir / "model").is_dir() or not (ci_dir / "serving.json").is_file():
         return False
     try:
         serving = json.loads((ci_dir / "serving.json").read_text())
-        if "relative_floor" not in serving or "min_link_weight" not in serving:
+        if not {"relative_floor", "min_link_weight", "lexical_min_share"} <= serving.keys():
             return False
     except ValueError:  # unreadable: rebuild rather than serve defaults
         return False

@@ -38,7 +38,7 @@ SERVED = "CI path as served (model + lexical CI matching)"
 BM25 = "BM25 (rank-bm25)"
 DENSE = "dense (all-MiniLM-L6-v2 cosine)"
 HYBRID = "hybrid (BM25 + dense, reciprocal-rank fusion)"
-SERVED_NO_FLOOR = "CI path as served, without its cuts (support 0, score floor 0)"
+SERVED_NO_FLOOR = "CI path as served, without its cuts (lexical share, support, score floor all 0)"
 KEYS = {PURE: "pure", SERVED: "served", BM25: "bm25", DENSE: "dense", HYBRID: "hybrid"}
 
 
@@ -98,7 +98,7 @@ def evaluate_build(
     The served row is `SearchService.from_build` exactly as the worker loads it (head cache included: it
     holds what the same mapper computes); the pure row is the same index and model with lexical evidence
     off and no cache. Baselines read the same ad texts; the hybrid's settings come from validation.
-    `served_without_floor` is the served path without its cuts (support cut and relative score floor at 0),
+    `served_without_floor` is the served path without its cuts (lexical share, support cut, score floor at 0),
     outside the table: what the cuts chosen on validation change on test (nothing is chosen from it).
     """
     import torch
@@ -120,7 +120,9 @@ def evaluate_build(
     pure_config = (
         report.tuning.pure
         if report.tuning
-        else served.config.model_copy(update={"lexical_weight": 0.0, "relative_floor": 0.0, "min_link_weight": 0.0})
+        else served.config.model_copy(
+            update={"lexical_weight": 0.0, "relative_floor": 0.0, "min_link_weight": 0.0, "lexical_min_share": 0.0}
+        )
     )
     pure = SearchService.from_build(build_dir, **_changed(pure_config))
     pure.head_cache.clear()
@@ -140,8 +142,9 @@ def evaluate_build(
         rows.append({"key": KEYS[name], **evaluate(name, fn, queries, min_grade, progress).model_dump()})
     baselines = [r for r in rows if r["method"] in {BM25, DENSE, HYBRID}]
     served_row = next(r for r in rows if r["method"] == SERVED)
-    if served.config.relative_floor > 0 or served.config.min_link_weight > 0:
-        unfloored = SearchService.from_build(build_dir, relative_floor=0.0, min_link_weight=0.0)
+    cuts = {"relative_floor": 0.0, "min_link_weight": 0.0, "lexical_min_share": 0.0}
+    if any(getattr(served.config, name) > 0 for name in cuts):
+        unfloored = SearchService.from_build(build_dir, **cuts)
         without_floor = evaluate(SERVED_NO_FLOOR, service_retriever(unfloored), queries, min_grade, progress)
         no_floor_row = without_floor.model_dump()
     else:  # the same service: its row is the served row

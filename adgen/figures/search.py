@@ -124,6 +124,8 @@ def setup_text(payload: Mapping[str, Any]) -> str:
     floor = f", relative score floor {serving['relative_floor']:g}" if "relative_floor" in serving else ""
     if "min_link_weight" in serving:
         floor += f", support cut {serving['min_link_weight']:g}"
+    if "lexical_min_share" in serving:
+        floor += f", lexical share {serving['lexical_min_share']:g}"
     return "\n".join(
         [
             f"- command: `{payload.get('command', '?')}`",
@@ -281,38 +283,41 @@ def _floor_owed(path: str) -> PendingFigure:
     return PendingFigure(path, Pending(owed.command, owed.minutes, why=FLOOR_WHY))
 
 
-def _cuts(settings: Mapping[str, Any]) -> tuple[float, float]:
-    """(support cut, relative floor) of a floor row or serving settings; runs before the support cut had none."""
-    return float(settings.get("min_link_weight", 0.0)), float(settings["relative_floor"])
+CUT_NAMES = ("lexical_min_share", "min_link_weight", "relative_floor")
+
+
+def _cuts(settings: Mapping[str, Any]) -> tuple[float, float, float]:
+    """(lexical share, support cut, relative floor) of a floor row or serving settings; runs from before a cut
+    existed had it at 0."""
+    return tuple(float(settings.get(name, 0.0)) for name in CUT_NAMES)  # type: ignore[return-value]
 
 
 def floor_valid_table(payload: Mapping[str, Any]) -> str:
-    """The floor stage on validation: each support cut with no score floor, and every score floor with the kept
-    support cut; what each costs and what it removes; the kept pair in bold."""
+    """The floor stage on validation: every value of each cut with the other two as kept (the build report holds
+    every combination tried); what each costs and what it removes; the kept cuts in bold."""
     chosen = _cuts(payload["serving"])
     lines = [
-        f"Kept on validation: support cut **{chosen[0]:g}**, relative floor **{chosen[1]:g}**, the pair with the "
-        f"fewest off-intent ads in the top 10 among those within {payload['floor_tolerance']:g} of the best "
-        "validation objective (the table shows each support cut without a score floor, and every score floor "
-        "with the kept support cut; the build report holds every pair tried).",
+        f"Kept on validation: lexical share **{chosen[0]:g}**, support cut **{chosen[1]:g}**, relative floor "
+        f"**{chosen[2]:g}**, the cuts with the fewest off-intent ads in the top 10 among those within "
+        f"{payload['floor_tolerance']:g} of the best validation objective (each row varies one cut and keeps the "
+        "other two as chosen).",
         "",
-        "| support cut | relative floor | NDCG@10 | HR@50 | objective | ads/query | off-intent@10 |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| lexical share | support cut | relative floor | NDCG@10 | HR@50 | objective | ads/query | off-intent@10 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in (r for r in payload["tuning_rows"] if r["stage"] == "floor"):
-        link, floor = _cuts(r["settings"])
-        if floor != 0 and link != chosen[0]:
+        cuts = _cuts(r["settings"])
+        if sum(a != b for a, b in zip(cuts, chosen, strict=True)) > 1:
             continue
         cells = [
-            f"{link:g}",
-            f"{floor:g}",
+            *(f"{c:g}" for c in cuts),
             _f(r["ndcg10"]),
             _f(r["hr50"]),
             _f(r["objective"], 4),
             f"{r['ads_per_query']:.1f}",
             _f(r["off_intent10"]),
         ]
-        mark = "**" if (link, floor) == chosen else ""
+        mark = "**" if cuts == chosen else ""
         lines.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
     return "\n".join(lines)
 
@@ -320,7 +325,8 @@ def floor_valid_table(payload: Mapping[str, Any]) -> str:
 def floor_seeds_table(payloads: Mapping[int, Mapping[str, Any]], owed: Mapping[int, str]) -> str:
     """The served path on test without and with the floor chosen on validation, per world seed."""
     lines = [
-        "| world seed | support cut, floor (validation) | off-intent@10 without → with | ads/query without → with "
+        "| world seed | cuts: lexical share, support, floor (validation) | off-intent@10 without → with "
+        "| ads/query without → with "
         "| NDCG@10 without → with | HR@50 without → with |",
         "|---:|---:|---|---|---|---|",
     ]
@@ -333,8 +339,8 @@ def floor_seeds_table(payloads: Mapping[int, Mapping[str, Any]], owed: Mapping[i
             f"{_f(bare['ndcg10'])} → {_f(served['ndcg10'])}",
             f"{_f(bare['hr']['HR@50'])} → {_f(served['hr']['HR@50'])}",
         ]
-        link, floor = _cuts(payload["serving"])
-        lines.append(f"| {seed} | {link:g}, {floor:g} | {' | '.join(pairs)} |")
+        cuts = ", ".join(f"{c:g}" for c in _cuts(payload["serving"]))
+        lines.append(f"| {seed} | {cuts} | {' | '.join(pairs)} |")
     for seed, note in sorted(owed.items()):
         lines.append("")
         lines.append(f"World seed {seed}: {note}.")
