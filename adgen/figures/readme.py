@@ -71,7 +71,8 @@ def decoder(s: Sources) -> str:
         f" `generate` at its own best batch size {small['a_best_batch']} (target {TARGET_SPEEDUP_OVER_HF:.0f}×:"
         f" {_met(small['speedup_a_over_c'], f'>={TARGET_SPEEDUP_OVER_HF}')}); prefix cache on a request stream"
         f" {d['prefix_cache']['cache_prompts_per_s']:.0f} prompts/s; {d['setup']['threads']} threads, load average"
-        f" {d['run']['load_avg_start'][0]:.1f} at the start (docs/decoding.md)"
+        f" {d['run']['load_avg_start'][0]:.1f} at the start, {d['run']['load_avg_end'][0]:.1f} at the end"
+        " (docs/decoding.md)"
     )
 
 
