@@ -224,13 +224,11 @@ def rank_ads(
         raise ValueError(f"min_link_weight must be in [0, 1] (an ad-CI link weight), got {min_link_weight!r}")
     view = index.view
     scores: dict[str, float] = {}
-    supported: set[str] = set()
     for ci, p in ci_scores.items():
         for ad, w in view.ci_ads.get(ci, {}).items():
             scores[ad] = scores.get(ad, 0.0) + p * w
-            if w >= min_link_weight:
-                supported.add(ad)
-    if min_link_weight > 0:
+    if min_link_weight > 0:  # a second pass over the links, paid only by a build that chose the cut
+        supported = {ad for ci in ci_scores for ad, w in view.ci_ads.get(ci, {}).items() if w >= min_link_weight}
         scores = {ad: s for ad, s in scores.items() if ad in supported}
     if ci_match and ad_match_weight > 0:
         for ad in scores:
