@@ -120,3 +120,11 @@ def test_unanswered_search_queries_or_unbounded_lag_fail(soak: Any) -> None:
     rows[30]["search_http"] = {"probes": 20, "ok": 0, "errors": 20, "p50_s": None, "p99_s": None}
     assert not soak.judge(args, rows, _extras())["verdicts"]["search_served"]
     assert not soak.judge(args, _samples(soak, args, lag_s=45.0), _extras())["verdicts"]["lag_bounded"]
+
+
+def test_a_worker_that_missed_a_metrics_scrape_fails_the_run(soak: Any) -> None:
+    args = soak.parse_args(["--minutes", "12"])
+    stalled = {**_extras(), "unresponsive_intervals": 1}
+    verdicts = soak.judge(args, _samples(soak, args), stalled)["verdicts"]
+    assert not verdicts["worker_always_answered"] and not verdicts["pass"]
+    assert soak.judge(args, _samples(soak, args), {**_extras(), "unresponsive_intervals": 0})["verdicts"]["pass"]
