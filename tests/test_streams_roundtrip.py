@@ -97,9 +97,12 @@ def test_delivery_failures_are_raised_on_flush(stream_settings: Settings, tmp_pa
         producer = EventProducer(settings, **{"message.timeout.ms": 1500})
         producer.send(AdClick(event_id="e0", event_time=T0, user_id="u1", ad_id="a1"))
         producer.flush(10)
-    producer.send(AdClick(event_id="e1", event_time=T0, user_id="u1", ad_id="a1"))
-    with pytest.raises(DeliveryError) as info:
-        producer.flush(10)
+    try:
+        producer.send(AdClick(event_id="e1", event_time=T0, user_id="u1", ad_id="a1"))
+        with pytest.raises(DeliveryError) as info:
+            producer.flush(10)
+    finally:
+        producer.close()  # else its client keeps dialling the stopped broker until the interpreter exits
     assert producer.delivered == 1
     assert info.value.failures and "timed out" in info.value.failures[0].lower()
 
