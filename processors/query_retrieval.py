@@ -37,7 +37,7 @@ from adgen.processors.metrics import WorkerMetrics
 from adgen.processors.worker_parts import Component, DeadLetters
 from adgen.search.ci_index import CI_KIND, CIIndex, build_ci_trie, load_latest_snapshot, normalise_text, save_snapshot
 from adgen.search.ci_model import CIModel
-from adgen.search.ci_serving import CIQueryMapper, ServingConfig, assign_ads
+from adgen.search.ci_serving import QUERY_SIDE_SETTINGS, CIQueryMapper, ServingConfig, assign_ads
 from adgen.streams.app import decoded_stream
 from adgen.streams.codec import EventDecodeError, encode_event
 from adgen.streams.dlq import DeadLetter
@@ -335,20 +335,6 @@ class SearchService:
         if head and not answered_by_model:
             service.swap_model(service.state_for(model, trie, list(head)))
         return service
-
-
-#: ServingConfig fields that change a query's CI distribution (what the head cache holds).
-QUERY_SIDE_SETTINGS = (
-    "top_cis",
-    "beams",
-    "score_floor",
-    "lexical_weight",
-    "lexical_top",
-    "lexical_temperature",
-    "lexical_min_share",
-    "strip_templates",
-    "templates",
-)
 
 
 def _head_cache_json(state: ServingState) -> dict[str, dict[str, float]]:

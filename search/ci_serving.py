@@ -89,6 +89,21 @@ class ServingConfig(BaseModel):
         return cls.model_validate_json(path.read_text()) if path.is_file() else cls()
 
 
+#: ServingConfig fields that change a query's CI distribution (what a head cache holds); a new query-side field
+#: belongs here too, or `SearchService.from_build` keeps serving cached answers computed without it.
+QUERY_SIDE_SETTINGS = (
+    "top_cis",
+    "beams",
+    "score_floor",
+    "lexical_weight",
+    "lexical_top",
+    "lexical_temperature",
+    "lexical_min_share",
+    "strip_templates",
+    "templates",
+)
+
+
 class LexicalCIMatcher:
     """Character n-gram TF-IDF cosine between queries and CI texts."""
 

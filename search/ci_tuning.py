@@ -192,14 +192,7 @@ def tune_serving(
     bar.close()
     assert best is not None
     pure = base.model_copy(
-        update={
-            "beams": best[1],
-            "score_floor": best[2],
-            "lexical_weight": 0.0,
-            "relative_floor": 0.0,
-            "min_link_weight": 0.0,
-            "lexical_min_share": 0.0,
-        }
+        update={"beams": best[1], "score_floor": best[2], "lexical_weight": 0.0, **Cuts().model_dump()}
     )
     model_rows = decoded[pure.beams, pure.score_floor]
 

@@ -133,12 +133,13 @@ def _ci_build_usable(ci_dir: Path) -> bool:
     (a build from before serving.json would be served with untuned defaults, one from before the relative
     score floor or the other cuts with every weak tail ad)."""
     from adgen.search.ci_index import CIError, load_latest_snapshot
+    from adgen.search.ci_tuning import Cuts
 
     if not (ci_dir / "model").is_dir() or not (ci_dir / "serving.json").is_file():
         return False
     try:
         serving = json.loads((ci_dir / "serving.json").read_text())
-        if not {"relative_floor", "min_link_weight", "lexical_min_share"} <= serving.keys():
+        if not Cuts.model_fields.keys() <= serving.keys():
             return False
     except ValueError:  # unreadable: rebuild rather than serve defaults
         return False

@@ -26,7 +26,7 @@ from adgen.search.ci_eval import (
 )
 from adgen.search.ci_pipeline import CIBuildConfig, CIBuildReport, load_split
 from adgen.search.ci_serving import ServingConfig
-from adgen.search.ci_tuning import objective
+from adgen.search.ci_tuning import Cuts, objective
 from adgen.search.query_log import LoggedQuery, QueryLog
 from adgen.search.query_split import split_leaks
 
@@ -120,9 +120,7 @@ def evaluate_build(
     pure_config = (
         report.tuning.pure
         if report.tuning
-        else served.config.model_copy(
-            update={"lexical_weight": 0.0, "relative_floor": 0.0, "min_link_weight": 0.0, "lexical_min_share": 0.0}
-        )
+        else served.config.model_copy(update={"lexical_weight": 0.0, **Cuts().model_dump()})
     )
     pure = SearchService.from_build(build_dir, **_changed(pure_config))
     pure.head_cache.clear()
@@ -142,7 +140,7 @@ def evaluate_build(
         rows.append({"key": KEYS[name], **evaluate(name, fn, queries, min_grade, progress).model_dump()})
     baselines = [r for r in rows if r["method"] in {BM25, DENSE, HYBRID}]
     served_row = next(r for r in rows if r["method"] == SERVED)
-    cuts = {"relative_floor": 0.0, "min_link_weight": 0.0, "lexical_min_share": 0.0}
+    cuts = Cuts().model_dump()  # every cut at 0
     if any(getattr(served.config, name) > 0 for name in cuts):
         unfloored = SearchService.from_build(build_dir, **cuts)
         without_floor = evaluate(SERVED_NO_FLOOR, service_retriever(unfloored), queries, min_grade, progress)
